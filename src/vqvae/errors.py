@@ -1,0 +1,21 @@
+"""Errors a user can cause. The CLI prints their message and exits non-zero, no traceback."""
+
+
+class VQVAEError(Exception):
+    """Base class: bad input that the user can fix."""
+
+
+class ConfigError(VQVAEError):
+    pass
+
+
+class DataError(VQVAEError):
+    pass
+
+
+class CheckpointError(VQVAEError):
+    pass
+
+
+class TrainingError(VQVAEError):
+    pass

@@ -1,0 +1,77 @@
+"""Pictures a person looks at: image grids, training curves, codebook usage."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+
+def save_grid(images: torch.Tensor, path: Path, nrow: int = 8, padding: int = 2) -> Path:
+    """images: (N, C, H, W) float; clipped to [0, 1] and written as one PNG."""
+    from torchvision.utils import save_image
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(images.detach().float().clamp(0, 1).cpu(), str(path), nrow=nrow, padding=padding, pad_value=1.0)
+    return path
+
+
+def save_reconstruction_grid(originals: torch.Tensor, reconstructions: torch.Tensor, path: Path,
+                             per_row: int = 8) -> Path:
+    """Rows alternate: `per_row` originals, then their reconstructions directly below."""
+    n = originals.shape[0] - originals.shape[0] % per_row or originals.shape[0]
+    rows = []
+    for start in range(0, n, per_row):
+        rows += [originals[start:start + per_row], reconstructions[start:start + per_row]]
+    return save_grid(torch.cat(rows), path, nrow=min(per_row, n))
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_history(history: list[dict], path: Path, panels: list[tuple[str, list[str]]], title: str = "") -> Path:
+    """One panel per (title, [history keys]), epochs on the x axis."""
+    plt = _plt()
+    panels = [(t, [k for k in keys if any(k in h for h in history)]) for t, keys in panels]
+    panels = [(t, keys) for t, keys in panels if keys]
+    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(4.5 * max(1, len(panels)), 3.4), squeeze=False)
+    for ax, (panel_title, keys) in zip(axes[0], panels):
+        for key in keys:
+            xs = [h["epoch"] for h in history if key in h and h[key] is not None]
+            ys = [h[key] for h in history if key in h and h[key] is not None]
+            ax.plot(xs, ys, marker="." if len(xs) < 30 else None, label=key)
+        ax.set_title(panel_title)
+        ax.set_xlabel("epoch")
+        if panel_title.lower().startswith("loss") and all(
+                h.get(k, 1) > 0 for h in history for k in keys if h.get(k) is not None):
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_usage_histogram(counts: torch.Tensor, path: Path, title: str = "codebook usage") -> Path:
+    plt = _plt()
+    counts = counts.detach().cpu().double()
+    fig, ax = plt.subplots(figsize=(7, 3))
+    order = counts.argsort(descending=True)
+    ax.bar(range(len(counts)), (counts[order] / counts.sum().clamp_min(1)).numpy(), width=1.0)
+    ax.set_xlabel("code (sorted by use)")
+    ax.set_ylabel("fraction of positions")
+    ax.set_title(f"{title}: {(counts > 0).sum().item()} of {len(counts)} codes used")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)

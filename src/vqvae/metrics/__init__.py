@@ -1,0 +1,1 @@
+"""Measurements: reconstruction, codebook health, likelihood and sample quality."""

@@ -1,0 +1,178 @@
+"""Vector quantizer: nearest-code search, straight-through gradients, and codebook learning.
+
+Codebook learning is either the seed's pair of losses (codebook + commitment) or the
+exponential moving averages of the VQ-VAE paper's appendix A.1. All codebook state
+(EMA sums, cluster sizes, steps since each code was last used, an "initialised" flag)
+lives in registered buffers, so it survives `state_dict` and an exact resume.
+
+Under torch.distributed the batch statistics are summed over processes before any
+update, and restarts are broadcast from rank 0, so every replica keeps the same codebook.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import QuantizerConfig
+
+
+def straight_through(inputs: torch.Tensor, quantized: torch.Tensor) -> torch.Tensor:
+    """Forward: the quantized value. Backward: the gradient passes to `inputs` unchanged."""
+    return inputs + (quantized - inputs).detach()
+
+
+def nearest_codes(flat: torch.Tensor, codebook: torch.Tensor, chunk_size: int = 65536) -> torch.Tensor:
+    """Index of the nearest codebook row for each row of `flat` (squared L2).
+
+    Uses ||z||^2 - 2 z.e + ||e||^2 as one matmul; ||z||^2 is the same for every code and is
+    dropped. Memory is O(chunk * K), never the O(N * K * C) of broadcasting differences.
+    flat: (N, C), codebook: (K, C) -> (N,) int64.
+    """
+    flat = flat.float()
+    codebook = codebook.float()
+    code_norms = (codebook * codebook).sum(1)  # (K,)
+    out = torch.empty(flat.shape[0], dtype=torch.long, device=flat.device)
+    for start in range(0, flat.shape[0], chunk_size):
+        z = flat[start:start + chunk_size]
+        # addmm computes code_norms - 2 * z @ codebook.T in one kernel: (n, K)
+        distances = torch.addmm(code_norms, z, codebook.t(), beta=1.0, alpha=-2.0)
+        out[start:start + chunk_size] = distances.argmin(1)
+    return out
+
+
+def kmeans(samples: torch.Tensor, k: int, iters: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Plain Lloyd's k-means with k-means++-free random initialisation; empty clusters keep
+    their previous centre. samples: (N, C) -> centres: (k, C)."""
+    n = samples.shape[0]
+    idx = torch.randint(0, n, (k,), device=samples.device, generator=generator) if n < k else \
+        torch.randperm(n, device=samples.device, generator=generator)[:k]
+    centres = samples[idx].clone()
+    for _ in range(iters):
+        assign = nearest_codes(samples, centres)
+        sums = torch.zeros_like(centres).index_add_(0, assign, samples)
+        counts = torch.bincount(assign, minlength=k).to(samples.dtype)
+        filled = counts > 0
+        centres[filled] = sums[filled] / counts[filled, None]
+    return centres
+
+
+@dataclass
+class QuantizerOutput:
+    quantized: torch.Tensor  # (B, C, H, W), straight-through: the decoder's input
+    indices: torch.Tensor  # (B, H, W) int64
+    codebook_loss: torch.Tensor  # MSE(sg[ze], zq); zero with EMA updates
+    commitment_loss: torch.Tensor  # MSE(ze, sg[zq])
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+class VectorQuantizer(nn.Module):
+    def __init__(self, code_dim: int, config: QuantizerConfig):
+        super().__init__()
+        self.config = config
+        self.code_dim = code_dim
+        K = config.codebook_size
+        weight = torch.empty(K, code_dim).uniform_(-1.0 / K, 1.0 / K)  # the seed's initialisation
+        # With EMA updates the codebook is not trained by gradients; requires_grad=False also
+        # keeps DDP from expecting a gradient for it.
+        self.codebook = nn.Parameter(weight, requires_grad=config.update == "loss")
+        self.register_buffer("initialised", torch.tensor(config.init == "uniform"))
+        self.register_buffer("ema_cluster_size", torch.ones(K))
+        self.register_buffer("ema_embed_sum", weight.clone())
+        self.register_buffer("steps_unused", torch.zeros(K, dtype=torch.long))
+
+    @property
+    def codebook_size(self) -> int:
+        return self.config.codebook_size
+
+    def lookup(self, indices: torch.Tensor) -> torch.Tensor:
+        """(B, H, W) int -> (B, C, H, W) codebook vectors."""
+        return F.embedding(indices, self.codebook).permute(0, 3, 1, 2)
+
+    def forward(self, z: torch.Tensor) -> QuantizerOutput:
+        """z: (B, C, H, W) encoder output. Distances and codebook updates run in fp32, also
+        under autocast: bf16 distances pick wrong codes once codes are close together."""
+        with torch.autocast(z.device.type, enabled=False):
+            return self._forward(z)
+
+    def _forward(self, z: torch.Tensor) -> QuantizerOutput:
+        B, C, H, W = z.shape
+        z = z.float()
+        flat = z.permute(0, 2, 3, 1).reshape(-1, C)  # (B*H*W, C)
+        if self.training and not bool(self.initialised):
+            self._initialise(flat.detach())
+        indices = nearest_codes(flat.detach(), self.codebook.detach())
+        if self.training:
+            self._update(flat.detach(), indices)
+        quantized = self.lookup(indices.view(B, H, W))
+        commitment = F.mse_loss(z, quantized.detach())
+        if self.config.update == "loss":
+            codebook_loss = F.mse_loss(z.detach(), quantized)
+        else:
+            codebook_loss = torch.zeros((), device=z.device)
+        return QuantizerOutput(straight_through(z, quantized), indices.view(B, H, W), codebook_loss, commitment)
+
+    # ------------------------------------------------------------------ codebook learning
+    @torch.no_grad()
+    def _initialise(self, flat: torch.Tensor) -> None:
+        """Seed the codebook from encoder outputs of the first training batch (rank 0's)."""
+        K = self.codebook_size
+        if self.config.init == "kmeans":
+            centres = kmeans(flat, K, self.config.kmeans_iters)
+        else:
+            centres = flat[torch.randint(0, flat.shape[0], (K,), device=flat.device)]
+        if _distributed():
+            dist.broadcast(centres, 0)
+        self.codebook.data.copy_(centres)
+        self.ema_embed_sum.copy_(centres)
+        self.ema_cluster_size.fill_(1.0)
+        self.initialised.fill_(True)
+
+    @torch.no_grad()
+    def _update(self, flat: torch.Tensor, indices: torch.Tensor) -> None:
+        K = self.codebook_size
+        counts = torch.bincount(indices, minlength=K).float()  # (K,)
+        if self.config.update == "ema":
+            sums = torch.zeros(K, flat.shape[1], device=flat.device).index_add_(0, indices, flat)
+            if _distributed():
+                stats = torch.cat([counts[:, None], sums], 1)
+                dist.all_reduce(stats)
+                counts, sums = stats[:, 0].contiguous(), stats[:, 1:].contiguous()
+            self.ema_update(counts, sums)
+        elif _distributed():
+            dist.all_reduce(counts)
+        self.steps_unused.add_(1)
+        self.steps_unused[counts > 0] = 0
+        if self.config.restart_after_steps > 0:
+            self._restart_dead(flat)
+
+    @torch.no_grad()
+    def ema_update(self, counts: torch.Tensor, sums: torch.Tensor) -> None:
+        """Appendix A.1: N <- d N + (1-d) n;  m <- d m + (1-d) sum z;  e = m / N (N Laplace-smoothed)."""
+        d, eps, K = self.config.ema_decay, self.config.ema_epsilon, self.codebook_size
+        self.ema_cluster_size.mul_(d).add_(counts, alpha=1 - d)
+        self.ema_embed_sum.mul_(d).add_(sums, alpha=1 - d)
+        total = self.ema_cluster_size.sum()
+        smoothed = (self.ema_cluster_size + eps) / (total + K * eps) * total
+        self.codebook.data.copy_(self.ema_embed_sum / smoothed[:, None])
+
+    @torch.no_grad()
+    def _restart_dead(self, flat: torch.Tensor) -> None:
+        dead = self.steps_unused >= self.config.restart_after_steps
+        n_dead = int(dead.sum())
+        if n_dead == 0:
+            return
+        # Re-seed from random encoder outputs of this batch (rank 0's, shared with all ranks).
+        picks = flat[torch.randint(0, flat.shape[0], (n_dead,), device=flat.device)]
+        if _distributed():
+            dist.broadcast(picks, 0)
+        self.codebook.data[dead] = picks
+        self.ema_embed_sum[dead] = picks
+        self.ema_cluster_size[dead] = 1.0
+        self.steps_unused[dead] = 0

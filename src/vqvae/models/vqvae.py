@@ -1,0 +1,138 @@
+"""The VQ-VAE of the seed: conv encoder, vector quantizer, conv decoder.
+
+Defaults reproduce the seed exactly (two stride-2 4x4 convs with ReLU, a 3x3 conv, two
+residual blocks; mirrored decoder ending in two stride-2 transposed convs). The depth,
+widths, code dimension and number of downsamplings are configurable.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import ModelConfig, QuantizerConfig
+from ..errors import ConfigError
+from ..nn import ResidualBlock
+from .quantizer import QuantizerOutput, VectorQuantizer
+
+
+@dataclass
+class VQVAEOutput:
+    reconstruction: torch.Tensor  # (B, C_img, H, W)
+    indices: torch.Tensor  # (B, h, w)
+    reconstruction_loss: torch.Tensor
+    codebook_loss: torch.Tensor
+    commitment_loss: torch.Tensor
+    loss: torch.Tensor  # the weighted sum that training minimises
+
+
+def check_model_config(cfg: ModelConfig) -> None:
+    factor = 2 ** cfg.num_downsamples
+    if cfg.image_size % factor != 0 or cfg.image_size < factor:
+        sizes = [factor * k for k in range(max(1, cfg.image_size // factor - 1), cfg.image_size // factor + 3)]
+        raise ConfigError(
+            f"image_size={cfg.image_size} cannot round-trip through {cfg.num_downsamples} stride-2 "
+            f"downsamplings: it must be a multiple of {factor} (e.g. {', '.join(map(str, sizes))}), "
+            f"or change model.num_downsamples")
+    if cfg.in_channels not in (1, 3):
+        raise ConfigError(f"in_channels={cfg.in_channels}; images must have 1 or 3 channels")
+    if cfg.hidden_channels < 1 or cfg.num_residual_blocks < 0 or cfg.code_dim < 0:
+        raise ConfigError("hidden_channels must be >= 1, num_residual_blocks and code_dim >= 0")
+
+
+class Encoder(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        ch = cfg.hidden_channels
+        layers: list[nn.Module] = []
+        in_ch = cfg.in_channels
+        for _ in range(cfg.num_downsamples):
+            layers += [nn.Conv2d(in_ch, ch, 4, 2, 1), nn.ReLU()]
+            in_ch = ch
+        layers.append(nn.Conv2d(ch, ch, 3, 1, 1))
+        layers += [ResidualBlock(ch) for _ in range(cfg.num_residual_blocks)]
+        if cfg.code_dim and cfg.code_dim != ch:
+            layers.append(nn.Conv2d(ch, cfg.code_dim, 1))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.layers(x)
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        ch = cfg.hidden_channels
+        code_dim = cfg.code_dim or ch
+        layers: list[nn.Module] = [nn.Conv2d(code_dim, ch, 3, 1, 1)]
+        layers += [ResidualBlock(ch) for _ in range(cfg.num_residual_blocks)]
+        for i in range(cfg.num_downsamples):
+            last = i == cfg.num_downsamples - 1
+            layers.append(nn.ConvTranspose2d(ch, cfg.in_channels if last else ch, 4, 2, 1))
+            if not last:
+                layers.append(nn.ReLU())
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, z):
+        return self.layers(z)
+
+
+class VQVAE(nn.Module):
+    def __init__(self, model: ModelConfig, quantizer: QuantizerConfig):
+        super().__init__()
+        check_model_config(model)
+        self.model_config = model
+        self.quantizer_config = quantizer
+        self.encoder = Encoder(model)
+        self.quantizer = VectorQuantizer(model.code_dim or model.hidden_channels, quantizer)
+        self.decoder = Decoder(model)
+
+    @property
+    def latent_size(self) -> int:
+        return self.model_config.image_size // 2 ** self.model_config.num_downsamples
+
+    @property
+    def codebook_size(self) -> int:
+        return self.quantizer.codebook_size
+
+    def check_images(self, x: torch.Tensor) -> None:
+        cfg = self.model_config
+        expected = (cfg.in_channels, cfg.image_size, cfg.image_size)
+        if x.dim() != 4 or tuple(x.shape[1:]) != expected:
+            raise ConfigError(f"images of shape {tuple(x.shape[1:])} do not fit this model, which expects "
+                              f"(channels, height, width) = {expected}")
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, H, W) in [0, 1] -> continuous latents ze (B, D, h, w)."""
+        return self.encoder(x)
+
+    def quantize(self, z: torch.Tensor) -> QuantizerOutput:
+        return self.quantizer(z)
+
+    def decode(self, zq: torch.Tensor) -> torch.Tensor:
+        return self.decoder(zq)
+
+    def decode_indices(self, indices: torch.Tensor) -> torch.Tensor:
+        """Code maps (B, h, w) int -> images (B, C, H, W)."""
+        return self.decode(self.quantizer.lookup(indices))
+
+    @torch.no_grad()
+    def codes(self, x: torch.Tensor) -> torch.Tensor:
+        """Images -> code maps (B, h, w), without touching codebook state."""
+        was_training = self.training
+        self.eval()
+        try:
+            return self.quantizer(self.encode(x)).indices
+        finally:
+            self.train(was_training)
+
+    def forward(self, x: torch.Tensor) -> VQVAEOutput:
+        z = self.encode(x)
+        q = self.quantize(z)
+        x_hat = self.decode(q.quantized)
+        recon = F.mse_loss(x_hat.float(), x.float())
+        qc = self.quantizer_config
+        loss = recon + qc.codebook_weight * q.codebook_loss + qc.commitment_weight * q.commitment_loss
+        return VQVAEOutput(x_hat, q.indices, recon, q.codebook_loss, q.commitment_loss, loss)

@@ -1,0 +1,1 @@
+"""Training: the shared loop, the two stages, checkpoints and distributed setup."""

@@ -1,0 +1,276 @@
+"""The one training loop both stages (VQ-VAE and prior) run.
+
+It owns what is common: the optimiser and learning-rate schedule, bf16 autocast, DDP,
+the non-finite guard, progress bars, TensorBoard, checkpoints (last and best, atomic,
+mid-epoch if asked) and exact resume. A `Stage` supplies the model, its batches, its
+loss, its per-epoch statistics and its held-out evaluation.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..config import TrainConfig
+from ..errors import CheckpointError, TrainingError
+from .checkpoint import load_checkpoint, save_checkpoint
+from .distributed import DistContext
+
+
+@dataclass
+class LoopState:
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimiser steps taken
+    batch_in_epoch: int = 0  # batches of the current epoch done (mid-epoch checkpoints)
+    best: float = math.inf  # best held-out loss so far
+    history: list = field(default_factory=list)  # one dict per completed epoch
+
+
+class Stage:
+    """What a training stage provides to `fit`. Subclasses set the attributes in __init__."""
+
+    kind: str  # "vqvae" or "prior": names checkpoints and metrics sections
+    model: nn.Module
+    batches: object  # data.Batches
+    train_cfg: TrainConfig
+    config_dict: dict  # the whole RunConfig, saved in every checkpoint
+    config_section: str  # "train" or "prior_train": where a user changes this stage's settings
+    summary_keys: tuple = ()  # history fields printed at each epoch end
+
+    def loss(self, model: nn.Module, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        raise NotImplementedError
+
+    def begin_epoch(self) -> None:
+        pass
+
+    def after_step(self, terms: dict[str, torch.Tensor]) -> None:
+        pass
+
+    def epoch_summary(self) -> dict:
+        return {}
+
+    def postfix(self) -> dict:
+        return {}
+
+    def epoch_state(self) -> dict:
+        return {}
+
+    def load_epoch_state(self, state: dict) -> None:
+        pass
+
+    def evaluate(self) -> dict:
+        """Held-out figures; must contain 'heldout_loss' (lower is better)."""
+        raise NotImplementedError
+
+    def checkpoint_extra(self) -> dict:
+        return {}
+
+    def epoch_images(self, writer, epoch: int) -> None:
+        pass
+
+
+def amp_enabled(mode: str, device: torch.device) -> bool:
+    if mode == "off":
+        return False
+    if mode == "bf16":
+        return True
+    # "auto": bf16 where it is fast: recent GPUs, and CPUs with native bf16 (AVX512-BF16 / AMX).
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        try:
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            return False
+    return False
+
+
+def lr_factor(cfg: TrainConfig, step: int, total_steps: int) -> float:
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.lr_schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
+    return cfg.lr_min_ratio + (1 - cfg.lr_min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def checkpoint_path(run_dir: Path, kind: str, which: str) -> Path:
+    return Path(run_dir) / "checkpoints" / f"{kind}-{which}.pt"
+
+
+def _rng_state(device: torch.device) -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _open_tensorboard(run_dir: Path, kind: str):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is optional
+        return None
+    return SummaryWriter(str(Path(run_dir) / "tensorboard" / kind))
+
+
+def fit(stage: Stage, run_dir: Path, ctx: DistContext, resume: bool = False,
+        on_epoch_end=None) -> LoopState:
+    cfg = stage.train_cfg
+    device = ctx.device
+    model = stage.model
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay) if cfg.weight_decay == 0 \
+        else torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = len(stage.batches)
+    total_steps = max(1, cfg.epochs * steps_per_epoch)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg, s, total_steps))
+    state = LoopState()
+
+    last_path = checkpoint_path(run_dir, stage.kind, "last")
+    if resume:
+        if not last_path.is_file():
+            raise CheckpointError(f"cannot resume: {last_path} does not exist (no {stage.kind} checkpoint in {run_dir})")
+        ckpt = load_checkpoint(last_path, kind=stage.kind, map_location=device)
+        model.load_state_dict(ckpt["model_state"])
+        optimizer.load_state_dict(ckpt["optimizer_state"])
+        scheduler.load_state_dict(ckpt["scheduler_state"])
+        loop = ckpt["loop"]
+        state = LoopState(loop["epoch"], loop["step"], loop["batch_in_epoch"], loop["best"], list(loop["history"]))
+        stage.load_epoch_state(ckpt.get("epoch_state", {}))
+        _set_rng_state(ckpt["rng"], device)
+        # The schedule's horizon follows the (possibly extended) epoch count of this run.
+        scheduler.lr_lambdas[0] = lambda s: lr_factor(cfg, s, total_steps)
+    else:
+        torch.manual_seed(cfg.seed)
+
+    train_model: nn.Module = model
+    if ctx.distributed:
+        # Codebook statistics are all-reduced inside the quantizer, so buffers need no broadcast.
+        train_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
+    if cfg.compile:
+        train_model = torch.compile(train_model)
+    use_amp = amp_enabled(cfg.amp, device)
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_amp else contextlib.nullcontext
+    writer = _open_tensorboard(run_dir, stage.kind) if ctx.is_main else None
+
+    def save(which: str, epoch_state: dict | None = None):
+        if not ctx.is_main:
+            return
+        save_checkpoint(
+            checkpoint_path(run_dir, stage.kind, which), stage.kind, stage.config_dict, model.state_dict(),
+            optimizer_state=optimizer.state_dict(), scheduler_state=scheduler.state_dict(),
+            rng=_rng_state(device), loop=asdict(state), epoch_state=epoch_state or {},
+            **stage.checkpoint_extra())
+
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover - tqdm is a dependency
+        tqdm = None
+
+    model.train()
+    while state.epoch < cfg.epochs:
+        epoch = state.epoch
+        skip = state.batch_in_epoch
+        if skip == 0:
+            stage.begin_epoch()
+        t0 = time.perf_counter()
+        images_seen = 0
+        show = cfg.progress and ctx.is_main and tqdm is not None
+        bar = tqdm(total=steps_per_epoch, initial=skip, desc=f"{stage.kind} {epoch + 1}/{cfg.epochs}",
+                   leave=False, dynamic_ncols=True) if show else None
+        for batch in stage.batches.epoch(epoch, skip):
+            try:
+                with autocast():
+                    loss, terms = stage.loss(train_model, batch)
+                values = torch.stack([t.detach().float() for t in terms.values()])
+                bad = (~torch.isfinite(values)).float()
+                if ctx.distributed:
+                    dist.all_reduce(bad)
+                if bool(bad.any()):
+                    names = [k for k, b in zip(terms, bad.tolist()) if b]
+                    message = (f"{stage.kind}: non-finite loss at step {state.step + 1} (epoch {epoch + 1}, batch "
+                               f"{state.batch_in_epoch + 1}) in term(s) {', '.join(names)}")
+                    if cfg.on_nonfinite == "skip":
+                        if bar is not None:
+                            bar.write(message + "; batch skipped")
+                        state.batch_in_epoch += 1
+                        optimizer.zero_grad(set_to_none=True)
+                        continue
+                    raise TrainingError(message + f". The last good checkpoint is kept at {last_path}; lower the "
+                                        f"learning rate, or set {stage.config_section}.on_nonfinite=skip")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                optimizer.step()
+                scheduler.step()
+            except torch.OutOfMemoryError:
+                raise TrainingError(f"out of memory on {device} with batch size {cfg.batch_size}: try "
+                                    f"--set {stage.config_section}.batch_size={max(1, cfg.batch_size // 2)}") from None
+            state.step += 1
+            state.batch_in_epoch += 1
+            images_seen += batch[0].shape[0] * ctx.world
+            stage.after_step(terms)
+            if bar is not None:
+                bar.update(1)
+                if state.step % 5 == 0:
+                    bar.set_postfix(stage.postfix(), refresh=False)
+            if writer is not None and state.step % 50 == 0:
+                for k, v in zip(terms, values.tolist()):
+                    writer.add_scalar(f"train_step/{k}", v, state.step)
+            if cfg.checkpoint_every_steps and state.step % cfg.checkpoint_every_steps == 0 \
+                    and state.batch_in_epoch < steps_per_epoch:
+                save("last", stage.epoch_state())
+        if bar is not None:
+            bar.close()
+        seconds = time.perf_counter() - t0
+        record = {"epoch": epoch + 1, "step": state.step, "lr": scheduler.get_last_lr()[0], **stage.epoch_summary()}
+        if ctx.is_main:
+            model.eval()
+            record.update(stage.evaluate())
+            model.train()
+        record["seconds"] = round(seconds, 3)
+        record["images_per_s"] = round(images_seen / seconds, 1) if seconds > 0 else None
+        state.history.append(record)
+        state.epoch += 1
+        state.batch_in_epoch = 0
+        improved = ctx.is_main and record.get("heldout_loss", math.inf) < state.best
+        if improved:
+            state.best = record["heldout_loss"]
+        if cfg.keep_best and improved:
+            save("best")
+        save("last")
+        if writer is not None:
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k != "epoch":
+                    writer.add_scalar(f"epoch/{k}", v, epoch + 1)
+            stage.epoch_images(writer, epoch + 1)
+            writer.flush()
+        if ctx.is_main and cfg.progress:
+            shown = {k: v for k, v in record.items() if k in stage.summary_keys}
+            print(f"{stage.kind} epoch {epoch + 1}/{cfg.epochs}: " +
+                  " ".join(f"{k}={_fmt(v)}" for k, v in shown.items()), flush=True)
+        if on_epoch_end is not None:
+            on_epoch_end(state)
+    if writer is not None:
+        writer.close()
+    if ctx.is_main and not cfg.keep_last and last_path.exists() and state.epoch >= cfg.epochs:
+        last_path.unlink()
+    return state
+
+
+def _fmt(v):
+    return f"{v:.4g}" if isinstance(v, float) else str(v)

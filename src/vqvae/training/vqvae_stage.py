@@ -1,0 +1,183 @@
+"""Stage 1: train the VQ-VAE, then write its run-folder files."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..config import RunConfig
+from ..data import Batches, ImageSet, load_splits
+from ..errors import CheckpointError, ConfigError
+from ..figures import plot_history, save_reconstruction_grid
+from ..metrics.codebook import codebook_stats
+from ..metrics.reconstruction import evaluate_reconstruction
+from ..models import VQVAE
+from ..runs import update_metrics
+from .checkpoint import load_checkpoint
+from .distributed import DistContext, all_reduce_sum, barrier, setup
+from .loop import Stage, checkpoint_path, fit
+
+TERMS = ("loss", "recon", "codebook", "commitment")
+
+
+class VQVAEStage(Stage):
+    kind = "vqvae"
+    config_section = "train"
+    summary_keys = ("loss", "recon", "codes_used", "perplexity", "heldout_mse", "heldout_codes_used", "images_per_s")
+
+    def __init__(self, model: VQVAE, config: RunConfig, train_set: ImageSet, test_set: ImageSet, ctx: DistContext):
+        self.model = model
+        self.train_cfg = config.train
+        self.config_dict = config.to_dict()
+        self.ctx = ctx
+        self.batches = Batches(train_set, config.train.batch_size, ctx.device, ctx.rank, ctx.world, shuffle=True,
+                               seed=config.train.seed, num_workers=config.data.num_workers,
+                               channels_last=config.train.channels_last)
+        self.test_batches = Batches(test_set, 500, ctx.device, shuffle=False, num_workers=config.data.num_workers)
+        self.begin_epoch()
+
+    def begin_epoch(self) -> None:
+        self.counts = torch.zeros(self.model.codebook_size, dtype=torch.long, device=self.ctx.device)
+        self.term_sums = torch.zeros(len(TERMS), device=self.ctx.device)
+        self.num_batches = torch.zeros((), device=self.ctx.device)
+
+    def loss(self, model, batch):
+        x, _ = batch
+        out = model(x)
+        self._indices = out.indices
+        terms = dict(zip(TERMS, (out.loss, out.reconstruction_loss, out.codebook_loss, out.commitment_loss)))
+        return out.loss, terms
+
+    def after_step(self, terms) -> None:
+        self.counts += torch.bincount(self._indices.flatten(), minlength=self.model.codebook_size)
+        self.term_sums += torch.stack([t.detach().float() for t in terms.values()])
+        self.num_batches += 1
+
+    def _reduced(self):
+        counts = all_reduce_sum(self.counts.clone())
+        sums = all_reduce_sum(self.term_sums.clone()) / self.ctx.world
+        return counts, sums / self.num_batches.clamp_min(1)
+
+    def epoch_summary(self) -> dict:
+        counts, means = self._reduced()
+        return {**{k: round(v, 6) for k, v in zip(TERMS, means.tolist())}, **codebook_stats(counts)}
+
+    def postfix(self) -> dict:
+        means = (self.term_sums / self.num_batches.clamp_min(1)).tolist()
+        return {"recon": f"{means[1]:.4f}", "commit": f"{means[3]:.4f}",
+                "used": f"{int((self.counts > 0).sum())}/{self.model.codebook_size}"}
+
+    def epoch_state(self) -> dict:
+        return {"counts": self.counts, "term_sums": self.term_sums, "num_batches": self.num_batches}
+
+    def load_epoch_state(self, state: dict) -> None:
+        if state:
+            self.counts.copy_(state["counts"])
+            self.term_sums.copy_(state["term_sums"])
+            self.num_batches.copy_(state["num_batches"])
+
+    def evaluate(self) -> dict:
+        r = evaluate_reconstruction(self.model, self.test_batches.epoch(0), self.train_cfg.eval_batches)
+        return {"heldout_loss": r["mse"], "heldout_mse": round(r["mse"], 6),
+                "heldout_mse_clipped": round(r["mse_clipped"], 6), "heldout_codes_used": r["codes_used"],
+                "heldout_perplexity": r["perplexity"]}
+
+    def epoch_images(self, writer, epoch: int) -> None:
+        x, _ = next(iter(self.test_batches.epoch(0)))
+        x = x[:16]
+        with torch.no_grad():
+            self.model.eval()
+            x_hat = self.model(x).reconstruction.float().clamp(0, 1)
+            self.model.train()
+        from torchvision.utils import make_grid
+
+        writer.add_image("reconstructions", make_grid(torch.cat([x, x_hat]).cpu(), nrow=16), epoch)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    metrics: dict
+    history: list
+
+
+def build_vqvae(config: RunConfig, device: torch.device) -> VQVAE:
+    model = VQVAE(config.model, config.quantizer).to(device)
+    if config.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def check_resume_config(run_dir: Path, kind: str, config: RunConfig, sections: tuple[str, ...]) -> None:
+    """A resumed run must build the same model it saved: compare the architecture sections."""
+    path = checkpoint_path(run_dir, kind, "last")
+    if not path.is_file():
+        raise CheckpointError(f"cannot resume: {path} does not exist (no {kind} checkpoint in {run_dir})")
+    saved = load_checkpoint(path, kind=kind)["config"]
+    now = config.to_dict()
+    changed = [f"{s}.{k}: {saved[s][k]!r} -> {now[s][k]!r}" for s in sections for k in now[s]
+               if saved[s].get(k) != now[s][k]]
+    if changed:
+        raise ConfigError(f"cannot resume {run_dir} with a different model: {'; '.join(changed)}. "
+                          f"Only training settings (train.*, prior_train.*, sample.*) may change on resume")
+
+
+def train_vqvae(config: RunConfig, run_dir: str | Path, resume: bool = False,
+                data: tuple[ImageSet, ImageSet] | None = None) -> TrainResult:
+    """Train a VQ-VAE into `run_dir` (created), or continue it with `resume=True`.
+
+    Writes config.json, checkpoints, reconstructions.png, curves.png and the "vqvae" section of
+    metrics.json. Under torchrun every process calls this; rank 0 writes the files.
+    """
+    run_dir = Path(run_dir)
+    ctx = setup(config.train.device)
+    if resume:
+        check_resume_config(run_dir, "vqvae", config, ("model", "quantizer"))
+    train_set, test_set = data if data is not None else load_splits(config.data)
+    if ctx.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        config.save(run_dir / "config.json")
+        for note in train_set.notes:
+            print(f"warning: {note}")
+    torch.manual_seed(config.train.seed)
+    model = build_vqvae(config, ctx.device)
+    stage = VQVAEStage(model, config, train_set, test_set, ctx)
+    if ctx.is_main and config.train.progress:
+        print(f"vqvae: {len(train_set)} training / {len(test_set)} held-out images ({train_set.name}); "
+              f"{sum(p.numel() for p in model.parameters()):,} parameters; device {ctx.device}"
+              f"{f' x {ctx.world} processes' if ctx.distributed else ''}", flush=True)
+    t0 = time.perf_counter()
+    state = fit(stage, run_dir, ctx, resume=resume)
+    train_seconds = time.perf_counter() - t0
+    metrics = {}
+    if ctx.is_main:
+        model.eval()
+        test = evaluate_reconstruction(model, stage.test_batches.epoch(0))
+        last = state.history[-1] if state.history else {}
+        epoch_seconds = sum(h["seconds"] for h in state.history)
+        images = sum(h["images_per_s"] * h["seconds"] for h in state.history if h["images_per_s"])
+        metrics = {"test": test, "test_dataset": test_set.name, "train_dataset": train_set.name,
+                   "train_images": len(train_set), "epochs": state.epoch, "steps": state.step,
+                   "train_seconds": round(epoch_seconds, 2),
+                   "images_per_s": round(images / epoch_seconds, 1) if epoch_seconds else None,
+                   "last_epoch": last, "this_call_seconds": round(train_seconds, 2)}
+        update_metrics(run_dir, "vqvae", metrics)
+        write_vqvae_figures(model, test_set, state.history, run_dir, ctx.device)
+    barrier()
+    return TrainResult(run_dir, metrics, state.history)
+
+
+@torch.no_grad()
+def write_vqvae_figures(model: VQVAE, test_set: ImageSet, history: list, run_dir: Path, device) -> None:
+    x = test_set.tensor(32).to(device).float() / 255
+    model.eval()
+    x_hat = model(x).reconstruction.float()
+    save_reconstruction_grid(x, x_hat, run_dir / "reconstructions.png")
+    if history:
+        plot_history(history, run_dir / "curves.png", [
+            ("loss terms", ["recon", "commitment", "codebook", "heldout_mse"]),
+            ("codebook usage (codes used)", ["codes_used", "heldout_codes_used"]),
+            ("perplexity", ["perplexity", "heldout_perplexity"]),
+        ], title="VQ-VAE training")
