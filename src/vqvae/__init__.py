@@ -1,2 +1,15 @@
-"""VQ-VAE toolkit: train a VQ-VAE, learn a prior over its codes, generate images."""
+"""VQ-VAE toolkit: train a VQ-VAE, learn a prior over its codes, generate and measure images.
+
+The public API lives in `vqvae.api` and is re-exported here.
+"""
 __version__ = "0.1.0"
+
+from .api import (decode, encode, evaluate, load_config, load_prior, load_vqvae, reconstruct, run_pipeline, sample,
+                  train_prior, train_vqvae, write_report)
+from .config import RunConfig, get_preset
+from .errors import CheckpointError, ConfigError, DataError, TrainingError, VQVAEError
+from .models import VQVAE, GatedPixelCNN
+
+__all__ = ["train_vqvae", "train_prior", "reconstruct", "encode", "decode", "evaluate", "sample", "run_pipeline",
+           "load_vqvae", "load_prior", "load_config", "write_report", "RunConfig", "get_preset", "VQVAE",
+           "GatedPixelCNN", "VQVAEError", "ConfigError", "DataError", "CheckpointError", "TrainingError"]

@@ -54,21 +54,18 @@ class Batches:
         self.rank, self.world, self.shuffle, self.seed = rank, world, shuffle, seed
         self.num_workers, self.channels_last = num_workers, channels_last
         if data.in_memory:
-            self.images = data.images.to(device)
-            self.labels = data.labels.to(device) if data.labels is not None else None
+            self.in_memory = TensorBatches((data.images, data.labels), batch_size, device, rank, world, shuffle, seed)
 
     def __len__(self) -> int:
         return ShardedBatchSampler.num_batches(len(self.data), self.batch_size, self.world)
 
     def epoch(self, epoch: int = 0, skip: int = 0):
-        sampler = ShardedBatchSampler(len(self.data), self.batch_size, self.rank, self.world,
-                                      self.shuffle, self.seed, epoch, skip)
         if self.data.in_memory:
-            for idx in sampler:
-                idx_t = torch.tensor(idx, device=self.device)
-                labels = self.labels[idx_t] if self.labels is not None else None
-                yield self._prepare(self.images[idx_t]), labels
+            for images, labels in self.in_memory.epoch(epoch, skip):
+                yield self._prepare(images), labels
         else:
+            sampler = ShardedBatchSampler(len(self.data), self.batch_size, self.rank, self.world,
+                                          self.shuffle, self.seed, epoch, skip)
             loader = torch.utils.data.DataLoader(self.data, batch_sampler=sampler, num_workers=self.num_workers,
                                                  pin_memory=self.device.type == "cuda",
                                                  persistent_workers=False)
@@ -81,3 +78,24 @@ class Batches:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
+
+
+class TensorBatches:
+    """Batches of in-memory tensors (e.g. code maps and labels), sharded like `Batches`."""
+
+    def __init__(self, tensors: tuple[torch.Tensor | None, ...], batch_size: int, device: torch.device,
+                 rank: int = 0, world: int = 1, shuffle: bool = True, seed: int = 0):
+        self.tensors = tuple(t.to(device) if t is not None else None for t in tensors)
+        self.n = len(tensors[0])
+        self.batch_size, self.device, self.rank, self.world = batch_size, device, rank, world
+        self.shuffle, self.seed = shuffle, seed
+
+    def __len__(self) -> int:
+        return ShardedBatchSampler.num_batches(self.n, self.batch_size, self.world)
+
+    def epoch(self, epoch: int = 0, skip: int = 0):
+        sampler = ShardedBatchSampler(self.n, self.batch_size, self.rank, self.world, self.shuffle, self.seed,
+                                      epoch, skip)
+        for idx in sampler:
+            idx_t = torch.tensor(idx, device=self.device)
+            yield tuple(t[idx_t] if t is not None else None for t in self.tensors)

@@ -45,12 +45,18 @@ def nearest_codes(flat: torch.Tensor, codebook: torch.Tensor, chunk_size: int = 
 
 
 def kmeans(samples: torch.Tensor, k: int, iters: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Plain Lloyd's k-means with k-means++-free random initialisation; empty clusters keep
-    their previous centre. samples: (N, C) -> centres: (k, C)."""
+    """Lloyd's k-means with k-means++ seeding (each new centre drawn with probability
+    proportional to its squared distance from the centres so far); an empty cluster keeps its
+    centre. samples: (N, C) -> centres: (k, C)."""
     n = samples.shape[0]
-    idx = torch.randint(0, n, (k,), device=samples.device, generator=generator) if n < k else \
-        torch.randperm(n, device=samples.device, generator=generator)[:k]
-    centres = samples[idx].clone()
+    centres = torch.empty(k, samples.shape[1], dtype=samples.dtype, device=samples.device)
+    centres[0] = samples[torch.randint(0, n, (1,), device=samples.device, generator=generator)]
+    closest = ((samples - centres[0]) ** 2).sum(1)
+    for i in range(1, k):
+        weights = closest if closest.sum() > 0 else torch.ones_like(closest)
+        pick = torch.multinomial(weights, 1, generator=generator)
+        centres[i] = samples[pick]
+        closest = torch.minimum(closest, ((samples - centres[i]) ** 2).sum(1))
     for _ in range(iters):
         assign = nearest_codes(samples, centres)
         sums = torch.zeros_like(centres).index_add_(0, assign, samples)

@@ -1,0 +1,382 @@
+"""The Python API. The CLI and the benchmarks call these same functions.
+
+    import vqvae
+    cfg = vqvae.load_config("mnist", ["train.epochs=5"])
+    vqvae.run_pipeline(cfg, "runs/demo")            # VQ-VAE, codes, prior, samples, evaluation
+    model, cfg = vqvae.load_vqvae("runs/demo")       # rebuild from the checkpoint alone
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import RunConfig, load_config
+from .data import ImageSet, load_dataset, load_splits
+from .errors import ConfigError, DataError
+from .figures import plot_usage_histogram, save_grid, save_reconstruction_grid
+from .metrics.codebook import codebook_stats
+from .metrics.reconstruction import evaluate_reconstruction
+from .runs import codebook_fingerprint, load_prior, load_vqvae, read_metrics, update_metrics
+from .training.distributed import resolve_device
+from .training.prior_stage import check_prior_matches, heldout_bits, train_prior
+from .training.vqvae_stage import TrainResult, train_vqvae
+
+__all__ = ["load_config", "train_vqvae", "train_prior", "reconstruct", "encode", "decode", "evaluate", "sample",
+           "run_pipeline", "load_vqvae", "load_prior", "write_report", "TrainResult"]
+
+
+def _images(config: RunConfig, data: str | None) -> ImageSet:
+    """`data` (a name or path) at the model's size, or the run's own held-out split."""
+    if data:
+        return load_dataset(data, config.data)
+    return load_splits(config.data)[1]
+
+
+def _float_images(data: ImageSet, limit: int | None, device) -> torch.Tensor:
+    return data.tensor(limit).to(device).float() / 255
+
+
+def reconstruct(checkpoint: str | Path, out: str | Path, data: str | None = None, num_images: int = 32,
+                device: str = "auto") -> Path:
+    """Side-by-side grid: rows of originals, each followed by its reconstructions."""
+    dev = resolve_device(device)
+    model, config = load_vqvae(checkpoint, dev)
+    x = _float_images(_images(config, data), num_images, dev)
+    with torch.no_grad():
+        x_hat = model(x).reconstruction
+    return save_reconstruction_grid(x, x_hat, Path(out))
+
+
+def encode(checkpoint: str | Path, out_dir: str | Path, data: str | None = None, device: str = "auto") -> dict:
+    """Dataset -> integer code maps: OUT/codes.npy (N, h, w) int16, OUT/labels.npy if labelled,
+    and OUT/codes.json with their shape and the codebook they index."""
+    from .training.prior_stage import encode_images
+
+    dev = resolve_device(device)
+    model, config = load_vqvae(checkpoint, dev)
+    images = _images(config, data)
+    codes = encode_images(model, images, dev)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    np.save(out_dir / "codes.npy", codes.numpy())
+    if images.labels is not None:
+        np.save(out_dir / "labels.npy", images.labels.numpy())
+    meta = {"shape": list(codes.shape), "dtype": "int16", "codebook_size": model.codebook_size,
+            "latent_size": model.latent_size, "vqvae_fingerprint": codebook_fingerprint(model),
+            "dataset": images.name, "class_names": list(images.class_names),
+            **codebook_stats(torch.bincount(codes.long().flatten(), minlength=model.codebook_size))}
+    (out_dir / "codes.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return meta
+
+
+def load_codes(path: str | Path) -> tuple[torch.Tensor, dict]:
+    """codes.npy (or the folder holding it, with codes.json) -> (codes (N, h, w) int64, metadata)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "codes.npy"
+    if not path.is_file():
+        raise DataError(f"codes file {path} does not exist")
+    try:
+        codes = np.load(path, allow_pickle=False)
+    except Exception as e:
+        raise DataError(f"{path} is not a .npy array of codes: {e}") from None
+    if codes.ndim == 2:
+        codes = codes[None]
+    if codes.ndim != 3 or not np.issubdtype(codes.dtype, np.integer):
+        raise DataError(f"{path} holds a {codes.dtype} array of shape {codes.shape}; expected integer code maps "
+                        f"(N, h, w)")
+    meta_path = path.with_suffix(".json")
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    return torch.from_numpy(codes.astype(np.int64)), meta
+
+
+def decode(checkpoint: str | Path, codes: str | Path, out: str | Path, device: str = "auto") -> Path:
+    """Code maps -> images: a grid PNG at `out` and the images as OUT.npy (uint8 (N, C, H, W))."""
+    dev = resolve_device(device)
+    model, _ = load_vqvae(checkpoint, dev)
+    indices, meta = load_codes(codes)
+    K = model.codebook_size
+    if meta.get("codebook_size") not in (None, K):
+        raise ConfigError(f"these codes index a codebook of {meta['codebook_size']} codes, but the VQ-VAE has {K}")
+    if int(indices.min()) < 0 or int(indices.max()) >= K:
+        raise ConfigError(f"codes range over [{int(indices.min())}, {int(indices.max())}], outside this VQ-VAE's "
+                          f"codebook of {K} codes (0..{K - 1})")
+    with torch.no_grad():
+        images = torch.cat([model.decode_indices(indices[i:i + 500].to(dev)).float().clamp(0, 1).cpu()
+                            for i in range(0, len(indices), 500)])
+    out = Path(out)
+    np.save(out.with_suffix(".npy"), (images * 255).round().to(torch.uint8).numpy())
+    return save_grid(images[:256], out, nrow=16)
+
+
+def _class_labels(prior, class_: str | int | None, num_samples: int, device) -> tuple[torch.Tensor | None, int]:
+    """Labels for conditional sampling, and the grid's row length."""
+    spec = prior.spec
+    if class_ is None or class_ == "":
+        if prior.conditional:
+            return torch.arange(num_samples, device=device) % spec.num_classes, spec.num_classes
+        return None, 0
+    if not prior.conditional:
+        raise ConfigError("--class needs a class-conditional prior (train it with `train-prior --conditional`); "
+                          "this prior is unconditional")
+    if str(class_) == "all":
+        per_class = max(1, num_samples // spec.num_classes)
+        return torch.arange(spec.num_classes, device=device).repeat_interleave(per_class), per_class
+    names = list(spec.class_names)
+    if str(class_) in names:
+        index = names.index(str(class_))
+    else:
+        try:
+            index = int(class_)
+        except ValueError:
+            raise ConfigError(f"--class {class_!r} is not a class of this prior; classes: {', '.join(names)}") from None
+        if not 0 <= index < spec.num_classes:
+            raise ConfigError(f"--class {index} is out of range: this prior has classes 0..{spec.num_classes - 1} "
+                              f"({', '.join(names)})")
+    return torch.full((num_samples,), index, device=device), 0
+
+
+def sample(run_dir: str | Path, out_dir: str | Path | None = None, num_samples: int | None = None,
+           batch_size: int | None = None, temperature: float | None = None, top_k: int | None = None,
+           seed: int | None = None, class_: str | int | None = None, prior_path: str | Path | None = None,
+           vqvae_path: str | Path | None = None, device: str = "auto", name: str = "samples") -> dict:
+    """Draw new images: prior samples code maps (incrementally), the VQ-VAE decodes them.
+
+    Writes OUT/{name}.png (a grid), OUT/{name}.npy (uint8 (N, C, H, W)) and OUT/{name}_codes.npy.
+    """
+    dev = resolve_device(device)
+    run_dir = Path(run_dir)
+    prior, config, extra = load_prior(prior_path or run_dir, dev)
+    vqvae, _ = load_vqvae(vqvae_path or run_dir, dev)
+    check_prior_matches(prior, vqvae, extra["vqvae_fingerprint"])
+    s = config.sample
+    n = num_samples if num_samples is not None else s.num_samples
+    batch = batch_size or s.batch_size
+    temperature = temperature if temperature is not None else s.temperature
+    top_k = top_k if top_k is not None else s.top_k
+    seed = seed if seed is not None else s.seed
+    if n < 1 or batch < 1:
+        raise ConfigError("number of samples and batch size must be at least 1")
+    labels, row = _class_labels(prior, class_, n, dev)
+    n = len(labels) if labels is not None else n
+    generator = torch.Generator(device=dev).manual_seed(seed)
+    t0 = time.perf_counter()
+    codes = []
+    for start in range(0, n, batch):
+        b = min(batch, n - start)
+        codes.append(prior.sample(b, labels[start:start + b] if labels is not None else None, temperature, top_k,
+                                  generator))
+    codes = torch.cat(codes)
+    sample_seconds = time.perf_counter() - t0
+    with torch.no_grad():
+        images = torch.cat([vqvae.decode_indices(codes[i:i + 500]).float().clamp(0, 1).cpu()
+                            for i in range(0, n, 500)])
+    out_dir = Path(out_dir or run_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    np.save(out_dir / f"{name}.npy", (images * 255).round().to(torch.uint8).numpy())
+    np.save(out_dir / f"{name}_codes.npy", codes.cpu().to(torch.int16).numpy())
+    shown = images[: (row * prior.spec.num_classes if row and labels is not None and class_ == "all" else 100)]
+    grid = save_grid(shown, out_dir / f"{name}.png", nrow=row or 10)
+    return {"num_samples": n, "seconds": round(sample_seconds, 3), "samples_per_s": round(n / sample_seconds, 1),
+            "temperature": temperature, "top_k": top_k, "seed": seed, "grid": str(grid),
+            "class": None if class_ is None else str(class_)}
+
+
+def evaluate(path: str | Path, data: str | None = None, out: str | Path | None = None, num_samples: int | None = None,
+             device: str = "auto", samples: bool = True) -> dict:
+    """Metrics for a checkpoint or a run folder.
+
+    Always: reconstruction on held-out images (`data`, or the run's own test split). For a run
+    folder with a prior: its held-out bits per code, and sample quality (classifier Fréchet
+    distance, confidence, class coverage, with real held-out images and noise as references),
+    plus report.md/report.html. Writes the "evaluation" section of RUN/metrics.json, and `out`
+    as JSON if given.
+    """
+    from .data import Batches, TensorBatches
+    from .metrics.sample_quality import inception_fid, load_or_train_classifier, score_samples
+    from .training.prior_stage import encode_images
+
+    dev = resolve_device(device)
+    path = Path(path)
+    model, config = load_vqvae(path, dev)
+    if data:
+        test_set = load_dataset(data, config.data)
+        train_set = None
+    else:
+        train_set, test_set = load_splits(config.data)
+    result: dict = {"test_dataset": test_set.name,
+                    "reconstruction": evaluate_reconstruction(model, Batches(test_set, 500, dev, shuffle=False).epoch(0))}
+    is_run = path.is_dir() and (path / "checkpoints" / "prior-last.pt").is_file() or \
+        path.is_dir() and (path / "checkpoints" / "prior-best.pt").is_file()
+    if is_run:
+        prior, _, extra = load_prior(path, dev)
+        check_prior_matches(prior, model, extra["vqvae_fingerprint"])
+        codes = encode_images(model, test_set, dev).long()
+        labels = test_set.labels if prior.conditional else None
+        if prior.conditional and labels is None:
+            result["prior"] = {"skipped": f"{test_set.name} has no labels for this conditional prior"}
+        else:
+            bits = heldout_bits(prior, TensorBatches((codes, labels), 500, dev, shuffle=False))
+            result["prior"] = {"heldout_bits_per_code": round(bits, 5), "test_codes": len(codes)}
+        if samples:
+            result["samples"] = _sample_quality(path, config, model, prior, train_set, test_set, num_samples, dev,
+                                                load_or_train_classifier, score_samples, inception_fid)
+    if path.is_dir():
+        update_metrics(path, "evaluation", result)
+        if is_run:
+            write_report(path)
+    if out:
+        Path(out).write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def _sample_quality(run_dir, config, model, prior, train_set, test_set, num_samples, dev,
+                    load_or_train_classifier, score_samples, inception_fid) -> dict:
+    if train_set is None:
+        train_set, _ = load_splits(config.data)
+    if train_set.labels is None or test_set.labels is None:
+        return {"skipped": "sample-quality scores need a labelled dataset to train their classifier"}
+    n = num_samples or config.sample.num_samples
+    samples_path = run_dir / "samples.npy"
+    existing = np.load(samples_path) if samples_path.is_file() else None
+    if existing is None or len(existing) < n:
+        sample(run_dir, num_samples=n, device=str(dev))
+        existing = np.load(samples_path)
+    fake = torch.from_numpy(existing[:n]).float() / 255
+    classifier, info = load_or_train_classifier(train_set.tensor(), train_set.labels, test_set.tensor(),
+                                                test_set.labels)
+    real = test_set.tensor().float() / 255
+    # Disjoint halves of the held-out images: one is the reference, the other the "real" floor.
+    half = len(real) // 2
+    scores = score_samples(classifier, fake, real[:half], real[half:])
+    scores["classifier"] = info
+    scores["inception_fid"] = inception_fid(real[:half], fake)
+    return scores
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """RUN/report.md and RUN/report.html: metrics, reconstruction and sample grids, curves,
+    and a codebook-usage histogram."""
+    run_dir = Path(run_dir)
+    metrics = read_metrics(run_dir)
+    codes_path = run_dir / "codes" / "test.npy"
+    if codes_path.is_file():
+        K = metrics.get("prior", {}).get("codebook_size") or int(np.load(codes_path).max()) + 1
+        plot_usage_histogram(torch.bincount(torch.from_numpy(np.load(codes_path).astype(np.int64)).flatten(),
+                                            minlength=K), run_dir / "codebook_usage.png", "held-out codebook usage")
+    ev = metrics.get("evaluation", {})
+    rec = ev.get("reconstruction", {})
+    lines = [f"# VQ-VAE run report: {run_dir.name}", ""]
+    if rec:
+        lines += ["## Reconstruction (held-out)", "",
+                  f"- test set: {ev.get('test_dataset')} ({rec.get('num_images')} images)",
+                  f"- MSE {rec.get('mse', float('nan')):.5f} (clipped to [0, 1]: {rec.get('mse_clipped', float('nan')):.5f}), "
+                  f"PSNR {rec.get('psnr_db', float('nan')):.2f} dB",
+                  f"- codes used {rec.get('codes_used')} of {rec.get('codes_used', 0) + rec.get('dead_codes', 0)}, "
+                  f"perplexity {rec.get('perplexity')}", ""]
+    prior = ev.get("prior", {})
+    if "heldout_bits_per_code" in prior:
+        lines += ["## Prior", "", f"- held-out negative log-likelihood: {prior['heldout_bits_per_code']:.4f} bits per code",
+                  ""]
+    sq = ev.get("samples", {})
+    if "samples" in sq:
+        lines += ["## Sample quality (classifier-feature Fréchet distance; lower is better)", "",
+                  "| images | Fréchet distance | confidence | class coverage | classes present |", "|---|---|---|---|---|"]
+        for name in ("real_heldout", "samples", "noise"):
+            r = sq[name]
+            lines.append(f"| {name} | {r['frechet_distance']:.3f} | {r['confidence']:.3f} | {r['class_coverage']:.3f} | "
+                         f"{r['classes_present']} |")
+        acc = sq.get("classifier", {}).get("test_accuracy")
+        lines += ["", f"Classifier held-out accuracy: {acc}. Inception FID: {sq.get('inception_fid')}", ""]
+    for title, name in (("Reconstructions (originals above, reconstructions below)", "reconstructions.png"),
+                        ("Samples", "samples.png"), ("VQ-VAE training", "curves.png"),
+                        ("Prior training", "prior_curves.png"), ("Codebook usage", "codebook_usage.png")):
+        if (run_dir / name).is_file():
+            lines += [f"## {title}", "", f"![{title}]({name})", ""]
+    md = "\n".join(lines)
+    (run_dir / "report.md").write_text(md + "\n")
+    (run_dir / "report.html").write_text(_markdown_to_html(md))
+    return run_dir / "report.md"
+
+
+def _markdown_to_html(md: str) -> str:
+    """Just enough Markdown for the report: headings, bullets, tables, images."""
+    import html
+    import re
+
+    out, in_table = ["<!doctype html><meta charset='utf-8'><title>VQ-VAE report</title>",
+                     "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}td,th{padding:2px 8px;"
+                     "border-bottom:1px solid #ddd}img{max-width:100%;image-rendering:pixelated}</style>"], False
+    for line in md.splitlines():
+        if line.startswith("|"):
+            cells = [html.escape(c.strip()) for c in line.strip("|").split("|")]
+            if set("".join(cells)) <= set("-"):
+                continue
+            if not in_table:
+                out.append("<table>")
+                in_table = True
+            out.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+            continue
+        if in_table:
+            out.append("</table>")
+            in_table = False
+        image = re.fullmatch(r"!\[(.*)\]\((.*)\)", line)
+        if line.startswith("## "):
+            out.append(f"<h2>{html.escape(line[3:])}</h2>")
+        elif line.startswith("# "):
+            out.append(f"<h1>{html.escape(line[2:])}</h1>")
+        elif line.startswith("- "):
+            out.append(f"<li>{html.escape(line[2:])}</li>")
+        elif image:
+            out.append(f"<img alt='{html.escape(image.group(1))}' src='{html.escape(image.group(2))}'>")
+        elif line:
+            out.append(f"<p>{html.escape(line)}</p>")
+    if in_table:
+        out.append("</table>")
+    return "\n".join(out) + "\n"
+
+
+def run_pipeline(config: RunConfig, run_dir: str | Path, progress: bool = True) -> dict:
+    """The whole job: VQ-VAE, cached codes, prior, samples, evaluation and report, in one folder."""
+    run_dir = Path(run_dir)
+    timings = {}
+    t = time.perf_counter()
+    train_vqvae(config, run_dir)
+    timings["vqvae_s"] = round(time.perf_counter() - t, 1)
+    t = time.perf_counter()
+    train_prior(config, run_dir)
+    timings["prior_s"] = round(time.perf_counter() - t, 1)
+    t = time.perf_counter()
+    sampled = sample(run_dir, device=config.train.device)
+    timings["sample_s"] = round(time.perf_counter() - t, 1)
+    t = time.perf_counter()
+    result = evaluate(run_dir, device=config.train.device)
+    timings["evaluate_s"] = round(time.perf_counter() - t, 1)
+    update_metrics(run_dir, "pipeline", {"timings": timings, "sampling": sampled})
+    if progress:
+        print(summary_text(run_dir), flush=True)
+    return read_metrics(run_dir)
+
+
+def summary_text(run_dir: Path) -> str:
+    m = read_metrics(run_dir)
+    ev = m.get("evaluation", {})
+    rec, prior, sq = ev.get("reconstruction", {}), ev.get("prior", {}), ev.get("samples", {})
+    lines = [f"run folder: {run_dir}"]
+    if rec:
+        lines.append(f"  reconstruction: MSE {rec['mse_clipped']:.5f} (clipped), PSNR {rec['psnr_db']:.2f} dB, "
+                     f"{rec['codes_used']} codes used, perplexity {rec['perplexity']}")
+    if "heldout_bits_per_code" in prior:
+        lines.append(f"  prior: {prior['heldout_bits_per_code']:.4f} bits per code on held-out codes")
+    if "samples" in sq:
+        lines.append(f"  samples: Fréchet {sq['samples']['frechet_distance']:.3f} (real held-out "
+                     f"{sq['real_heldout']['frechet_distance']:.3f}, noise {sq['noise']['frechet_distance']:.3f}), "
+                     f"confidence {sq['samples']['confidence']:.3f}, class coverage {sq['samples']['class_coverage']:.3f}")
+    if "pipeline" in m:
+        lines.append(f"  timings: {m['pipeline']['timings']}")
+    lines.append(f"  report: {run_dir / 'report.md'}")
+    return "\n".join(lines)

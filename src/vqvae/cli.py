@@ -1,0 +1,218 @@
+"""Command line: parse -> build a config -> call the API. No logic of its own."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from . import api
+from .config import PRESETS, RunConfig, apply_overrides, get_preset, load_config
+from .errors import CheckpointError, VQVAEError
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="mnist", help=f"named settings: {', '.join(PRESETS)} (default: mnist)")
+    p.add_argument("--config", metavar="FILE", help="JSON file of settings applied over the preset")
+    p.add_argument("--data", metavar="NAME|PATH",
+                   help="training data: mnist-5k (default), mnist, fashion-mnist, cifar10, a folder of images, "
+                        "or a folder of MNIST IDX files")
+    p.add_argument("--test-data", metavar="NAME|PATH",
+                   help="held-out data (default: the dataset's test split, or a held-out fraction)")
+    p.add_argument("--out", metavar="RUN_DIR", help="run folder (default: runs/<preset>-<time>)")
+    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1 ...")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    p.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="override any config field, e.g. --set train.epochs=5 quantizer.codebook_size=512")
+
+
+def _overrides(args, extra: list[str] | None = None) -> list[str]:
+    items = list(extra or [])
+    if getattr(args, "data", None):
+        items.append(f"data.dataset={args.data}")
+    if getattr(args, "test_data", None):
+        items.append(f"data.test_dataset={args.test_data}")
+    if getattr(args, "device", None):
+        items += [f"train.device={args.device}", f"prior_train.device={args.device}"]
+    return items + list(args.overrides)
+
+
+def _run_config(args, extra: list[str] | None = None) -> tuple[RunConfig, Path, bool]:
+    """(config, run folder, resume?) from --preset/--config/--set, or from the run being resumed."""
+    if args.resume:
+        run_dir = Path(args.resume)
+        saved = run_dir / "config.json"
+        if not saved.is_file():
+            raise CheckpointError(f"cannot resume: {run_dir} is not a run folder (no config.json)")
+        config = RunConfig.from_dict(json.loads(saved.read_text()))
+        return apply_overrides(config, _overrides(args, extra)), run_dir, True
+    config = load_config(args.preset, _overrides(args, extra), args.config)
+    run_dir = Path(args.out) if args.out else Path("runs") / f"{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if run_dir.exists() and (run_dir / "checkpoints").exists():
+        raise CheckpointError(f"{run_dir} already holds a run: pass --resume {run_dir} to continue it, "
+                              f"or choose another --out")
+    return config, run_dir, False
+
+
+def cmd_train(args):
+    config, run_dir, resume = _run_config(args)
+    result = api.train_vqvae(config, run_dir, resume=resume)
+    if result.metrics:
+        test = result.metrics["test"]
+        print(f"done: held-out MSE {test['mse_clipped']:.5f} (clipped), PSNR {test['psnr_db']:.2f} dB, "
+              f"{test['codes_used']}/{config.quantizer.codebook_size} codes used; run folder {run_dir}")
+
+
+def cmd_pipeline(args):
+    config, run_dir, resume = _run_config(args)
+    if resume:
+        raise CheckpointError("pipeline does not resume; use `train --resume` and `train-prior --resume`")
+    api.run_pipeline(config, run_dir)
+
+
+def cmd_train_prior(args):
+    run_dir = Path(args.run_dir)
+    saved = run_dir / "config.json"
+    if not saved.is_file():
+        raise CheckpointError(f"{run_dir} is not a run folder (no config.json): train a VQ-VAE there first")
+    config = RunConfig.from_dict(json.loads(saved.read_text()))
+    extra = ["prior.conditional=true"] if args.conditional else []
+    if args.device:
+        extra.append(f"prior_train.device={args.device}")
+    config = apply_overrides(config, extra + list(args.overrides))
+    metrics = api.train_prior(config, run_dir, resume=args.resume)
+    if metrics:
+        print(f"done: held-out {metrics['heldout_bits_per_code']:.4f} bits per code "
+              f"(best {metrics['best_heldout_bits_per_code']:.4f}); run folder {run_dir}")
+
+
+def cmd_reconstruct(args):
+    print(api.reconstruct(args.checkpoint, args.out, data=args.data, num_images=args.num, device=args.device))
+
+
+def cmd_encode(args):
+    meta = api.encode(args.checkpoint, args.out, data=args.data, device=args.device)
+    print(f"wrote {args.out}/codes.npy: {meta['shape']} codes of a {meta['codebook_size']}-code codebook")
+
+
+def cmd_decode(args):
+    print(api.decode(args.checkpoint, args.codes, args.out, device=args.device))
+
+
+def cmd_evaluate(args):
+    result = api.evaluate(args.path, data=args.data, out=args.out, num_samples=args.num_samples,
+                          device=args.device, samples=not args.no_samples)
+    print(json.dumps(result, indent=2))
+
+
+def cmd_sample(args):
+    result = api.sample(args.run_dir, out_dir=args.out, num_samples=args.num_samples, batch_size=args.batch_size,
+                        temperature=args.temperature, top_k=args.top_k, seed=args.seed, class_=args.class_,
+                        prior_path=args.prior, vqvae_path=args.vqvae, device=args.device)
+    print(f"{result['num_samples']} samples in {result['seconds']} s ({result['samples_per_s']}/s): {result['grid']}")
+
+
+def cmd_presets(args):
+    if args.name:
+        print(json.dumps(get_preset(args.name).to_dict(), indent=2))
+    else:
+        for name in PRESETS:
+            cfg = get_preset(name)
+            print(f"{name:14s} {cfg.model.image_size}x{cfg.model.image_size}x{cfg.model.in_channels}, "
+                  f"{cfg.model.hidden_channels} channels, {cfg.quantizer.codebook_size} codes ({cfg.quantizer.update}), "
+                  f"{cfg.train.epochs} epochs, batch {cfg.train.batch_size}, lr {cfg.train.lr}; prior "
+                  f"{cfg.prior.num_layers}x{cfg.prior.hidden_channels}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vqvae", description=__doc__.splitlines()[0] if __doc__ else None,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.description = "Train VQ-VAEs, learn a prior over their codes, generate and measure images."
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+
+    p = sub.add_parser("pipeline", help="the whole job: VQ-VAE, prior, samples, evaluation, report",
+                       formatter_class=fmt)
+    _config_args(p)
+    p.set_defaults(func=cmd_pipeline)
+
+    p = sub.add_parser("train", help="train a VQ-VAE (or --resume one)", formatter_class=fmt)
+    _config_args(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("train-prior", help="train a Gated PixelCNN prior on a run's codes", formatter_class=fmt)
+    p.add_argument("run_dir", help="run folder holding a trained VQ-VAE")
+    p.add_argument("--conditional", action="store_true", help="condition on the dataset's class labels")
+    p.add_argument("--resume", action="store_true", help="continue the prior from its last checkpoint")
+    p.add_argument("--device", help="auto (default), cpu, cuda ...")
+    p.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="override prior.* and prior_train.* fields, e.g. --set prior_train.epochs=5")
+    p.set_defaults(func=cmd_train_prior)
+
+    p = sub.add_parser("reconstruct", help="originals beside reconstructions, as a grid PNG", formatter_class=fmt)
+    p.add_argument("checkpoint", help="VQ-VAE checkpoint file or run folder")
+    p.add_argument("--data", help="images to reconstruct (name or folder; default: the run's held-out split)")
+    p.add_argument("--out", default="reconstructions.png", help="output PNG")
+    p.add_argument("--num", type=int, default=32, help="number of images")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_reconstruct)
+
+    p = sub.add_parser("encode", help="images -> integer code maps (.npy + .json)", formatter_class=fmt)
+    p.add_argument("checkpoint", help="VQ-VAE checkpoint file or run folder")
+    p.add_argument("--data", help="images to encode (default: the run's held-out split)")
+    p.add_argument("--out", default="codes", help="output folder")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_encode)
+
+    p = sub.add_parser("decode", help="code maps -> images (grid PNG + .npy)", formatter_class=fmt)
+    p.add_argument("checkpoint", help="VQ-VAE checkpoint file or run folder")
+    p.add_argument("codes", help="codes.npy (or the folder `encode` wrote)")
+    p.add_argument("--out", default="decoded.png", help="output PNG (the images also go to the same name .npy)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_decode)
+
+    p = sub.add_parser("evaluate", help="metrics JSON (and, for a run with a prior, a report)", formatter_class=fmt)
+    p.add_argument("path", help="VQ-VAE checkpoint file or run folder")
+    p.add_argument("--data", help="held-out images (default: the run's test split)")
+    p.add_argument("--out", help="also write the metrics to this JSON file")
+    p.add_argument("--num-samples", type=int, help="samples to score (default: the run's sample.num_samples)")
+    p.add_argument("--no-samples", action="store_true", help="skip sampling and sample-quality scores")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("sample", help="generate images from a run's prior and VQ-VAE", formatter_class=fmt)
+    p.add_argument("run_dir", help="run folder with a VQ-VAE and a prior")
+    p.add_argument("--out", help="output folder (default: the run folder)")
+    p.add_argument("-n", "--num-samples", type=int, help="number of samples (default: sample.num_samples)")
+    p.add_argument("--batch-size", type=int, help="samples drawn at once (default: sample.batch_size)")
+    p.add_argument("--temperature", type=float, help="softmax temperature (default: sample.temperature, 1.0)")
+    p.add_argument("--top-k", type=int, help="sample among the k likeliest codes; 0 = all")
+    p.add_argument("--seed", type=int, help="random seed")
+    p.add_argument("--class", dest="class_", help="class-conditional prior: a class index or name, or 'all'")
+    p.add_argument("--prior", help="prior checkpoint (default: the run's)")
+    p.add_argument("--vqvae", help="VQ-VAE checkpoint (default: the run's)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("presets", help="list presets, or print one's full config", formatter_class=fmt)
+    p.add_argument("name", nargs="?", help="a preset to print")
+    p.set_defaults(func=cmd_presets)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except VQVAEError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

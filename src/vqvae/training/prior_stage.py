@@ -1,0 +1,202 @@
+"""Stage 2: encode the data once, train a Gated PixelCNN on the cached code maps.
+
+The seed's source re-encodes every batch with the VQ-VAE on every prior epoch; the codes
+never change (the VQ-VAE is frozen), so here they are computed once, stored in RUN/codes/,
+and reused, also by later runs of `train-prior` on the same VQ-VAE.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..config import RunConfig
+from ..data import Batches, ImageSet, TensorBatches, load_splits
+from ..errors import ConfigError, DataError
+from ..figures import plot_history
+from ..models import VQVAE, GatedPixelCNN, PriorSpec
+from ..runs import codebook_fingerprint, load_vqvae, update_metrics
+from .distributed import DistContext, all_reduce_sum, barrier, setup
+from .loop import Stage, fit
+from .vqvae_stage import check_resume_config
+
+LN2 = math.log(2.0)
+
+
+@torch.no_grad()
+def encode_images(model: VQVAE, data: ImageSet, device: torch.device, batch_size: int = 500) -> torch.Tensor:
+    """All images of `data` -> code maps (N, h, w) int16 on the CPU, in dataset order."""
+    model.eval()
+    out = []
+    for x, _ in Batches(data, batch_size, device, shuffle=False).epoch(0):
+        out.append(model.codes(x).to(torch.int16).cpu())
+    return torch.cat(out)
+
+
+def cached_codes(model: VQVAE, data: ImageSet, split: str, run_dir: Path, device: torch.device) -> torch.Tensor:
+    """Code maps of `data`, from RUN/codes/<split>.npy when they were made by this same VQ-VAE."""
+    folder = Path(run_dir) / "codes"
+    meta_path, codes_path = folder / f"{split}.json", folder / f"{split}.npy"
+    fingerprint = codebook_fingerprint(model)
+    key = {"fingerprint": fingerprint, "dataset": data.name, "num_images": len(data),
+           "codebook_size": model.codebook_size, "latent_size": model.latent_size}
+    if meta_path.is_file() and codes_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        if all(meta.get(k) == v for k, v in key.items()):
+            return torch.from_numpy(np.load(codes_path)).long()
+    codes = encode_images(model, data, device)
+    folder.mkdir(parents=True, exist_ok=True)
+    np.save(codes_path, codes.numpy())
+    meta_path.write_text(json.dumps({**key, "shape": list(codes.shape), "dtype": "int16"}, indent=2) + "\n")
+    return codes.long()
+
+
+class PriorStage(Stage):
+    kind = "prior"
+    config_section = "prior_train"
+    summary_keys = ("bits", "heldout_bits", "images_per_s")
+
+    def __init__(self, model: GatedPixelCNN, config: RunConfig, train_codes, train_labels, test_codes, test_labels,
+                 ctx: DistContext, fingerprint: str):
+        self.model = model
+        self.train_cfg = config.prior_train
+        self.config_dict = config.to_dict()
+        self.ctx = ctx
+        self.fingerprint = fingerprint
+        labels = model.conditional
+        self.batches = TensorBatches((train_codes, train_labels if labels else None), self.train_cfg.batch_size,
+                                     ctx.device, ctx.rank, ctx.world, shuffle=True, seed=self.train_cfg.seed)
+        self.test_batches = TensorBatches((test_codes, test_labels if labels else None), 500, ctx.device,
+                                          shuffle=False)
+        self.begin_epoch()
+
+    def begin_epoch(self) -> None:
+        self.nats_sum = torch.zeros((), device=self.ctx.device)
+        self.num_batches = torch.zeros((), device=self.ctx.device)
+
+    def loss(self, model, batch):
+        codes, labels = batch
+        nats = F.cross_entropy(model(codes, labels).float(), codes)
+        return nats, {"loss": nats}
+
+    def after_step(self, terms) -> None:
+        self.nats_sum += terms["loss"].detach().float()
+        self.num_batches += 1
+
+    def epoch_summary(self) -> dict:
+        mean = all_reduce_sum(self.nats_sum.clone()) / all_reduce_sum(self.num_batches.clone()).clamp_min(1)
+        return {"bits": round(mean.item() / LN2, 5)}
+
+    def postfix(self) -> dict:
+        return {"bits/code": f"{(self.nats_sum / self.num_batches.clamp_min(1)).item() / LN2:.4f}"}
+
+    def epoch_state(self) -> dict:
+        return {"nats_sum": self.nats_sum, "num_batches": self.num_batches}
+
+    def load_epoch_state(self, state: dict) -> None:
+        if state:
+            self.nats_sum.copy_(state["nats_sum"])
+            self.num_batches.copy_(state["num_batches"])
+
+    def evaluate(self) -> dict:
+        bits = heldout_bits(self.model, self.test_batches, self.train_cfg.eval_batches)
+        return {"heldout_loss": bits, "heldout_bits": round(bits, 5)}
+
+    def checkpoint_extra(self) -> dict:
+        spec = self.model.spec
+        return {"prior_spec": {"codebook_size": spec.codebook_size, "latent_size": spec.latent_size,
+                               "num_classes": spec.num_classes, "class_names": list(spec.class_names)},
+                "vqvae_fingerprint": self.fingerprint}
+
+
+@torch.no_grad()
+def heldout_bits(model: GatedPixelCNN, batches: TensorBatches, max_batches: int = 0) -> float:
+    """Mean negative log-likelihood in bits per code over all batches."""
+    was_training = model.training
+    model.eval()
+    nats, count = 0.0, 0
+    for b, (codes, labels) in enumerate(batches.epoch(0)):
+        if max_batches and b >= max_batches:
+            break
+        nats += F.cross_entropy(model(codes, labels).float(), codes, reduction="sum").item()
+        count += codes.numel()
+    model.train(was_training)
+    return nats / max(count, 1) / LN2
+
+
+def train_prior(config: RunConfig, run_dir: str | Path, resume: bool = False,
+                data: tuple[ImageSet, ImageSet] | None = None) -> dict:
+    """Train the prior of the run in `run_dir` on codes of its VQ-VAE (RUN/checkpoints/vqvae-*.pt).
+
+    Writes the prior's checkpoints, RUN/codes/, prior_curves.png and the "prior" section of
+    metrics.json; returns that section (empty on ranks other than 0).
+    """
+    run_dir = Path(run_dir)
+    ctx = setup(config.prior_train.device)
+    if resume:
+        check_resume_config(run_dir, "prior", config, ("prior",))
+    vqvae, vq_config = load_vqvae(run_dir, ctx.device)
+    config.model, config.quantizer = vq_config.model, vq_config.quantizer  # the VQ-VAE's own config is the truth
+    train_set, test_set = data if data is not None else load_splits(config.data)
+    if config.prior.conditional and (train_set.labels is None or not train_set.class_names):
+        raise DataError(f"--conditional needs a labelled dataset; {train_set.name} has no labels "
+                        f"(use a named dataset or a folder with one subfolder per class)")
+    if config.prior.conditional and test_set.labels is None:
+        raise DataError(f"--conditional needs labels on the test split too; {test_set.name} has none")
+    # Rank 0 encodes (and caches) first; the others then read the cache.
+    if ctx.is_main:
+        train_codes = cached_codes(vqvae, train_set, "train", run_dir, ctx.device)
+        test_codes = cached_codes(vqvae, test_set, "test", run_dir, ctx.device)
+    barrier()
+    if not ctx.is_main:
+        train_codes = cached_codes(vqvae, train_set, "train", run_dir, ctx.device)
+        test_codes = cached_codes(vqvae, test_set, "test", run_dir, ctx.device)
+    spec = PriorSpec(vqvae.codebook_size, vqvae.latent_size,
+                     len(train_set.class_names) if config.prior.conditional else 0,
+                     tuple(train_set.class_names) if config.prior.conditional else ())
+    torch.manual_seed(config.prior_train.seed)
+    model = GatedPixelCNN(config.prior, spec, dropout=config.prior_train.dropout).to(ctx.device)
+    stage = PriorStage(model, config, train_codes, train_set.labels, test_codes, test_set.labels, ctx,
+                       codebook_fingerprint(vqvae))
+    if ctx.is_main:
+        config.save(run_dir / "config.json")
+        if config.prior_train.progress:
+            print(f"prior: {len(train_codes)} training / {len(test_codes)} held-out code maps of "
+                  f"{spec.latent_size}x{spec.latent_size}, {spec.codebook_size} codes; "
+                  f"{sum(p.numel() for p in model.parameters()):,} parameters"
+                  f"{'; conditional on ' + str(spec.num_classes) + ' classes' if spec.num_classes else ''}", flush=True)
+    state = fit(stage, run_dir, ctx, resume=resume)
+    metrics = {}
+    if ctx.is_main:
+        best = min((h["heldout_bits"] for h in state.history), default=None)
+        seconds = sum(h["seconds"] for h in state.history)
+        metrics = {"heldout_bits_per_code": state.history[-1]["heldout_bits"] if state.history else None,
+                   "best_heldout_bits_per_code": best, "train_bits_per_code": state.history[-1]["bits"]
+                   if state.history else None, "epochs": state.epoch, "train_seconds": round(seconds, 2),
+                   "codebook_size": spec.codebook_size, "latent_size": spec.latent_size,
+                   "conditional": bool(spec.num_classes), "class_names": list(spec.class_names),
+                   "history": [{k: h[k] for k in ("epoch", "bits", "heldout_bits", "seconds")} for h in state.history]}
+        update_metrics(run_dir, "prior", metrics)
+        if state.history:
+            plot_history(state.history, run_dir / "prior_curves.png",
+                         [("loss (bits per code)", ["bits", "heldout_bits"])], title="Prior training")
+    barrier()
+    return metrics
+
+
+def check_prior_matches(prior: GatedPixelCNN, vqvae: VQVAE, prior_fingerprint: str | None) -> None:
+    """Refuse a prior paired with a VQ-VAE whose codes it was not trained on."""
+    if prior.spec.codebook_size != vqvae.codebook_size:
+        raise ConfigError(f"the prior models {prior.spec.codebook_size} codes but the VQ-VAE has "
+                          f"{vqvae.codebook_size}: they do not belong together")
+    if prior.spec.latent_size != vqvae.latent_size:
+        raise ConfigError(f"the prior models {prior.spec.latent_size}x{prior.spec.latent_size} code maps but the "
+                          f"VQ-VAE makes {vqvae.latent_size}x{vqvae.latent_size}")
+    if prior_fingerprint and prior_fingerprint != codebook_fingerprint(vqvae):
+        raise ConfigError("the prior was trained on the codes of a different VQ-VAE (codebook fingerprints differ); "
+                          "train a prior for this VQ-VAE with `vqvae train-prior`")
