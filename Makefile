@@ -5,14 +5,13 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # torch as a range: this resolves to the build on this machine's disk where pip is capped, and to a
 # recent release elsewhere. GPU machines carry their own torch.
-TORCH_SPEC ?= torch>=2.2,<3 torchvision>=0.17
+TORCH_SPEC ?= "torch>=2.2,<3" "torchvision>=0.17"
 RUN ?= runs/demo
 
 .PHONY: setup demo test bench clean
 
 $(BIN)/vqvae: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH_SPEC)
 	$(BIN)/pip install -q -e ".[dev,tensorboard]"
 	@touch $@
