@@ -110,7 +110,7 @@ def _from_array(name, images: np.ndarray, labels, cfg: DataConfig, class_names=(
             f"{cfg.image_size}x{cfg.image_size} with {cfg.channels}; choose a preset for this data or set "
             f"data.image_size={h} data.channels={c}")
     tensor = torch.from_numpy(np.array(images, dtype=np.uint8)).permute(0, 3, 1, 2).contiguous()
-    label_tensor = torch.as_tensor(np.asarray(labels), dtype=torch.long) if labels is not None else None
+    label_tensor = torch.tensor(np.asarray(labels), dtype=torch.long) if labels is not None else None
     return ImageSet(name, cfg.image_size, cfg.channels, images=tensor, labels=label_tensor,
                     class_names=tuple(class_names))
 
