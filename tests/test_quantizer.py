@@ -84,6 +84,7 @@ def test_kmeans_init_places_codes_on_clusters():
 def test_dead_codes_are_restarted_from_encoder_outputs():
     cfg = QuantizerConfig(codebook_size=4, update="ema", restart_after_steps=2)
     q = VectorQuantizer(2, cfg).train()
+    assert q.restart_check_every == 1
     q.codebook.data = torch.tensor([[0.0, 0.0], [100.0, 100.0], [200.0, 200.0], [300.0, 300.0]])
     q.ema_embed_sum.copy_(q.codebook.data)
     z = torch.full((1, 2, 2, 2), 0.5)  # every vector nearest code 0

@@ -76,35 +76,50 @@ class GatedPixelCNN(nn.Module):
                      choose: Callable[[torch.Tensor, int, int], torch.Tensor]) -> torch.Tensor:
         """Walk the map in raster order computing each activation once.
 
-        choose(logits (B, K), i, j) returns the codes (B,) placed at (i, j).
-        Returns the codes (B, H, W).
+        choose(logits (B, K), i, j) returns the codes (B,) placed at (i, j). Returns the codes (B, H, W).
+
+        Vertical stacks are kept channels-first (B, C, H, W) and advanced a row at a time with
+        the layers' own convolutions. Horizontal stacks are kept channels-last with `pad`
+        zero columns on the left, (B, H, pad + W, C), so the window a position reads is one
+        slice, and each layer's step at a position is two small matrix products.
         """
         labels = self._labels(labels, batch)
         C = self.config.hidden_channels
-        device = self.embedding.weight.device
-        dtype = self.embedding.weight.dtype
+        device, dtype = self.embedding.weight.device, self.embedding.weight.dtype
+        pad = max(layer.h_width for layer in self.layers)
         codes = torch.zeros(batch, height, width, dtype=torch.long, device=device)
-        embedded = torch.zeros(batch, C, height, width, device=device, dtype=dtype)
-        # Per-layer outputs of both stacks, filled as the walk proceeds.
-        v_maps = [torch.zeros_like(embedded) for _ in self.layers]
-        h_maps = [torch.zeros_like(embedded) for _ in self.layers]
+        embedded = torch.zeros(batch, height, pad + width, C, device=device, dtype=dtype)  # channels-last
+        embedded_cf = embedded.permute(0, 3, 1, 2)[..., pad:]  # (B, C, H, W) view for the vertical stack
+        v_maps = [torch.zeros(batch, C, height, width, device=device, dtype=dtype) for _ in self.layers]
+        h_maps = [torch.zeros(batch, height, pad + width, C, device=device, dtype=dtype) for _ in self.layers]
+        weights = [layer.position_weights(labels) for layer in self.layers]
+        head = [m for m in self.head if isinstance(m, nn.Conv2d)]
+        head_w = [(conv.weight[:, :, 0, 0].t().contiguous(), conv.bias) for conv in head]
         for i in range(height):
             v_pre_rows = []
-            v_in = embedded
+            v_in = embedded_cf
             for layer, v_map in zip(self.layers, v_maps):
                 v_pre, v_out = layer.vertical_row(v_in, i, labels)  # (B, 2C, 1, W), (B, C, 1, W)
                 v_map[:, :, i] = v_out[:, :, 0]
-                v_pre_rows.append(v_pre)
+                v_pre_rows.append(v_pre[:, :, 0].transpose(1, 2).contiguous())  # (B, W, 2C)
                 v_in = v_map
             for j in range(width):
+                col = pad + j
                 h_in = embedded
-                for layer, h_map, v_pre in zip(self.layers, h_maps, v_pre_rows):
-                    h = layer.horizontal_at(h_in, i, j, v_pre[..., j:j + 1], labels)  # (B, C, 1, 1)
-                    h_map[:, :, i, j] = h[:, :, 0, 0]
+                for layer, h_map, v_pre, (w_in, b_in, w_out, b_out) in zip(self.layers, h_maps, v_pre_rows, weights):
+                    last = col - 1 if layer.first else col  # type A excludes the current position
+                    window = h_in[:, i, last - layer.h_width + 1: last + 1].reshape(batch, -1)  # (B, kw*C)
+                    pre = torch.addmm(b_in, torch.cat([window, v_pre[:, j]], 1), w_in)  # (B, 2C)
+                    h = torch.addmm(b_out, torch.tanh(pre[:, :C]) * torch.sigmoid(pre[:, C:]), w_out)
+                    if not layer.first:
+                        h = h + h_in[:, i, col]
+                    h_map[:, i, col] = h
                     h_in = h_map
-                logits = self.head(h)[:, :, 0, 0]  # (B, K)
+                x = torch.relu(h)
+                x = torch.relu(torch.addmm(head_w[0][1], x, head_w[0][0]))
+                logits = torch.addmm(head_w[1][1], x, head_w[1][0])  # (B, K)
                 codes[:, i, j] = choose(logits, i, j)
-                embedded[:, :, i, j] = self.embedding(codes[:, i, j])
+                embedded[:, i, col] = self.embedding(codes[:, i, j])
         return codes
 
     @torch.no_grad()

@@ -78,6 +78,21 @@ def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+def _global_rows(flat: torch.Tensor) -> torch.Tensor:
+    """Every process's rows, concatenated in rank order: the global batch a single process
+    would see, so initialisation and restarts pick from the same vectors either way."""
+    if not _distributed():
+        return flat
+    sizes = [torch.zeros(1, dtype=torch.long, device=flat.device) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, torch.tensor([flat.shape[0]], device=flat.device))
+    longest = int(max(s.item() for s in sizes))
+    padded = torch.zeros(longest, flat.shape[1], dtype=flat.dtype, device=flat.device)
+    padded[: flat.shape[0]] = flat
+    gathered = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(gathered, padded)
+    return torch.cat([g[: int(s.item())] for g, s in zip(gathered, sizes)])
+
+
 class VectorQuantizer(nn.Module):
     def __init__(self, code_dim: int, config: QuantizerConfig):
         super().__init__()
@@ -92,6 +107,20 @@ class VectorQuantizer(nn.Module):
         self.register_buffer("ema_cluster_size", torch.ones(K))
         self.register_buffer("ema_embed_sum", weight.clone())
         self.register_buffer("steps_unused", torch.zeros(K, dtype=torch.long))
+        self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
+        # Host-side mirrors of `initialised` and `num_updates`, read from the buffers once (one
+        # device sync) instead of every step; reset whenever a state dict is loaded.
+        self._ready: bool | None = None
+        self._updates: int | None = None
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._ready, self._updates = None, None
+
+    @property
+    def restart_check_every(self) -> int:
+        """Dead codes are looked for every this many steps (a host sync each time), not every step."""
+        return max(1, self.config.restart_after_steps // 10)
 
     @property
     def codebook_size(self) -> int:
@@ -111,8 +140,11 @@ class VectorQuantizer(nn.Module):
         B, C, H, W = z.shape
         z = z.float()
         flat = z.permute(0, 2, 3, 1).reshape(-1, C)  # (B*H*W, C)
-        if self.training and not bool(self.initialised):
-            self._initialise(flat.detach())
+        if self.training and not self._ready:
+            self._ready = bool(self.initialised)
+            if not self._ready:
+                self._initialise(flat.detach())
+                self._ready = True
         indices = nearest_codes(flat.detach(), self.codebook.detach())
         if self.training:
             self._update(flat.detach(), indices)
@@ -127,8 +159,9 @@ class VectorQuantizer(nn.Module):
     # ------------------------------------------------------------------ codebook learning
     @torch.no_grad()
     def _initialise(self, flat: torch.Tensor) -> None:
-        """Seed the codebook from encoder outputs of the first training batch (rank 0's)."""
+        """Seed the codebook from encoder outputs of the first (global) training batch."""
         K = self.codebook_size
+        flat = _global_rows(flat)
         if self.config.init == "kmeans":
             centres = kmeans(flat, K, self.config.kmeans_iters)
         else:
@@ -154,8 +187,12 @@ class VectorQuantizer(nn.Module):
         elif _distributed():
             dist.all_reduce(counts)
         self.steps_unused.add_(1)
-        self.steps_unused[counts > 0] = 0
-        if self.config.restart_after_steps > 0:
+        self.steps_unused.masked_fill_(counts > 0, 0)
+        if self._updates is None:
+            self._updates = int(self.num_updates)
+        self._updates += 1
+        self.num_updates.fill_(self._updates)
+        if self.config.restart_after_steps > 0 and self._updates % self.restart_check_every == 0:
             self._restart_dead(flat)
 
     @torch.no_grad()
@@ -174,7 +211,8 @@ class VectorQuantizer(nn.Module):
         n_dead = int(dead.sum())
         if n_dead == 0:
             return
-        # Re-seed from random encoder outputs of this batch (rank 0's, shared with all ranks).
+        # Re-seed from random encoder outputs of this (global) batch; rank 0's picks are shared.
+        flat = _global_rows(flat)
         picks = flat[torch.randint(0, flat.shape[0], (n_dead,), device=flat.device)]
         if _distributed():
             dist.broadcast(picks, 0)

@@ -10,8 +10,8 @@ Together they cover every earlier position in raster order: no blind spot.
 The first layer ("type A") reads the code embeddings and shifts both stacks by one so
 the current position is excluded; later layers ("type B") read the previous layer's
 stacks, which already exclude it. Each layer offers a full pass over a map and the two
-incremental pieces the fast sampler needs: one row of the vertical stack, and one
-position of the horizontal stack.
+incremental pieces the fast sampler needs: one row of the vertical stack, and the weights of
+one position of the horizontal stack as plain matrices.
 """
 from __future__ import annotations
 
@@ -87,13 +87,17 @@ class GatedLayer(nn.Module):
         v_pre = self.v_conv(window) + self._cond(self.class_v, labels)
         return v_pre, gate(v_pre)
 
-    def horizontal_at(self, h_in: torch.Tensor, row: int, col: int, v_pre_here: torch.Tensor,
-                      labels: torch.Tensor | None = None) -> torch.Tensor:
-        """Horizontal stack at one position. h_in: (B, C, H, W) filled up to (row, col) in raster
-        order; v_pre_here: (B, 2C, 1, 1). Returns (B, C, 1, 1)."""
-        last = col - 1 if self.first else col
-        first = last - self.h_width + 1
-        window = h_in[:, :, row: row + 1, max(first, 0): last + 1]
-        window = F.pad(window, (max(-first, 0), 0, 0, 0))
-        here = h_in[:, :, row: row + 1, col: col + 1]
-        return self._horizontal(window, here, v_pre_here, labels)
+    def position_weights(self, labels: torch.Tensor | None = None):
+        """The horizontal stack at one position as two matrix products, for the fast sampler.
+
+        Returns (w_in (kw*C + 2C, 2C), b_in (B or 1, 2C), w_out (C, C), b_out (C,)), where the
+        input row is [the kw-wide window of the previous stack, flattened column-major by
+        position then channel | the vertical pre-activation (2C)]."""
+        two_c, c = self.h_conv.weight.shape[:2]
+        window = self.h_conv.weight[:, :, 0, :].permute(0, 2, 1).reshape(two_c, self.h_width * c)  # (2C, kw*C)
+        link = self.v_to_h.weight[:, :, 0, 0]  # (2C, 2C)
+        w_in = torch.cat([window, link], 1).t().contiguous()
+        b_in = (self.h_conv.bias + self.v_to_h.bias)[None]
+        if self.class_h is not None:
+            b_in = b_in + self.class_h(labels)
+        return w_in, b_in, self.h_out.weight[:, :, 0, 0].t().contiguous(), self.h_out.bias

@@ -99,8 +99,9 @@ class VQVAEStage(Stage):
 @dataclass
 class TrainResult:
     run_dir: Path
-    metrics: dict
-    history: list
+    metrics: dict  # the "vqvae" section of metrics.json (empty on ranks other than 0)
+    history: list  # one dict per epoch
+    model: VQVAE  # the trained model (this process's replica under torchrun)
 
 
 def build_vqvae(config: RunConfig, device: torch.device) -> VQVAE:
@@ -166,7 +167,7 @@ def train_vqvae(config: RunConfig, run_dir: str | Path, resume: bool = False,
         update_metrics(run_dir, "vqvae", metrics)
         write_vqvae_figures(model, test_set, state.history, run_dir, ctx.device)
     barrier()
-    return TrainResult(run_dir, metrics, state.history)
+    return TrainResult(run_dir, metrics, state.history, model)
 
 
 @torch.no_grad()
