@@ -70,7 +70,11 @@ def ours_mnist(data_dir: str, test_dir: Path, epochs: int, overrides: list[str])
     with tempfile.TemporaryDirectory() as tmp, Utilisation() as util:
         result = api.train_vqvae(cfg, Path(tmp) / "run")
     m = result.metrics
-    return {"overrides": overrides, "img_per_s": m["images_per_s"], "train_s": m["train_seconds"],
+    # Epoch 1 includes cuDNN autotuning, allocator warm-up and any torch.compile time.
+    later = result.history[1:] or result.history
+    steady = sum(h["images_per_s"] * h["seconds"] for h in later) / sum(h["seconds"] for h in later)
+    return {"overrides": overrides, "img_per_s": m["images_per_s"], "img_per_s_after_epoch_1": round(steady, 1),
+            "train_s": m["train_seconds"],
             "test_mse": round(m["test"]["mse"], 5), "test_mse_clipped": round(m["test"]["mse_clipped"], 5),
             "codes_used": m["test"]["codes_used"], "gpu_util_pct": util.mean}
 
@@ -136,6 +140,11 @@ def main():
         ("mnist", lambda: ours_mnist(ours_data, test_dir, args.epochs, [])),
         ("mnist_b512", lambda: ours_mnist(ours_data, test_dir, args.epochs, ["train.batch_size=512", "train.lr=0.004"])),
         ("mnist_b1024", lambda: ours_mnist(ours_data, test_dir, args.epochs, ["train.batch_size=1024", "train.lr=0.006"])),
+        ("mnist_b2048", lambda: ours_mnist(ours_data, test_dir, args.epochs, ["train.batch_size=2048", "train.lr=0.008"])),
+        ("mnist_compiled", lambda: ours_mnist(ours_data, test_dir, args.epochs, [
+            "train.compile=true", "train.compile_mode=reduce-overhead"])),
+        ("mnist_b1024_compiled", lambda: ours_mnist(ours_data, test_dir, args.epochs, [
+            "train.batch_size=1024", "train.lr=0.006", "train.compile=true", "train.compile_mode=reduce-overhead"])),
         ("celeba128_vqvae_bf16", lambda: synthetic_vqvae("celeba-hq-128", [], 2048, 3)),
         ("celeba128_vqvae_fp32", lambda: synthetic_vqvae("celeba-hq-128", ["train.amp=off", "train.channels_last=false"],
                                                          2048, 3)),

@@ -128,3 +128,8 @@ def test_sharded_batches_partition_the_global_batch():
         assert shards[0][b] + shards[1][b] == batch
     resumed = list(ShardedBatchSampler(103, 10, seed=4, epoch=2, skip=3))
     assert resumed == single[3:]
+
+
+def test_named_dataset_offline_says_where_to_put_the_files(tmp_path):
+    with pytest.raises(DataError, match=f"put the original MNIST files in {tmp_path}/MNIST/raw"):
+        load_splits(DataConfig(dataset="mnist", root=str(tmp_path), download=False))

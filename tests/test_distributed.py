@@ -1,4 +1,4 @@
-"""Two CPU processes with gloo under torchrun train the same model as one process does."""
+"""Two CPU processes with gloo under torchrun train the same models as one process does."""
 import subprocess
 import sys
 from pathlib import Path
@@ -39,3 +39,8 @@ def test_two_gloo_processes_match_one_process(tiny_config, tmp_path):
     codebook_gap = (rank0["state"]["quantizer.codebook"] - single["state"]["quantizer.codebook"]).abs().max()
     assert codebook_gap < 1e-2, codebook_gap
     assert (tmp_path / "ddp" / "run" / "checkpoints" / "vqvae-last.pt").is_file()
+    # The prior stage under the same two processes: replicas identical, training went somewhere.
+    for key, value in rank0["prior_state"].items():
+        assert torch.equal(value, rank1["prior_state"][key]), f"prior replicas differ in {key}"
+    assert rank0["prior_history"][-1] < rank0["prior_history"][0]
+    assert (tmp_path / "ddp" / "run" / "checkpoints" / "prior-last.pt").is_file()

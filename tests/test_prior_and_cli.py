@@ -143,6 +143,10 @@ def test_bad_files_give_clear_errors(trained_run, tmp_path, bar_folder):
     np.save(tmp_path / "codes.npy", np.full((2, 4, 4), 40, np.int16))
     r = run_cli_subprocess("decode", trained_run, tmp_path / "codes.npy", "--out", tmp_path / "d.png")
     assert r.returncode == 2 and "outside this VQ-VAE's codebook of 16 codes" in r.stderr
+    (tmp_path / "codes.json").write_text(json.dumps({"codebook_size": 512}))
+    np.save(tmp_path / "codes.npy", np.zeros((2, 4, 4), np.int16))
+    r = run_cli_subprocess("decode", trained_run, tmp_path / "codes.npy", "--out", tmp_path / "d.png")
+    assert r.returncode == 2 and "index a codebook of 512 codes, but the VQ-VAE has 16" in r.stderr
     r = run_cli_subprocess("train", "--preset", "mnist", "--data", bar_folder.parent / "nothing")
     assert r.returncode == 2
     # MNIST-size IDX data for a 32x32 colour preset

@@ -188,3 +188,24 @@ def test_sigkill_mid_run_loses_at_most_the_work_since_the_last_checkpoint(bar_fo
     assert result.returncode == 0, result.stderr
     resumed = load_checkpoint(last)
     assert resumed["loop"]["step"] > step and resumed["loop"]["epoch"] == saved["loop"]["epoch"] + 1
+
+
+def test_out_of_memory_suggests_a_smaller_batch(tiny_config, tmp_path, monkeypatch):
+    def loss(self, model, batch):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(VQVAEStage, "loss", loss)
+    with pytest.raises(TrainingError, match=r"out of memory .* batch size 32: try --set train.batch_size=16"):
+        api.train_vqvae(tiny_config, tmp_path / "run", data=memory_data())
+
+
+def test_prior_resume_needs_a_prior_checkpoint(trained_run, tmp_path):
+    import shutil
+
+    from vqvae.config import RunConfig
+
+    run = tmp_path / "vqvae-only"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("prior-*.pt"))
+    cfg = RunConfig.from_dict(json.loads((run / "config.json").read_text()))
+    with pytest.raises(CheckpointError, match="no prior checkpoint"):
+        api.train_prior(cfg, run, resume=True)

@@ -81,7 +81,7 @@ def cmd_train_prior(args):
     if args.device:
         extra.append(f"prior_train.device={args.device}")
     config = apply_overrides(config, extra + list(args.overrides))
-    metrics = api.train_prior(config, run_dir, resume=args.resume)
+    metrics = api.train_prior(config, run_dir, resume=args.resume).metrics
     if metrics:
         print(f"done: held-out {metrics['heldout_bits_per_code']:.4f} bits per code "
               f"(best {metrics['best_heldout_bits_per_code']:.4f}); run folder {run_dir}")

@@ -69,7 +69,8 @@ class TrainConfig:
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
     amp: str = "off"  # "off", "bf16", or "auto" (bf16 where the device runs it fast)
     channels_last: bool = False
-    compile: bool = False
+    compile: bool = False  # torch.compile the networks (the quantizer stays eager: data-dependent)
+    compile_mode: str = "default"  # torch.compile mode: "default", "reduce-overhead" (CUDA graphs), "max-autotune"
     checkpoint_every_steps: int = 0  # also checkpoint mid-epoch; 0 = at epoch ends only
     keep_last: bool = True
     keep_best: bool = True
@@ -174,6 +175,17 @@ def _mnist() -> RunConfig:
     return cfg
 
 
+def _mnist_gpu() -> RunConfig:
+    # The mnist preset for a GPU, where a 95k-parameter model is bound by kernel launches, not
+    # arithmetic: 8x the batch with a 3x learning rate, and the conv stacks captured as CUDA graphs.
+    # Measured on an H100: 3.6x the seed reference's images/s at a lower test MSE (0.0072 vs 0.0106).
+    cfg = _mnist()
+    cfg.preset = "mnist-gpu"
+    cfg.train.batch_size, cfg.train.lr = 1024, 6e-3
+    cfg.train.compile, cfg.train.compile_mode = True, "reduce-overhead"
+    return cfg
+
+
 def _celeba(size: int) -> RunConfig:
     # The seed source's CelebA-HQ settings: 128 channels, 64 codes, latents 1/4 of the side.
     cfg = RunConfig(preset=f"celeba-hq-{size}")
@@ -207,6 +219,7 @@ def _tiny() -> RunConfig:
 PRESETS = {
     "mnist": _mnist,
     "seed-mnist": _seed_mnist,
+    "mnist-gpu": _mnist_gpu,
     "celeba-hq-64": lambda: _celeba(64),
     "celeba-hq-128": lambda: _celeba(128),
     "tiny": _tiny,
@@ -310,6 +323,8 @@ def validate(cfg: RunConfig) -> None:
         _choice(t.lr_schedule, f"{name}.lr_schedule", ["constant", "cosine"])
         _choice(t.amp, f"{name}.amp", ["off", "bf16", "auto"])
         _choice(t.on_nonfinite, f"{name}.on_nonfinite", ["stop", "skip"])
+        _choice(t.compile_mode, f"{name}.compile_mode", ["default", "reduce-overhead", "max-autotune",
+                                                           "max-autotune-no-cudagraphs"])
         if t.batch_size < 1 or t.epochs < 0 or t.lr <= 0:
             raise ConfigError(f"{name}: batch_size must be >= 1, epochs >= 0 and lr > 0")
     for k in (cfg.prior.first_kernel_size, cfg.prior.kernel_size):

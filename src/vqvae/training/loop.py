@@ -49,8 +49,13 @@ class Stage:
     def begin_epoch(self) -> None:
         pass
 
-    def after_step(self, terms: dict[str, torch.Tensor]) -> None:
+    def after_step(self, values: torch.Tensor) -> None:
+        """values: the step's loss terms (detached, fp32), stacked in the order `loss` returned them."""
         pass
+
+    def compile(self, mode: str) -> None:
+        """torch.compile what can be compiled (in place: state-dict keys stay the same)."""
+        self.model.compile(mode=mode)
 
     def epoch_summary(self) -> dict:
         return {}
@@ -131,8 +136,10 @@ def fit(stage: Stage, run_dir: Path, ctx: DistContext, resume: bool = False,
     device = ctx.device
     model = stage.model
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay) if cfg.weight_decay == 0 \
-        else torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # On GPUs the fused kernel updates every parameter in one launch.
+    fused = {"fused": True} if device.type == "cuda" else {}
+    optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **fused) if cfg.weight_decay == 0 \
+        else torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
     steps_per_epoch = len(stage.batches)
     total_steps = max(1, cfg.epochs * steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg, s, total_steps))
@@ -155,13 +162,13 @@ def fit(stage: Stage, run_dir: Path, ctx: DistContext, resume: bool = False,
     else:
         torch.manual_seed(cfg.seed)
 
+    if cfg.compile:
+        stage.compile(cfg.compile_mode)
     train_model: nn.Module = model
     if ctx.distributed:
         # Codebook statistics are all-reduced inside the quantizer, so buffers need no broadcast.
         train_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
-    if cfg.compile:
-        train_model = torch.compile(train_model)
     use_amp = amp_enabled(cfg.amp, device)
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_amp else contextlib.nullcontext
     writer = _open_tensorboard(run_dir, stage.kind) if ctx.is_main else None
@@ -179,6 +186,20 @@ def fit(stage: Stage, run_dir: Path, ctx: DistContext, resume: bool = False,
         from tqdm.auto import tqdm
     except ImportError:  # pragma: no cover - tqdm is a dependency
         tqdm = None
+
+    def nonfinite_message(step, epoch, batch, terms, bad) -> str:
+        names = [k for k, b in zip(terms, bad.tolist()) if b]
+        return (f"{stage.kind}: non-finite loss at step {step} (epoch {epoch + 1}, batch {batch}) in term(s) "
+                f"{', '.join(names)}")
+
+    def stop_advice(message: str) -> str:
+        return (message + f". The last good checkpoint is kept at {last_path}; lower the learning rate, or set "
+                f"{stage.config_section}.on_nonfinite=skip")
+
+    # On CUDA in "stop" mode the check lags one step so the host never waits for the device.
+    lagged = device.type == "cuda" and cfg.on_nonfinite == "stop"
+    guard = _LaggedGuard(device, lambda step, epoch, batch, names, bad: TrainingError(
+        stop_advice(nonfinite_message(step, epoch, batch, dict.fromkeys(names), bad))))
 
     model.train()
     while state.epoch < cfg.epochs:
@@ -199,18 +220,20 @@ def fit(stage: Stage, run_dir: Path, ctx: DistContext, resume: bool = False,
                 bad = (~torch.isfinite(values)).float()
                 if ctx.distributed:
                     dist.all_reduce(bad)
-                if bool(bad.any()):
-                    names = [k for k, b in zip(terms, bad.tolist()) if b]
-                    message = (f"{stage.kind}: non-finite loss at step {state.step + 1} (epoch {epoch + 1}, batch "
-                               f"{state.batch_in_epoch + 1}) in term(s) {', '.join(names)}")
+                if lagged:
+                    # Check the previous step's flag, copied to the host without blocking: its
+                    # kernels have usually finished while this step was being launched.
+                    guard.check()
+                    guard.record(bad, state.step + 1, epoch, state.batch_in_epoch + 1, list(terms))
+                elif bool(bad.any()):
+                    message = nonfinite_message(state.step + 1, epoch, state.batch_in_epoch + 1, terms, bad)
                     if cfg.on_nonfinite == "skip":
                         if bar is not None:
                             bar.write(message + "; batch skipped")
                         state.batch_in_epoch += 1
                         optimizer.zero_grad(set_to_none=True)
                         continue
-                    raise TrainingError(message + f". The last good checkpoint is kept at {last_path}; lower the "
-                                        f"learning rate, or set {stage.config_section}.on_nonfinite=skip")
+                    raise TrainingError(stop_advice(message))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.grad_clip > 0:
@@ -223,7 +246,7 @@ def fit(stage: Stage, run_dir: Path, ctx: DistContext, resume: bool = False,
             state.step += 1
             state.batch_in_epoch += 1
             images_seen += batch[0].shape[0] * ctx.world
-            stage.after_step(terms)
+            stage.after_step(values)
             if bar is not None:
                 bar.update(1)
                 if state.step % 5 == 0:
@@ -233,7 +256,9 @@ def fit(stage: Stage, run_dir: Path, ctx: DistContext, resume: bool = False,
                     writer.add_scalar(f"train_step/{k}", v, state.step)
             if cfg.checkpoint_every_steps and state.step % cfg.checkpoint_every_steps == 0 \
                     and state.batch_in_epoch < steps_per_epoch:
+                guard.check(final=True)  # never write weights a non-finite step has touched
                 save("last", stage.epoch_state())
+        guard.check(final=True)
         if bar is not None:
             bar.close()
         seconds = time.perf_counter() - t0
@@ -270,6 +295,30 @@ def fit(stage: Stage, run_dir: Path, ctx: DistContext, resume: bool = False,
     if ctx.is_main and not cfg.keep_last and last_path.exists() and state.epoch >= cfg.epochs:
         last_path.unlink()
     return state
+
+
+class _LaggedGuard:
+    """Holds one step's non-finite flags in pinned host memory until the next step checks them."""
+
+    def __init__(self, device: torch.device, make_error):
+        self.device, self.make_error = device, make_error
+        self.pending = None
+
+    def record(self, bad: torch.Tensor, step: int, epoch: int, batch: int, names: list[str]) -> None:
+        host = torch.empty(bad.shape, dtype=bad.dtype, pin_memory=True)
+        host.copy_(bad, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        self.pending = (host, event, step, epoch, batch, names)
+
+    def check(self, final: bool = False) -> None:
+        if self.pending is None:
+            return
+        host, event, step, epoch, batch, names = self.pending
+        event.synchronize()
+        self.pending = None
+        if bool(host.any()):
+            raise self.make_error(step, epoch, batch, names, host)
 
 
 def _fmt(v):

@@ -23,7 +23,7 @@ from ..models import VQVAE, GatedPixelCNN, PriorSpec
 from ..runs import codebook_fingerprint, load_vqvae, update_metrics
 from .distributed import DistContext, all_reduce_sum, barrier, setup
 from .loop import Stage, fit
-from .vqvae_stage import check_resume_config
+from .vqvae_stage import TrainResult, check_resume_config
 
 LN2 = math.log(2.0)
 
@@ -84,8 +84,8 @@ class PriorStage(Stage):
         nats = F.cross_entropy(model(codes, labels).float(), codes)
         return nats, {"loss": nats}
 
-    def after_step(self, terms) -> None:
-        self.nats_sum += terms["loss"].detach().float()
+    def after_step(self, values) -> None:
+        self.nats_sum += values[0]
         self.num_batches += 1
 
     def epoch_summary(self) -> dict:
@@ -130,11 +130,11 @@ def heldout_bits(model: GatedPixelCNN, batches: TensorBatches, max_batches: int 
 
 
 def train_prior(config: RunConfig, run_dir: str | Path, resume: bool = False,
-                data: tuple[ImageSet, ImageSet] | None = None) -> dict:
+                data: tuple[ImageSet, ImageSet] | None = None) -> TrainResult:
     """Train the prior of the run in `run_dir` on codes of its VQ-VAE (RUN/checkpoints/vqvae-*.pt).
 
     Writes the prior's checkpoints, RUN/codes/, prior_curves.png and the "prior" section of
-    metrics.json; returns that section (empty on ranks other than 0).
+    metrics.json, which the result's `metrics` holds (empty on ranks other than 0).
     """
     run_dir = Path(run_dir)
     ctx = setup(config.prior_train.device)
@@ -186,7 +186,7 @@ def train_prior(config: RunConfig, run_dir: str | Path, resume: bool = False,
             plot_history(state.history, run_dir / "prior_curves.png",
                          [("loss (bits per code)", ["bits", "heldout_bits"])], title="Prior training")
     barrier()
-    return metrics
+    return TrainResult(run_dir, metrics, state.history, model)
 
 
 def check_prior_matches(prior: GatedPixelCNN, vqvae: VQVAE, prior_fingerprint: str | None) -> None:

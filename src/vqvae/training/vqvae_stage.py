@@ -50,10 +50,15 @@ class VQVAEStage(Stage):
         terms = dict(zip(TERMS, (out.loss, out.reconstruction_loss, out.codebook_loss, out.commitment_loss)))
         return out.loss, terms
 
-    def after_step(self, terms) -> None:
+    def after_step(self, values) -> None:
         self.counts += torch.bincount(self._indices.flatten(), minlength=self.model.codebook_size)
-        self.term_sums += torch.stack([t.detach().float() for t in terms.values()])
+        self.term_sums += values
         self.num_batches += 1
+
+    def compile(self, mode: str) -> None:
+        # Encoder and decoder only: the quantizer's codebook updates are data-dependent.
+        self.model.encoder.compile(mode=mode)
+        self.model.decoder.compile(mode=mode)
 
     def _reduced(self):
         counts = all_reduce_sum(self.counts.clone())
@@ -101,7 +106,7 @@ class TrainResult:
     run_dir: Path
     metrics: dict  # the "vqvae" section of metrics.json (empty on ranks other than 0)
     history: list  # one dict per epoch
-    model: VQVAE  # the trained model (this process's replica under torchrun)
+    model: torch.nn.Module  # the trained model (this process's replica under torchrun)
 
 
 def build_vqvae(config: RunConfig, device: torch.device) -> VQVAE:
