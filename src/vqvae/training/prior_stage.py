@@ -28,28 +28,49 @@ from .vqvae_stage import TrainResult, check_resume_config
 LN2 = math.log(2.0)
 
 
+def shift_images(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """Translate (B, C, H, W) images by (dy, dx) pixels, filling with zeros."""
+    if dy == 0 and dx == 0:
+        return x
+    H, W = x.shape[-2:]
+    padded = F.pad(x, (max(dx, 0), max(-dx, 0), max(dy, 0), max(-dy, 0)))
+    top, left = max(-dy, 0), max(-dx, 0)
+    return padded[..., top:top + H, left:left + W]
+
+
+def shift_offsets(shifts: int) -> list[tuple[int, int]]:
+    """(0, 0) first, then every other offset within `shifts` pixels."""
+    offsets = [(dy, dx) for dy in range(-shifts, shifts + 1) for dx in range(-shifts, shifts + 1)]
+    return [(0, 0)] + [o for o in offsets if o != (0, 0)]
+
+
 @torch.no_grad()
-def encode_images(model: VQVAE, data: ImageSet, device: torch.device, batch_size: int = 500) -> torch.Tensor:
-    """All images of `data` -> code maps (N, h, w) int16 on the CPU, in dataset order."""
+def encode_images(model: VQVAE, data: ImageSet, device: torch.device, batch_size: int = 500,
+                  shifts: int = 0) -> torch.Tensor:
+    """All images of `data` -> code maps (N, h, w) int16 on the CPU, in dataset order; with
+    `shifts`, the codes of every shifted copy follow, offset by offset: ((2s+1)^2 * N, h, w)."""
     model.eval()
-    out = []
+    offsets = shift_offsets(shifts)
+    out: list[list[torch.Tensor]] = [[] for _ in offsets]
     for x, _ in Batches(data, batch_size, device, shuffle=False).epoch(0):
-        out.append(model.codes(x).to(torch.int16).cpu())
-    return torch.cat(out)
+        for k, (dy, dx) in enumerate(offsets):
+            out[k].append(model.codes(shift_images(x, dy, dx)).to(torch.int16).cpu())
+    return torch.cat([torch.cat(parts) for parts in out])
 
 
-def cached_codes(model: VQVAE, data: ImageSet, split: str, run_dir: Path, device: torch.device) -> torch.Tensor:
+def cached_codes(model: VQVAE, data: ImageSet, split: str, run_dir: Path, device: torch.device,
+                 shifts: int = 0) -> torch.Tensor:
     """Code maps of `data`, from RUN/codes/<split>.npy when they were made by this same VQ-VAE."""
     folder = Path(run_dir) / "codes"
     meta_path, codes_path = folder / f"{split}.json", folder / f"{split}.npy"
     fingerprint = codebook_fingerprint(model)
     key = {"fingerprint": fingerprint, "dataset": data.name, "num_images": len(data),
-           "codebook_size": model.codebook_size, "latent_size": model.latent_size}
+           "codebook_size": model.codebook_size, "latent_size": model.latent_size, "shifts": shifts}
     if meta_path.is_file() and codes_path.is_file():
         meta = json.loads(meta_path.read_text())
-        if all(meta.get(k) == v for k, v in key.items()):
+        if all(meta.get(k, 0 if k == "shifts" else None) == v for k, v in key.items()):
             return torch.from_numpy(np.load(codes_path)).long()
-    codes = encode_images(model, data, device)
+    codes = encode_images(model, data, device, shifts=shifts)
     folder.mkdir(parents=True, exist_ok=True)
     np.save(codes_path, codes.numpy())
     meta_path.write_text(json.dumps({**key, "shape": list(codes.shape), "dtype": "int16"}, indent=2) + "\n")
@@ -149,19 +170,21 @@ def train_prior(config: RunConfig, run_dir: str | Path, resume: bool = False,
     if config.prior.conditional and test_set.labels is None:
         raise DataError(f"--conditional needs labels on the test split too; {test_set.name} has none")
     # Rank 0 encodes (and caches) first; the others then read the cache.
+    shifts = config.prior.train_shifts
     if ctx.is_main:
-        train_codes = cached_codes(vqvae, train_set, "train", run_dir, ctx.device)
+        train_codes = cached_codes(vqvae, train_set, "train", run_dir, ctx.device, shifts)
         test_codes = cached_codes(vqvae, test_set, "test", run_dir, ctx.device)
     barrier()
     if not ctx.is_main:
-        train_codes = cached_codes(vqvae, train_set, "train", run_dir, ctx.device)
+        train_codes = cached_codes(vqvae, train_set, "train", run_dir, ctx.device, shifts)
         test_codes = cached_codes(vqvae, test_set, "test", run_dir, ctx.device)
+    train_labels = train_set.labels.repeat(len(shift_offsets(shifts))) if train_set.labels is not None else None
     spec = PriorSpec(vqvae.codebook_size, vqvae.latent_size,
                      len(train_set.class_names) if config.prior.conditional else 0,
                      tuple(train_set.class_names) if config.prior.conditional else ())
     torch.manual_seed(config.prior_train.seed)
     model = GatedPixelCNN(config.prior, spec, dropout=config.prior_train.dropout).to(ctx.device)
-    stage = PriorStage(model, config, train_codes, train_set.labels, test_codes, test_set.labels, ctx,
+    stage = PriorStage(model, config, train_codes, train_labels, test_codes, test_set.labels, ctx,
                        codebook_fingerprint(vqvae))
     if ctx.is_main:
         config.save(run_dir / "config.json")
