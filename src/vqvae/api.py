@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from .config import RunConfig, load_config
 from .data import ImageSet, load_dataset, load_splits
@@ -350,6 +351,8 @@ def run_pipeline(config: RunConfig, run_dir: str | Path, progress: bool = True) 
     t = time.perf_counter()
     train_prior(config, run_dir)
     timings["prior_s"] = round(time.perf_counter() - t, 1)
+    if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+        return {}  # under torchrun, sampling and evaluation are rank 0's
     t = time.perf_counter()
     sampled = sample(run_dir, device=config.train.device)
     timings["sample_s"] = round(time.perf_counter() - t, 1)

@@ -38,7 +38,8 @@ def _plt():
 def plot_history(history: list[dict], path: Path, panels: list[tuple[str, list[str]]], title: str = "") -> Path:
     """One panel per (title, [history keys]), epochs on the x axis."""
     plt = _plt()
-    panels = [(t, [k for k in keys if any(k in h for h in history)]) for t, keys in panels]
+    # Series that are absent or identically zero (the codebook loss under EMA updates) are left out.
+    panels = [(t, [k for k in keys if any(h.get(k) for h in history)]) for t, keys in panels]
     panels = [(t, keys) for t, keys in panels if keys]
     fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(4.5 * max(1, len(panels)), 3.4), squeeze=False)
     for ax, (panel_title, keys) in zip(axes[0], panels):

@@ -141,7 +141,7 @@ def class_figures(probs: torch.Tensor) -> dict:
     p = counts / counts.sum()
     entropy = -(p[p > 0] * p[p > 0].log()).sum().item()
     return {"confidence": round(probs.max(1).values.mean().item(), 4),
-            "class_coverage": round(entropy / math.log(probs.shape[1]), 4),
+            "class_coverage": round(entropy / math.log(probs.shape[1]), 4) + 0.0,  # + 0.0: no "-0.0"
             "classes_present": int((counts > 0).sum()), "class_counts": counts.long().tolist()}
 
 

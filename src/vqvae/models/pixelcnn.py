@@ -150,15 +150,17 @@ class GatedPixelCNN(nn.Module):
 
     @torch.no_grad()
     def sample_full_pass(self, batch: int, labels: torch.Tensor | None = None, temperature: float = 1.0,
-                         top_k: int = 0, generator: torch.Generator | None = None) -> torch.Tensor:
-        """The seed's way: one full network pass per position. Kept as the benchmark baseline."""
+                         top_k: int = 0, generator: torch.Generator | None = None,
+                         max_positions: int | None = None) -> torch.Tensor:
+        """The seed's way: one full network pass per position. Kept as the benchmark baseline;
+        `max_positions` stops early (every pass costs the same, so a benchmark can time a few)."""
         size = self.spec.latent_size
         device = self.embedding.weight.device
         codes = torch.zeros(batch, size, size, dtype=torch.long, device=device)
-        for i in range(size):
-            for j in range(size):
-                logits = self(codes, labels)[:, :, i, j]
-                codes[:, i, j] = sample_logits(logits, temperature, top_k, generator)
+        for position in range(size * size if max_positions is None else min(max_positions, size * size)):
+            i, j = divmod(position, size)
+            logits = self(codes, labels)[:, :, i, j]
+            codes[:, i, j] = sample_logits(logits, temperature, top_k, generator)
         return codes
 
 
