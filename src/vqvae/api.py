@@ -235,6 +235,9 @@ def evaluate(path: str | Path, data: str | None = None, out: str | Path | None =
     return result
 
 
+MIN_REFERENCE = 1000  # held-out images per half before the held-out split can be its own reference
+
+
 def _sample_quality(run_dir, config, model, prior, train_set, test_set, num_samples, dev,
                     load_or_train_classifier, score_samples, inception_fid) -> dict:
     if train_set is None:
@@ -251,11 +254,18 @@ def _sample_quality(run_dir, config, model, prior, train_set, test_set, num_samp
     classifier, info = load_or_train_classifier(train_set.tensor(), train_set.labels, test_set.tensor(),
                                                 test_set.labels)
     real = test_set.tensor().float() / 255
-    # Disjoint halves of the held-out images: one is the reference, the other the "real" floor.
-    half = len(real) // 2
-    scores = score_samples(classifier, fake, real[:half], real[half:])
+    if len(real) >= 2 * MIN_REFERENCE:
+        # Disjoint halves of the held-out images: one is the reference, the other the "real" floor.
+        half = len(real) // 2
+        reference, floor, source = real[:half], real[half:], f"half of {test_set.name}"
+    else:
+        # Too few held-out images to split: the Fréchet distance is biased upwards at small N, and
+        # by a different amount for different sets. Compare against the (larger) training split.
+        reference, floor, source = train_set.tensor().float() / 255, real, f"{train_set.name} (training split)"
+    scores = score_samples(classifier, fake, reference, floor)
+    scores["reference"] = source
     scores["classifier"] = info
-    scores["inception_fid"] = inception_fid(real[:half], fake)
+    scores["inception_fid"] = inception_fid(reference, fake)
     return scores
 
 
@@ -292,7 +302,8 @@ def write_report(run_dir: str | Path) -> Path:
             lines.append(f"| {name} | {r['frechet_distance']:.3f} | {r['confidence']:.3f} | {r['class_coverage']:.3f} | "
                          f"{r['classes_present']} |")
         acc = sq.get("classifier", {}).get("test_accuracy")
-        lines += ["", f"Classifier held-out accuracy: {acc}. Inception FID: {sq.get('inception_fid')}", ""]
+        lines += ["", f"Reference features: {sq.get('reference')}; {sq.get('num_scored')} images scored per row. "
+                  f"Classifier held-out accuracy: {acc}. Inception FID: {sq.get('inception_fid')}", ""]
     for title, name in (("Reconstructions (originals above, reconstructions below)", "reconstructions.png"),
                         ("Samples", "samples.png"), ("VQ-VAE training", "curves.png"),
                         ("Prior training", "prior_curves.png"), ("Codebook usage", "codebook_usage.png")):
