@@ -198,7 +198,6 @@ def evaluate(path: str | Path, data: str | None = None, out: str | Path | None =
     as JSON if given.
     """
     from .data import Batches, TensorBatches
-    from .metrics.sample_quality import inception_fid, load_or_train_classifier, score_samples
     from .training.prior_stage import encode_images
 
     dev = resolve_device(device)
@@ -211,8 +210,7 @@ def evaluate(path: str | Path, data: str | None = None, out: str | Path | None =
         train_set, test_set = load_splits(config.data)
     result: dict = {"test_dataset": test_set.name,
                     "reconstruction": evaluate_reconstruction(model, Batches(test_set, 500, dev, shuffle=False).epoch(0))}
-    is_run = path.is_dir() and (path / "checkpoints" / "prior-last.pt").is_file() or \
-        path.is_dir() and (path / "checkpoints" / "prior-best.pt").is_file()
+    is_run = path.is_dir() and any((path / "checkpoints" / f"prior-{w}.pt").is_file() for w in ("best", "last"))
     if is_run:
         prior, _, extra = load_prior(path, dev)
         check_prior_matches(prior, model, extra["vqvae_fingerprint"])
@@ -224,8 +222,7 @@ def evaluate(path: str | Path, data: str | None = None, out: str | Path | None =
             bits = heldout_bits(prior, TensorBatches((codes, labels), 500, dev, shuffle=False))
             result["prior"] = {"heldout_bits_per_code": round(bits, 5), "test_codes": len(codes)}
         if samples:
-            result["samples"] = _sample_quality(path, config, model, prior, train_set, test_set, num_samples, dev,
-                                                load_or_train_classifier, score_samples, inception_fid)
+            result["samples"] = _sample_quality(path, config, train_set, test_set, num_samples, dev)
     if path.is_dir():
         update_metrics(path, "evaluation", result)
         if is_run:
@@ -238,8 +235,10 @@ def evaluate(path: str | Path, data: str | None = None, out: str | Path | None =
 MIN_REFERENCE = 1000  # held-out images per half before the held-out split can be its own reference
 
 
-def _sample_quality(run_dir, config, model, prior, train_set, test_set, num_samples, dev,
-                    load_or_train_classifier, score_samples, inception_fid) -> dict:
+def _sample_quality(run_dir: Path, config: RunConfig, train_set: ImageSet | None, test_set: ImageSet,
+                    num_samples: int | None, dev) -> dict:
+    from .metrics.sample_quality import inception_fid, load_or_train_classifier, score_samples
+
     if train_set is None:
         train_set, _ = load_splits(config.data)
     if train_set.labels is None or test_set.labels is None:

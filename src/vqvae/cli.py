@@ -27,6 +27,10 @@ def _config_args(p: argparse.ArgumentParser) -> None:
                    help="override any config field, e.g. --set train.epochs=5 quantizer.codebook_size=512")
 
 
+def _device_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+
+
 def _overrides(args, extra: list[str] | None = None) -> list[str]:
     items = list(extra or [])
     if getattr(args, "data", None):
@@ -126,9 +130,9 @@ def cmd_presets(args):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vqvae", description=__doc__.splitlines()[0] if __doc__ else None,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.description = "Train VQ-VAEs, learn a prior over their codes, generate and measure images."
+    parser = argparse.ArgumentParser(
+        prog="vqvae", description="Train VQ-VAEs, learn a prior over their codes, generate and measure images.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     fmt = argparse.ArgumentDefaultsHelpFormatter
 
@@ -155,21 +159,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="images to reconstruct (name or folder; default: the run's held-out split)")
     p.add_argument("--out", default="reconstructions.png", help="output PNG")
     p.add_argument("--num", type=int, default=32, help="number of images")
-    p.add_argument("--device", default="auto")
+    _device_arg(p)
     p.set_defaults(func=cmd_reconstruct)
 
     p = sub.add_parser("encode", help="images -> integer code maps (.npy + .json)", formatter_class=fmt)
     p.add_argument("checkpoint", help="VQ-VAE checkpoint file or run folder")
     p.add_argument("--data", help="images to encode (default: the run's held-out split)")
     p.add_argument("--out", default="codes", help="output folder")
-    p.add_argument("--device", default="auto")
+    _device_arg(p)
     p.set_defaults(func=cmd_encode)
 
     p = sub.add_parser("decode", help="code maps -> images (grid PNG + .npy)", formatter_class=fmt)
     p.add_argument("checkpoint", help="VQ-VAE checkpoint file or run folder")
     p.add_argument("codes", help="codes.npy (or the folder `encode` wrote)")
     p.add_argument("--out", default="decoded.png", help="output PNG (the images also go to the same name .npy)")
-    p.add_argument("--device", default="auto")
+    _device_arg(p)
     p.set_defaults(func=cmd_decode)
 
     p = sub.add_parser("evaluate", help="metrics JSON (and, for a run with a prior, a report)", formatter_class=fmt)
@@ -178,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="also write the metrics to this JSON file")
     p.add_argument("--num-samples", type=int, help="samples to score (default: the run's sample.num_samples)")
     p.add_argument("--no-samples", action="store_true", help="skip sampling and sample-quality scores")
-    p.add_argument("--device", default="auto")
+    _device_arg(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("sample", help="generate images from a run's prior and VQ-VAE", formatter_class=fmt)
@@ -192,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--class", dest="class_", help="class-conditional prior: a class index or name, or 'all'")
     p.add_argument("--prior", help="prior checkpoint (default: the run's)")
     p.add_argument("--vqvae", help="VQ-VAE checkpoint (default: the run's)")
-    p.add_argument("--device", default="auto")
+    _device_arg(p)
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("presets", help="list presets, or print one's full config", formatter_class=fmt)

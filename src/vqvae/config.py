@@ -133,22 +133,12 @@ def from_dict(cls, d: dict):
     unknown = sorted(set(d) - set(fields))
     if unknown:
         raise ConfigError(f"unknown field(s) {unknown} for {cls.__name__}; valid: {sorted(fields)}")
+    defaults = cls()  # every config dataclass has defaults for all its fields
     kwargs = {}
     for name, value in d.items():
-        default = getattr(cls(), name) if _has_default(cls) else None
-        if dataclasses.is_dataclass(default):
-            kwargs[name] = from_dict(type(default), value)
-        else:
-            kwargs[name] = value
+        default = getattr(defaults, name)
+        kwargs[name] = from_dict(type(default), value) if dataclasses.is_dataclass(default) else value
     return cls(**kwargs)
-
-
-def _has_default(cls) -> bool:
-    try:
-        cls()
-        return True
-    except TypeError:
-        return False
 
 
 # --------------------------------------------------------------------------- presets

@@ -50,7 +50,7 @@ class GatedPixelCNN(nn.Module):
     def conditional(self) -> bool:
         return self.config.conditional
 
-    def _labels(self, labels: torch.Tensor | None, batch: int) -> torch.Tensor | None:
+    def _labels(self, labels: torch.Tensor | None) -> torch.Tensor | None:
         if not self.conditional:
             return None
         if labels is None:
@@ -59,7 +59,7 @@ class GatedPixelCNN(nn.Module):
 
     def forward(self, codes: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """codes: (B, H, W) int64 -> logits (B, K, H, W); logits at (i, j) see only earlier codes."""
-        labels = self._labels(labels, codes.shape[0])
+        labels = self._labels(labels)
         x = self.embedding(codes).permute(0, 3, 1, 2)  # (B, C, H, W)
         v, h = x, x
         for layer in self.layers:
@@ -83,7 +83,7 @@ class GatedPixelCNN(nn.Module):
         zero columns on the left, (B, H, pad + W, C), so the window a position reads is one
         slice, and each layer's step at a position is two small matrix products.
         """
-        labels = self._labels(labels, batch)
+        labels = self._labels(labels)
         C = self.config.hidden_channels
         device, dtype = self.embedding.weight.device, self.embedding.weight.dtype
         pad = max(layer.h_width for layer in self.layers)
