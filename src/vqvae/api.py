@@ -106,12 +106,17 @@ def decode(checkpoint: str | Path, codes: str | Path, out: str | Path, device: s
     if int(indices.min()) < 0 or int(indices.max()) >= K:
         raise ConfigError(f"codes range over [{int(indices.min())}, {int(indices.max())}], outside this VQ-VAE's "
                           f"codebook of {K} codes (0..{K - 1})")
-    with torch.no_grad():
-        images = torch.cat([model.decode_indices(indices[i:i + 500].to(dev)).float().clamp(0, 1).cpu()
-                            for i in range(0, len(indices), 500)])
-    out = Path(out)
-    np.save(out.with_suffix(".npy"), (images * 255).round().to(torch.uint8).numpy())
-    return save_grid(images[:256], out, nrow=16)
+    images = _decode_and_save(model, indices.to(dev), Path(out).with_suffix(".npy"))
+    return save_grid(images[:256], Path(out), nrow=16)
+
+
+@torch.no_grad()
+def _decode_and_save(model, codes: torch.Tensor, npy_path: Path, batch: int = 500) -> torch.Tensor:
+    """Code maps -> images in [0, 1] on the CPU, also saved as uint8 (N, C, H, W) at `npy_path`."""
+    images = torch.cat([model.decode_indices(codes[i:i + batch]).float().clamp(0, 1).cpu()
+                        for i in range(0, len(codes), batch)])
+    np.save(npy_path, (images * 255).round().to(torch.uint8).numpy())
+    return images
 
 
 def _class_labels(prior, class_: str | int | None, num_samples: int, device) -> tuple[torch.Tensor | None, int]:
@@ -173,12 +178,9 @@ def sample(run_dir: str | Path, out_dir: str | Path | None = None, num_samples: 
                                   generator))
     codes = torch.cat(codes)
     sample_seconds = time.perf_counter() - t0
-    with torch.no_grad():
-        images = torch.cat([vqvae.decode_indices(codes[i:i + 500]).float().clamp(0, 1).cpu()
-                            for i in range(0, n, 500)])
     out_dir = Path(out_dir or run_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    np.save(out_dir / f"{name}.npy", (images * 255).round().to(torch.uint8).numpy())
+    images = _decode_and_save(vqvae, codes, out_dir / f"{name}.npy")
     np.save(out_dir / f"{name}_codes.npy", codes.cpu().to(torch.int16).numpy())
     shown = images[: (row * prior.spec.num_classes if row and labels is not None and class_ == "all" else 100)]
     grid = save_grid(shown, out_dir / f"{name}.png", nrow=row or 10)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import gzip
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +42,6 @@ class ImageSet(torch.utils.data.Dataset):
     files: list[Path] | None = None
     labels: torch.Tensor | None = None  # (N,) int64
     class_names: tuple[str, ...] = ()
-    notes: list[str] = field(default_factory=list)
 
     @property
     def in_memory(self) -> bool:
@@ -66,7 +65,7 @@ class ImageSet(torch.utils.data.Dataset):
             images=self.images[indices] if self.in_memory else None,
             files=[self.files[i] for i in indices.tolist()] if not self.in_memory else None,
             labels=self.labels[indices] if self.labels is not None else None,
-            class_names=self.class_names, notes=list(self.notes))
+            class_names=self.class_names)
 
     def tensor(self, limit: int | None = None) -> torch.Tensor:
         """The first `limit` images as uint8 (N, C, H, W), decoding files if needed."""
@@ -216,7 +215,7 @@ def _image_folder(folder: Path, cfg: DataConfig) -> ImageSet:
         else:
             class_names = ()
     return ImageSet(folder.name, cfg.image_size, cfg.channels, files=files, labels=labels,
-                    class_names=class_names, notes=notes)
+                    class_names=class_names)
 
 
 def _resolve(spec: str, split: str | None, cfg: DataConfig) -> tuple[ImageSet, bool]:

@@ -130,8 +130,7 @@ def _open_tensorboard(run_dir: Path, kind: str):
     return SummaryWriter(str(Path(run_dir) / "tensorboard" / kind))
 
 
-def fit(stage: Stage, run_dir: Path, ctx: DistContext, resume: bool = False,
-        on_epoch_end=None) -> LoopState:
+def fit(stage: Stage, run_dir: Path, ctx: DistContext, resume: bool = False) -> LoopState:
     cfg = stage.train_cfg
     device = ctx.device
     model = stage.model
@@ -288,8 +287,6 @@ def fit(stage: Stage, run_dir: Path, ctx: DistContext, resume: bool = False,
             shown = {k: v for k, v in record.items() if k in stage.summary_keys}
             print(f"{stage.kind} epoch {epoch + 1}/{cfg.epochs}: " +
                   " ".join(f"{k}={_fmt(v)}" for k, v in shown.items()), flush=True)
-        if on_epoch_end is not None:
-            on_epoch_end(state)
     if writer is not None:
         writer.close()
     if ctx.is_main and not cfg.keep_last and last_path.exists() and state.epoch >= cfg.epochs:

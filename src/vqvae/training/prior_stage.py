@@ -68,7 +68,7 @@ def cached_codes(model: VQVAE, data: ImageSet, split: str, run_dir: Path, device
            "codebook_size": model.codebook_size, "latent_size": model.latent_size, "shifts": shifts}
     if meta_path.is_file() and codes_path.is_file():
         meta = json.loads(meta_path.read_text())
-        if all(meta.get(k, 0 if k == "shifts" else None) == v for k, v in key.items()):
+        if all(meta.get(k) == v for k, v in key.items()):
             return torch.from_numpy(np.load(codes_path)).long()
     codes = encode_images(model, data, device, shifts=shifts)
     folder.mkdir(parents=True, exist_ok=True)

@@ -145,8 +145,6 @@ def train_vqvae(config: RunConfig, run_dir: str | Path, resume: bool = False,
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         config.save(run_dir / "config.json")
-        for note in train_set.notes:
-            print(f"warning: {note}")
     torch.manual_seed(config.train.seed)
     model = build_vqvae(config, ctx.device)
     stage = VQVAEStage(model, config, train_set, test_set, ctx)
