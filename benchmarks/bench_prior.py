@@ -36,7 +36,7 @@ def scores(run: Path) -> dict:
     s = ev["samples"]
     return {"recon_mse_clipped": round(ev["reconstruction"]["mse_clipped"], 5),
             "codes_used": ev["reconstruction"]["codes_used"],
-            "heldout_bits_per_code": ev["prior"]["heldout_bits_per_code"],
+            "test_bits_per_code": ev["prior"]["test_bits_per_code"],
             "frechet_samples": s["samples"]["frechet_distance"], "frechet_real_heldout": s["real_heldout"]["frechet_distance"],
             "frechet_noise": s["noise"]["frechet_distance"], "samples_vs_real": s["samples"]["frechet_vs_real_ratio"],
             "confidence": s["samples"]["confidence"], "class_coverage": s["samples"]["class_coverage"],
@@ -104,17 +104,17 @@ def main():
             cfg.prior_train.epochs = 1
         api.train_prior(cfg, ours_on_recipe)
         ours_history = prior_history(ours_on_recipe)
-        target = recipe_history[-1]["heldout_bits"]
+        target = recipe_history[-1]["val_bits"]
         recipe_time = sum(h["seconds"] for h in recipe_history)
         elapsed, reached = 0.0, None
         for h in ours_history:
             elapsed += h["seconds"]
-            if reached is None and h["heldout_bits"] <= target:
+            if reached is None and h["val_bits"] <= target:
                 reached = round(elapsed, 1)
-        within = [h["heldout_bits"] for h, t in zip(ours_history, _cumsum(h["seconds"] for h in ours_history))
+        within = [h["val_bits"] for h, t in zip(ours_history, _cumsum(h["seconds"] for h in ours_history))
                   if t <= recipe_time]
         results["prior_comparison_on_recipe_codes"] = {
-            "recipe_heldout_bits": target, "recipe_prior_seconds": round(recipe_time, 1),
+            "recipe_val_bits": target, "recipe_prior_seconds": round(recipe_time, 1),
             "ours_seconds_to_reach_recipe_bits": reached,
             "time_ratio": round(reached / recipe_time, 3) if reached else None,
             "ours_best_bits_within_recipe_time": min(within) if within else None,

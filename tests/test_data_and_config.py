@@ -54,12 +54,18 @@ def test_generalised_architecture_round_trips(downsamples, size):
     assert out.indices.shape == (2, 4, 4)
 
 
-def test_mnist_5k_split_is_explicit_and_disjoint():
-    train, test = load_splits(DataConfig())
-    assert len(train) == 4500 and len(test) == 500
+def test_mnist_5k_splits_are_explicit_fixed_and_disjoint():
+    train, val, test = load_splits(DataConfig())
+    assert (len(train), len(val), len(test)) == (4050, 450, 500)
     assert train.images.shape[1:] == (1, 28, 28) and train.images.dtype == torch.uint8
-    flat_train = {bytes(x.numpy()) for x in train.images[:200]}
-    assert not any(bytes(x.numpy()) in flat_train for x in test.images)
+    keys = [{bytes(x.numpy()) for x in s.images} for s in (train, val, test)]
+    # MNIST has a few exact duplicates; allow none beyond a handful.
+    assert len(keys[0] & keys[1]) <= 2 and len(keys[0] & keys[2]) <= 2 and len(keys[1] & keys[2]) <= 2
+    again = load_splits(DataConfig())
+    assert torch.equal(again.val.images, val.images) and torch.equal(again.test.images, test.images)
+    # Without validation, the test split is unchanged and train takes the validation images back.
+    train0, val0, test0 = load_splits(DataConfig(val_fraction=0))
+    assert val0 is None and len(train0) == 4500 and torch.equal(test0.images, test.images)
 
 
 def test_image_folder_with_mixed_modes_sizes_and_a_corrupt_file(tmp_path):

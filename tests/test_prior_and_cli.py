@@ -29,7 +29,7 @@ def test_pipeline_writes_every_file(bar_folder, tmp_path, capsys):
     metrics = json.loads((run / "metrics.json").read_text())
     assert set(metrics) >= {"vqvae", "prior", "evaluation", "pipeline"}
     ev = metrics["evaluation"]
-    assert ev["prior"]["heldout_bits_per_code"] > 0
+    assert ev["prior"]["test_bits_per_code"] > 0
     scores = ev["samples"]
     for name in ("samples", "real_heldout", "noise"):
         assert np.isfinite(scores[name]["frechet_distance"]) and 0 <= scores[name]["confidence"] <= 1

@@ -34,7 +34,7 @@ def _images(config: RunConfig, data: str | None) -> ImageSet:
     """`data` (a name or path) at the model's size, or the run's own held-out split."""
     if data:
         return load_dataset(data, config.data)
-    return load_splits(config.data)[1]
+    return load_splits(config.data).test
 
 
 def _float_images(data: ImageSet, limit: int | None, device) -> torch.Tensor:
@@ -209,7 +209,7 @@ def evaluate(path: str | Path, data: str | None = None, out: str | Path | None =
         test_set = load_dataset(data, config.data)
         train_set = None
     else:
-        train_set, test_set = load_splits(config.data)
+        train_set, _, test_set = load_splits(config.data)
     result: dict = {"test_dataset": test_set.name,
                     "reconstruction": evaluate_reconstruction(model, Batches(test_set, 500, dev, shuffle=False).epoch(0))}
     is_run = path.is_dir() and any((path / "checkpoints" / f"prior-{w}.pt").is_file() for w in ("best", "last"))
@@ -222,7 +222,7 @@ def evaluate(path: str | Path, data: str | None = None, out: str | Path | None =
             result["prior"] = {"skipped": f"{test_set.name} has no labels for this conditional prior"}
         else:
             bits = heldout_bits(prior, TensorBatches((codes, labels), 500, dev, shuffle=False))
-            result["prior"] = {"heldout_bits_per_code": round(bits, 5), "test_codes": len(codes)}
+            result["prior"] = {"test_bits_per_code": round(bits, 5), "test_codes": len(codes)}
         if samples:
             result["samples"] = _sample_quality(path, config, train_set, test_set, num_samples, dev)
     if path.is_dir():
@@ -242,7 +242,7 @@ def _sample_quality(run_dir: Path, config: RunConfig, train_set: ImageSet | None
     from .metrics.sample_quality import inception_fid, load_or_train_classifier, score_samples
 
     if train_set is None:
-        train_set, _ = load_splits(config.data)
+        train_set = load_splits(config.data).train
     if train_set.labels is None or test_set.labels is None:
         return {"skipped": "sample-quality scores need a labelled dataset to train their classifier"}
     n = num_samples or config.sample.num_samples
@@ -291,8 +291,8 @@ def write_report(run_dir: str | Path) -> Path:
                   f"- codes used {rec.get('codes_used')} of {rec.get('codes_used', 0) + rec.get('dead_codes', 0)}, "
                   f"perplexity {rec.get('perplexity')}", ""]
     prior = ev.get("prior", {})
-    if "heldout_bits_per_code" in prior:
-        lines += ["## Prior", "", f"- held-out negative log-likelihood: {prior['heldout_bits_per_code']:.4f} bits per code",
+    if "test_bits_per_code" in prior:
+        lines += ["## Prior", "", f"- test negative log-likelihood: {prior['test_bits_per_code']:.4f} bits per code",
                   ""]
     sq = ev.get("samples", {})
     if "samples" in sq:
@@ -385,8 +385,8 @@ def summary_text(run_dir: Path) -> str:
     if rec:
         lines.append(f"  reconstruction: MSE {rec['mse_clipped']:.5f} (clipped), PSNR {rec['psnr_db']:.2f} dB, "
                      f"{rec['codes_used']} codes used, perplexity {rec['perplexity']}")
-    if "heldout_bits_per_code" in prior:
-        lines.append(f"  prior: {prior['heldout_bits_per_code']:.4f} bits per code on held-out codes")
+    if "test_bits_per_code" in prior:
+        lines.append(f"  prior: {prior['test_bits_per_code']:.4f} bits per code on test codes")
     if "samples" in sq:
         lines.append(f"  samples: Fréchet {sq['samples']['frechet_distance']:.3f} (real held-out "
                      f"{sq['real_heldout']['frechet_distance']:.3f}, noise {sq['noise']['frechet_distance']:.3f}), "

@@ -87,8 +87,9 @@ def cmd_train_prior(args):
     config = apply_overrides(config, extra + list(args.overrides))
     metrics = api.train_prior(config, run_dir, resume=args.resume).metrics
     if metrics:
-        print(f"done: held-out {metrics['heldout_bits_per_code']:.4f} bits per code "
-              f"(best {metrics['best_heldout_bits_per_code']:.4f}); run folder {run_dir}")
+        val = metrics["best_val_bits_per_code"]
+        print(f"done: {metrics['test_bits_per_code']:.4f} bits per code on test codes"
+              f"{f' (best validation {val:.4f})' if val is not None else ''}; run folder {run_dir}")
 
 
 def cmd_reconstruct(args):

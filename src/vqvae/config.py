@@ -22,6 +22,9 @@ class DataConfig:
     dataset: str = "mnist-5k"  # a name (mnist-5k, mnist, fashion-mnist, cifar10) or a folder path
     test_dataset: str = ""  # "" = the dataset's own test split, or a held-out fraction if it has none
     test_fraction: float = 0.1  # held out for testing when the dataset has no test split of its own
+    # Carved from the training split (fixed seed): chooses the best checkpoint and every tuned setting,
+    # so the test split is read only for final figures. 0 = no validation (the last checkpoint is kept).
+    val_fraction: float = 0.1
     image_size: int = 28
     channels: int = 1
     root: str = "~/.cache/vqvae/data"  # where named datasets are downloaded to / looked for
@@ -331,6 +334,8 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"prior.train_shifts={cfg.prior.train_shifts}; valid: 0 to 4")
     if not 0 <= cfg.data.test_fraction < 1:
         raise ConfigError(f"data.test_fraction={cfg.data.test_fraction}; must be in [0, 1)")
+    if not 0 <= cfg.data.val_fraction < 1:
+        raise ConfigError(f"data.val_fraction={cfg.data.val_fraction}; must be in [0, 1)")
 
 
 def load_config(preset: str = "mnist", overrides: list[str] | dict | None = None,

@@ -16,6 +16,7 @@ import gzip
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -245,26 +246,62 @@ def _resolve(spec: str, split: str | None, cfg: DataConfig) -> tuple[ImageSet, b
     return _image_folder(path, cfg), split is None
 
 
-def load_splits(cfg: DataConfig) -> tuple[ImageSet, ImageSet]:
-    """(train, test) per the config; test never overlaps train."""
+class Splits(NamedTuple):
+    """Training images, a validation split carved from them, and the test split.
+
+    Validation chooses checkpoints and settings; test is read only for final figures.
+    `val` is None when data.val_fraction is 0.
+    """
+
+    train: ImageSet
+    val: ImageSet | None
+    test: ImageSet
+
+
+def _hold_out(data: ImageSet, fraction: float, seed: int, what: str, rest_name: str) -> tuple[ImageSet, ImageSet]:
+    """(rest, held-out): a fixed random `fraction` of `data`, independent of training seeds."""
+    n = len(data)
+    n_out = max(1, int(round(n * fraction)))
+    if n - n_out < 1:
+        raise DataError(f"{data.name} has only {n} image(s): too few to hold out a {what} split")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return data.subset(perm[n_out:], rest_name), data.subset(perm[:n_out], f"{data.name}-{what}")
+
+
+def split_validation(train: ImageSet, fraction: float) -> tuple[ImageSet, ImageSet | None]:
+    """(train, val): `fraction` of the training images carved off (seed 1) for validation."""
+    if fraction <= 0:
+        return train, None
+    return _hold_out(train, fraction, seed=1, what="val", rest_name=train.name)
+
+
+def as_splits(data, cfg: DataConfig) -> Splits:
+    """`data` as Splits: None loads them per `cfg`; a (train, test) pair of sets gets its
+    validation split carved from train; Splits pass through."""
+    if data is None:
+        return load_splits(cfg)
+    if isinstance(data, Splits):
+        return data
+    train, test = data
+    return Splits(*split_validation(train, cfg.val_fraction), test)
+
+
+def load_splits(cfg: DataConfig) -> Splits:
+    """(train, val, test) per the config; no two overlap."""
     if cfg.test_dataset:
         train, _ = _resolve(cfg.dataset, "train", cfg)
         test, _ = _resolve(cfg.test_dataset, "test", cfg)
-        return train, test
+        return Splits(*split_validation(train, cfg.val_fraction), test)
     train, honoured = _resolve(cfg.dataset, "train", cfg)
     if honoured:
         test, has_test = _resolve(cfg.dataset, "test", cfg)
         if has_test:
-            return train, test
+            return Splits(*split_validation(train, cfg.val_fraction), test)
     # No test split of its own: hold out a fixed random fraction (seed 0, independent of training).
     if cfg.test_fraction <= 0:
         raise DataError(f"{cfg.dataset} has no test split: set data.test_fraction > 0 or data.test_dataset")
-    n = len(train)
-    n_test = max(1, int(round(n * cfg.test_fraction)))
-    if n - n_test < 1:
-        raise DataError(f"{cfg.dataset} has only {n} image(s): too few to hold out a test split")
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(0))
-    return train.subset(perm[n_test:], f"{train.name}-train"), train.subset(perm[:n_test], f"{train.name}-heldout")
+    train, test = _hold_out(train, cfg.test_fraction, seed=0, what="heldout", rest_name=f"{train.name}-train")
+    return Splits(*split_validation(train, cfg.val_fraction), test)
 
 
 def load_dataset(spec: str, cfg: DataConfig) -> ImageSet:

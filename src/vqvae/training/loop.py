@@ -20,7 +20,7 @@ from torch import nn
 from ..config import TrainConfig
 from ..errors import CheckpointError, TrainingError
 from .checkpoint import load_checkpoint, save_checkpoint
-from .distributed import DistContext
+from .distributed import DistContext, barrier
 
 
 @dataclass
@@ -28,7 +28,7 @@ class LoopState:
     epoch: int = 0  # epochs completed
     step: int = 0  # optimiser steps taken
     batch_in_epoch: int = 0  # batches of the current epoch done (mid-epoch checkpoints)
-    best: float = math.inf  # best held-out loss so far
+    best: float = math.inf  # best validation loss so far
     history: list = field(default_factory=list)  # one dict per completed epoch
 
 
@@ -70,7 +70,8 @@ class Stage:
         pass
 
     def evaluate(self) -> dict:
-        """Held-out figures; must contain 'heldout_loss' (lower is better)."""
+        """Validation figures: 'val_loss' (lower is better) chooses the best checkpoint; {} when
+        the run has no validation split (then the last checkpoint is the one kept)."""
         raise NotImplementedError
 
     def checkpoint_extra(self) -> dict:
@@ -271,9 +272,9 @@ def fit(stage: Stage, run_dir: Path, ctx: DistContext, resume: bool = False) -> 
         state.history.append(record)
         state.epoch += 1
         state.batch_in_epoch = 0
-        improved = ctx.is_main and record.get("heldout_loss", math.inf) < state.best
+        improved = ctx.is_main and record.get("val_loss", math.inf) < state.best
         if improved:
-            state.best = record["heldout_loss"]
+            state.best = record["val_loss"]
         if cfg.keep_best and improved:
             save("best")
         save("last")
@@ -292,6 +293,17 @@ def fit(stage: Stage, run_dir: Path, ctx: DistContext, resume: bool = False) -> 
     if ctx.is_main and not cfg.keep_last and last_path.exists() and state.epoch >= cfg.epochs:
         last_path.unlink()
     return state
+
+
+def use_best_weights(model: nn.Module, run_dir: Path, kind: str, device: torch.device) -> bool:
+    """Load the best-on-validation weights into `model` (every process), so the final test figures
+    are those of the model a user loads from the run. False when there is no best checkpoint."""
+    barrier()  # rank 0 has written the checkpoint
+    path = checkpoint_path(run_dir, kind, "best")
+    if not path.is_file():
+        return False
+    model.load_state_dict(load_checkpoint(path, kind=kind, map_location=device)["model_state"])
+    return True
 
 
 class _LaggedGuard:

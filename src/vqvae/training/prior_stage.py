@@ -16,13 +16,13 @@ import torch
 import torch.nn.functional as F
 
 from ..config import RunConfig
-from ..data import Batches, ImageSet, TensorBatches, load_splits
+from ..data import Batches, ImageSet, Splits, TensorBatches, as_splits
 from ..errors import ConfigError, DataError
 from ..figures import plot_history
 from ..models import VQVAE, GatedPixelCNN, PriorSpec
 from ..runs import codebook_fingerprint, load_vqvae, update_metrics
 from .distributed import DistContext, all_reduce_sum, barrier, setup
-from .loop import Stage, fit
+from .loop import Stage, fit, use_best_weights
 from .vqvae_stage import TrainResult, check_resume_config
 
 LN2 = math.log(2.0)
@@ -80,9 +80,9 @@ def cached_codes(model: VQVAE, data: ImageSet, split: str, run_dir: Path, device
 class PriorStage(Stage):
     kind = "prior"
     config_section = "prior_train"
-    summary_keys = ("bits", "heldout_bits", "images_per_s")
+    summary_keys = ("bits", "val_bits", "images_per_s")
 
-    def __init__(self, model: GatedPixelCNN, config: RunConfig, train_codes, train_labels, test_codes, test_labels,
+    def __init__(self, model: GatedPixelCNN, config: RunConfig, train_codes, train_labels, val_codes, val_labels,
                  ctx: DistContext, fingerprint: str):
         self.model = model
         self.train_cfg = config.prior_train
@@ -92,8 +92,8 @@ class PriorStage(Stage):
         labels = model.conditional
         self.batches = TensorBatches((train_codes, train_labels if labels else None), self.train_cfg.batch_size,
                                      ctx.device, ctx.rank, ctx.world, shuffle=True, seed=self.train_cfg.seed)
-        self.test_batches = TensorBatches((test_codes, test_labels if labels else None), 500, ctx.device,
-                                          shuffle=False)
+        self.val_batches = (TensorBatches((val_codes, val_labels if labels else None), 500, ctx.device,
+                                          shuffle=False) if val_codes is not None else None)
         self.begin_epoch()
 
     def begin_epoch(self) -> None:
@@ -125,8 +125,10 @@ class PriorStage(Stage):
             self.num_batches.copy_(state["num_batches"])
 
     def evaluate(self) -> dict:
-        bits = heldout_bits(self.model, self.test_batches, self.train_cfg.eval_batches)
-        return {"heldout_loss": bits, "heldout_bits": round(bits, 5)}
+        if self.val_batches is None:
+            return {}
+        bits = heldout_bits(self.model, self.val_batches, self.train_cfg.eval_batches)
+        return {"val_loss": bits, "val_bits": round(bits, 5)}
 
     def checkpoint_extra(self) -> dict:
         spec = self.model.spec
@@ -151,11 +153,12 @@ def heldout_bits(model: GatedPixelCNN, batches: TensorBatches, max_batches: int 
 
 
 def train_prior(config: RunConfig, run_dir: str | Path, resume: bool = False,
-                data: tuple[ImageSet, ImageSet] | None = None) -> TrainResult:
+                data: Splits | tuple[ImageSet, ImageSet] | None = None) -> TrainResult:
     """Train the prior of the run in `run_dir` on codes of its VQ-VAE (RUN/checkpoints/vqvae-*.pt).
 
     Writes the prior's checkpoints, RUN/codes/, prior_curves.png and the "prior" section of
-    metrics.json, which the result's `metrics` holds (empty on ranks other than 0).
+    metrics.json, which the result's `metrics` holds (empty on ranks other than 0). The best
+    checkpoint is chosen on validation codes; test codes are scored once, at the end.
     """
     run_dir = Path(run_dir)
     ctx = setup(config.prior_train.device)
@@ -163,51 +166,59 @@ def train_prior(config: RunConfig, run_dir: str | Path, resume: bool = False,
         check_resume_config(run_dir, "prior", config, ("prior",))
     vqvae, vq_config = load_vqvae(run_dir, ctx.device)
     config.model, config.quantizer = vq_config.model, vq_config.quantizer  # the VQ-VAE's own config is the truth
-    train_set, test_set = data if data is not None else load_splits(config.data)
+    splits = as_splits(data, config.data)
+    train_set, val_set, test_set = splits
     if config.prior.conditional and (train_set.labels is None or not train_set.class_names):
         raise DataError(f"--conditional needs a labelled dataset; {train_set.name} has no labels "
                         f"(use a named dataset or a folder with one subfolder per class)")
     if config.prior.conditional and test_set.labels is None:
         raise DataError(f"--conditional needs labels on the test split too; {test_set.name} has none")
+    split_names = {"train": train_set, "val": val_set, "test": test_set}
     # Rank 0 encodes (and caches) first; the others then read the cache.
     shifts = config.prior.train_shifts
-    if ctx.is_main:
-        train_codes = cached_codes(vqvae, train_set, "train", run_dir, ctx.device, shifts)
-        test_codes = cached_codes(vqvae, test_set, "test", run_dir, ctx.device)
-    barrier()
-    if not ctx.is_main:
-        train_codes = cached_codes(vqvae, train_set, "train", run_dir, ctx.device, shifts)
-        test_codes = cached_codes(vqvae, test_set, "test", run_dir, ctx.device)
+    codes = {}
+    for rank_turn in (True, False):
+        if ctx.is_main == rank_turn:
+            codes = {name: cached_codes(vqvae, data, name, run_dir, ctx.device, shifts if name == "train" else 0)
+                     if data is not None else None for name, data in split_names.items()}
+        barrier()
+    train_codes, val_codes, test_codes = codes["train"], codes["val"], codes["test"]
     train_labels = train_set.labels.repeat(len(shift_offsets(shifts))) if train_set.labels is not None else None
     spec = PriorSpec(vqvae.codebook_size, vqvae.latent_size,
                      len(train_set.class_names) if config.prior.conditional else 0,
                      tuple(train_set.class_names) if config.prior.conditional else ())
     torch.manual_seed(config.prior_train.seed)
     model = GatedPixelCNN(config.prior, spec, dropout=config.prior_train.dropout).to(ctx.device)
-    stage = PriorStage(model, config, train_codes, train_labels, test_codes, test_set.labels, ctx,
+    stage = PriorStage(model, config, train_codes, train_labels, val_codes, val_set.labels if val_set else None, ctx,
                        codebook_fingerprint(vqvae))
     if ctx.is_main:
         config.save(run_dir / "config.json")
         if config.prior_train.progress:
-            print(f"prior: {len(train_codes)} training / {len(test_codes)} held-out code maps of "
+            print(f"prior: {len(train_codes)} training / {len(val_codes) if val_codes is not None else 0} validation "
+                  f"code maps of "
                   f"{spec.latent_size}x{spec.latent_size}, {spec.codebook_size} codes; "
                   f"{sum(p.numel() for p in model.parameters()):,} parameters"
                   f"{'; conditional on ' + str(spec.num_classes) + ' classes' if spec.num_classes else ''}", flush=True)
     state = fit(stage, run_dir, ctx, resume=resume)
+    use_best_weights(model, run_dir, "prior", ctx.device)
     metrics = {}
     if ctx.is_main:
-        best = min((h["heldout_bits"] for h in state.history), default=None)
+        val_bits = [h["val_bits"] for h in state.history if "val_bits" in h]
         seconds = sum(h["seconds"] for h in state.history)
-        metrics = {"heldout_bits_per_code": state.history[-1]["heldout_bits"] if state.history else None,
-                   "best_heldout_bits_per_code": best, "train_bits_per_code": state.history[-1]["bits"]
+        test_bits = heldout_bits(model, TensorBatches((test_codes, test_set.labels if model.conditional else None), 500,
+                                                      ctx.device, shuffle=False))
+        metrics = {"val_bits_per_code": val_bits[-1] if val_bits else None,
+                   "best_val_bits_per_code": min(val_bits, default=None),
+                   "test_bits_per_code": round(test_bits, 5),
+                   "train_bits_per_code": state.history[-1]["bits"]
                    if state.history else None, "epochs": state.epoch, "train_seconds": round(seconds, 2),
                    "codebook_size": spec.codebook_size, "latent_size": spec.latent_size,
                    "conditional": bool(spec.num_classes), "class_names": list(spec.class_names),
-                   "history": [{k: h[k] for k in ("epoch", "bits", "heldout_bits", "seconds")} for h in state.history]}
+                   "history": [{k: h.get(k) for k in ("epoch", "bits", "val_bits", "seconds")} for h in state.history]}
         update_metrics(run_dir, "prior", metrics)
         if state.history:
             plot_history(state.history, run_dir / "prior_curves.png",
-                         [("loss (bits per code)", ["bits", "heldout_bits"])], title="Prior training")
+                         [("loss (bits per code)", ["bits", "val_bits"])], title="Prior training")
     barrier()
     return TrainResult(run_dir, metrics, state.history, model)
 

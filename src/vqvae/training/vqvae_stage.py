@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from ..config import RunConfig
-from ..data import Batches, ImageSet, load_splits
+from ..data import Batches, ImageSet, Splits, as_splits
 from ..errors import CheckpointError, ConfigError
 from ..figures import plot_history, save_reconstruction_grid
 from ..metrics.codebook import codebook_stats
@@ -17,7 +17,7 @@ from ..models import VQVAE
 from ..runs import update_metrics
 from .checkpoint import load_checkpoint
 from .distributed import DistContext, all_reduce_sum, barrier, setup
-from .loop import Stage, checkpoint_path, fit
+from .loop import Stage, checkpoint_path, fit, use_best_weights
 
 TERMS = ("loss", "recon", "codebook", "commitment")
 
@@ -25,17 +25,18 @@ TERMS = ("loss", "recon", "codebook", "commitment")
 class VQVAEStage(Stage):
     kind = "vqvae"
     config_section = "train"
-    summary_keys = ("loss", "recon", "codes_used", "perplexity", "heldout_mse", "heldout_codes_used", "images_per_s")
+    summary_keys = ("loss", "recon", "codes_used", "perplexity", "val_mse", "val_codes_used", "images_per_s")
 
-    def __init__(self, model: VQVAE, config: RunConfig, train_set: ImageSet, test_set: ImageSet, ctx: DistContext):
+    def __init__(self, model: VQVAE, config: RunConfig, splits: Splits, ctx: DistContext):
         self.model = model
         self.train_cfg = config.train
         self.config_dict = config.to_dict()
         self.ctx = ctx
-        self.batches = Batches(train_set, config.train.batch_size, ctx.device, ctx.rank, ctx.world, shuffle=True,
+        self.batches = Batches(splits.train, config.train.batch_size, ctx.device, ctx.rank, ctx.world, shuffle=True,
                                seed=config.train.seed, num_workers=config.data.num_workers,
                                channels_last=config.train.channels_last)
-        self.test_batches = Batches(test_set, 500, ctx.device, shuffle=False, num_workers=config.data.num_workers)
+        self.val_batches = (Batches(splits.val, 500, ctx.device, shuffle=False, num_workers=config.data.num_workers)
+                            if splits.val is not None else None)
         self.begin_epoch()
 
     def begin_epoch(self) -> None:
@@ -84,13 +85,17 @@ class VQVAEStage(Stage):
             self.num_batches.copy_(state["num_batches"])
 
     def evaluate(self) -> dict:
-        r = evaluate_reconstruction(self.model, self.test_batches.epoch(0), self.train_cfg.eval_batches)
-        return {"heldout_loss": r["mse"], "heldout_mse": round(r["mse"], 6),
-                "heldout_mse_clipped": round(r["mse_clipped"], 6), "heldout_codes_used": r["codes_used"],
-                "heldout_perplexity": r["perplexity"]}
+        if self.val_batches is None:
+            return {}
+        r = evaluate_reconstruction(self.model, self.val_batches.epoch(0), self.train_cfg.eval_batches)
+        return {"val_loss": r["mse"], "val_mse": round(r["mse"], 6),
+                "val_mse_clipped": round(r["mse_clipped"], 6), "val_codes_used": r["codes_used"],
+                "val_perplexity": r["perplexity"]}
 
     def epoch_images(self, writer, epoch: int) -> None:
-        x, _ = next(iter(self.test_batches.epoch(0)))
+        if self.val_batches is None:
+            return
+        x, _ = next(iter(self.val_batches.epoch(0)))
         x = x[:16]
         with torch.no_grad():
             self.model.eval()
@@ -131,39 +136,47 @@ def check_resume_config(run_dir: Path, kind: str, config: RunConfig, sections: t
 
 
 def train_vqvae(config: RunConfig, run_dir: str | Path, resume: bool = False,
-                data: tuple[ImageSet, ImageSet] | None = None) -> TrainResult:
+                data: Splits | tuple[ImageSet, ImageSet] | None = None) -> TrainResult:
     """Train a VQ-VAE into `run_dir` (created), or continue it with `resume=True`.
 
     Writes config.json, checkpoints, reconstructions.png, curves.png and the "vqvae" section of
-    metrics.json. Under torchrun every process calls this; rank 0 writes the files.
+    metrics.json. The best checkpoint is chosen on the validation split; the test split is
+    read once, at the end, for the final figures. `data`: Splits, or (train, test) sets whose
+    validation split is then carved from train. Under torchrun every process calls this; rank 0
+    writes the files.
     """
     run_dir = Path(run_dir)
     ctx = setup(config.train.device)
     if resume:
         check_resume_config(run_dir, "vqvae", config, ("model", "quantizer"))
-    train_set, test_set = data if data is not None else load_splits(config.data)
+    splits = as_splits(data, config.data)
+    train_set, test_set = splits.train, splits.test
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         config.save(run_dir / "config.json")
     torch.manual_seed(config.train.seed)
     model = build_vqvae(config, ctx.device)
-    stage = VQVAEStage(model, config, train_set, test_set, ctx)
+    stage = VQVAEStage(model, config, splits, ctx)
     if ctx.is_main and config.train.progress:
-        print(f"vqvae: {len(train_set)} training / {len(test_set)} held-out images ({train_set.name}); "
+        print(f"vqvae: {len(train_set)} training / {len(splits.val) if splits.val else 0} validation / "
+              f"{len(test_set)} test images ({train_set.name}); "
               f"{sum(p.numel() for p in model.parameters()):,} parameters; device {ctx.device}"
               f"{f' x {ctx.world} processes' if ctx.distributed else ''}", flush=True)
     t0 = time.perf_counter()
     state = fit(stage, run_dir, ctx, resume=resume)
     train_seconds = time.perf_counter() - t0
+    use_best_weights(model, run_dir, "vqvae", ctx.device)
     metrics = {}
     if ctx.is_main:
         model.eval()
-        test = evaluate_reconstruction(model, stage.test_batches.epoch(0))
+        test = evaluate_reconstruction(model, Batches(test_set, 500, ctx.device, shuffle=False,
+                                                      num_workers=config.data.num_workers).epoch(0))
         last = state.history[-1] if state.history else {}
         epoch_seconds = sum(h["seconds"] for h in state.history)
         images = sum(h["images_per_s"] * h["seconds"] for h in state.history if h["images_per_s"])
         metrics = {"test": test, "test_dataset": test_set.name, "train_dataset": train_set.name,
-                   "train_images": len(train_set), "epochs": state.epoch, "steps": state.step,
+                   "train_images": len(train_set), "val_images": len(splits.val) if splits.val else 0,
+                   "best_val_mse": state.best if splits.val else None, "epochs": state.epoch, "steps": state.step,
                    "train_seconds": round(epoch_seconds, 2),
                    "images_per_s": round(images / epoch_seconds, 1) if epoch_seconds else None,
                    "last_epoch": last, "this_call_seconds": round(train_seconds, 2)}
@@ -181,7 +194,7 @@ def write_vqvae_figures(model: VQVAE, test_set: ImageSet, history: list, run_dir
     save_reconstruction_grid(x, x_hat, run_dir / "reconstructions.png")
     if history:
         plot_history(history, run_dir / "curves.png", [
-            ("loss terms", ["recon", "commitment", "codebook", "heldout_mse"]),
-            ("codebook usage (codes used)", ["codes_used", "heldout_codes_used"]),
-            ("perplexity", ["perplexity", "heldout_perplexity"]),
+            ("loss terms", ["recon", "commitment", "codebook", "val_mse"]),
+            ("codebook usage (codes used)", ["codes_used", "val_codes_used"]),
+            ("perplexity", ["perplexity", "val_perplexity"]),
         ], title="VQ-VAE training")
