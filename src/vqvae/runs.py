@@ -54,9 +54,12 @@ def check_output_path(path: str | Path, option: str = "--out", folder: bool = Fa
     for parent in resolved.parents:
         if (parent / "config.json").is_file() and (parent / "checkpoints").is_dir():
             relative = resolved.relative_to(parent).parts
-            if relative and ((len(relative) == 1 and relative[0] in RUN_FILES) or relative[0] in RUN_FOLDERS):
-                raise OutputError(f"{option} {path} would overwrite the file {'/'.join(relative)} of the run "
-                                  f"in {parent}; choose another path")
+            if relative and relative[0] in RUN_FOLDERS:
+                raise OutputError(f"{option} {path} would write into {relative[0]}/ of the run in {parent}; "
+                                  f"choose another path")
+            if len(relative) == 1 and relative[0] in RUN_FILES:
+                raise OutputError(f"{option} {path} would overwrite the file {relative[0]} of the run in {parent}; "
+                                  f"choose another path")
             break
     return path
 

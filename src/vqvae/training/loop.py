@@ -393,7 +393,7 @@ def require_finite(kind: str, figures: dict, state: LoopState, run_dir: Path, se
     skipped = sum(h.get("skipped_batches", 0) for h in state.history)
     raise TrainingError(
         f"{kind}: training diverged: the final model's test {', '.join(f'{k} is {v}' for k, v in bad.items())}"
-        f"{f'; {skipped} batches were skipped as non-finite ({state.step} steps taken)' if skipped else ''}. Its files "
+        f"{f'; {skipped} batches were skipped as non-finite (optimiser steps taken: {state.step})' if skipped else ''}. Its files "
         f"are in {run_dir}, but the model is unusable: lower {section}.lr (it was {lr:g})")
 
 
