@@ -13,16 +13,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
-from .config import RunConfig, load_config
+from .config import RunConfig, apply_overrides, at_least, check_value, load_config
 from .data import ImageSet, load_dataset, load_splits
 from .errors import ConfigError, DataError
-from .figures import plot_usage_histogram, save_grid, save_reconstruction_grid
+from .figures import plot_usage_histogram, save_grid, save_reconstruction_grid, spread_indices
+from .files import atomic_save_npy, atomic_write_text
 from .metrics.codebook import codebook_stats
 from .metrics.reconstruction import evaluate_reconstruction
-from .runs import codebook_fingerprint, load_prior, load_vqvae, read_metrics, update_metrics
-from .training.distributed import resolve_device
+from .runs import check_output_path, codebook_fingerprint, load_prior, load_vqvae, read_metrics, update_metrics
+from .training.distributed import is_main_process, resolve_device
 from .training.prior_stage import check_prior_matches, heldout_bits, train_prior
 from .training.vqvae_stage import TrainResult, train_vqvae
 
@@ -37,16 +37,17 @@ def _images(config: RunConfig, data: str | None) -> ImageSet:
     return load_splits(config.data).test
 
 
-def _float_images(data: ImageSet, limit: int | None, device) -> torch.Tensor:
-    return data.tensor(limit).to(device).float() / 255
-
-
 def reconstruct(checkpoint: str | Path, out: str | Path, data: str | None = None, num_images: int = 32,
                 device: str = "auto") -> Path:
-    """Side-by-side grid: rows of originals, each followed by its reconstructions."""
+    """Side-by-side grid: rows of originals, each followed by its reconstructions. The images
+    are a spread of the set (every class where there are labels, else evenly spaced)."""
+    check_value("--num", num_images, at_least(1))
+    out = check_output_path(out)
     dev = resolve_device(device)
     model, config = load_vqvae(checkpoint, dev)
-    x = _float_images(_images(config, data), num_images, dev)
+    images = _images(config, data)
+    x = torch.stack([images[i][0] for i in spread_indices(len(images), num_images, images.labels)])
+    x = x.to(dev).float() / 255
     with torch.no_grad():
         x_hat = model(x).reconstruction
     return save_reconstruction_grid(x, x_hat, Path(out))
@@ -57,20 +58,19 @@ def encode(checkpoint: str | Path, out_dir: str | Path, data: str | None = None,
     and OUT/codes.json with their shape and the codebook they index."""
     from .training.prior_stage import encode_images
 
+    out_dir = check_output_path(out_dir, folder=True)
     dev = resolve_device(device)
     model, config = load_vqvae(checkpoint, dev)
     images = _images(config, data)
     codes = encode_images(model, images, dev)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    np.save(out_dir / "codes.npy", codes.numpy())
+    atomic_save_npy(out_dir / "codes.npy", codes.numpy())
     if images.labels is not None:
-        np.save(out_dir / "labels.npy", images.labels.numpy())
+        atomic_save_npy(out_dir / "labels.npy", images.labels.numpy())
     meta = {"shape": list(codes.shape), "dtype": "int16", "codebook_size": model.codebook_size,
             "latent_size": model.latent_size, "vqvae_fingerprint": codebook_fingerprint(model),
             "dataset": images.name, "class_names": list(images.class_names),
             **codebook_stats(torch.bincount(codes.long().flatten(), minlength=model.codebook_size))}
-    (out_dir / "codes.json").write_text(json.dumps(meta, indent=2) + "\n")
+    atomic_write_text(out_dir / "codes.json", json.dumps(meta, indent=2) + "\n")
     return meta
 
 
@@ -90,19 +90,42 @@ def load_codes(path: str | Path) -> tuple[torch.Tensor, dict]:
     if codes.ndim != 3 or not np.issubdtype(codes.dtype, np.integer):
         raise DataError(f"{path} holds a {codes.dtype} array of shape {codes.shape}; expected integer code maps "
                         f"(N, h, w)")
+    if codes.size == 0:
+        raise DataError(f"{path} holds no codes (an array of shape {codes.shape})")
     meta_path = path.with_suffix(".json")
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    meta = {}
+    if meta_path.is_file():
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise DataError(f"{meta_path} is not valid JSON ({e}); repair it, or remove it to decode the codes "
+                            f"without its checks") from None
+        if not isinstance(meta, dict):
+            raise DataError(f"{meta_path} holds a JSON {type(meta).__name__}; expected the object `encode` writes")
     return torch.from_numpy(codes.astype(np.int64)), meta
 
 
 def decode(checkpoint: str | Path, codes: str | Path, out: str | Path, device: str = "auto") -> Path:
-    """Code maps -> images: a grid PNG at `out` and the images as OUT.npy (uint8 (N, C, H, W))."""
+    """Code maps -> images: a grid PNG at `out` and the images as OUT.npy (uint8 (N, C, H, W)).
+
+    Codes must come from this VQ-VAE: the fingerprint `encode` records in codes.json is checked
+    (codes of another model with the same codebook size would decode to garbage), and so is
+    the code-map size."""
+    out = check_output_path(out)
+    check_output_path(Path(out).with_suffix(".npy"))
     dev = resolve_device(device)
     model, _ = load_vqvae(checkpoint, dev)
     indices, meta = load_codes(codes)
-    K = model.codebook_size
+    K, size = model.codebook_size, model.latent_size
     if meta.get("codebook_size") not in (None, K):
         raise ConfigError(f"these codes index a codebook of {meta['codebook_size']} codes, but the VQ-VAE has {K}")
+    if meta.get("vqvae_fingerprint") not in (None, codebook_fingerprint(model)):
+        raise ConfigError("these codes were made by a different VQ-VAE (codebook fingerprints differ: "
+                          f"{meta['vqvae_fingerprint']} in codes.json, {codebook_fingerprint(model)} here); decode "
+                          "them with the model that encoded them")
+    if tuple(indices.shape[1:]) != (size, size):
+        raise ConfigError(f"the code maps are {indices.shape[1]}x{indices.shape[2]}, but this VQ-VAE decodes "
+                          f"{size}x{size} code maps")
     if int(indices.min()) < 0 or int(indices.max()) >= K:
         raise ConfigError(f"codes range over [{int(indices.min())}, {int(indices.max())}], outside this VQ-VAE's "
                           f"codebook of {K} codes (0..{K - 1})")
@@ -159,14 +182,11 @@ def sample(run_dir: str | Path, out_dir: str | Path | None = None, num_samples: 
     prior, config, extra = load_prior(prior_path or run_dir, dev)
     vqvae, _ = load_vqvae(vqvae_path or run_dir, dev)
     check_prior_matches(prior, vqvae, extra["vqvae_fingerprint"])
-    s = config.sample
-    n = num_samples if num_samples is not None else s.num_samples
-    batch = batch_size or s.batch_size
-    temperature = temperature if temperature is not None else s.temperature
-    top_k = top_k if top_k is not None else s.top_k
-    seed = seed if seed is not None else s.seed
-    if n < 1 or batch < 1:
-        raise ConfigError("number of samples and batch size must be at least 1")
+    # The run's sample.* settings, with these arguments over them, checked like any config.
+    asked = {"num_samples": num_samples, "batch_size": batch_size, "temperature": temperature, "top_k": top_k,
+             "seed": seed}
+    s = apply_overrides(config, {f"sample.{k}": v for k, v in asked.items() if v is not None}).sample
+    n, batch, temperature, top_k, seed = s.num_samples, s.batch_size, s.temperature, s.top_k, s.seed
     labels, row = _class_labels(prior, class_, n, dev)
     n = len(labels) if labels is not None else n
     generator = torch.Generator(device=dev).manual_seed(seed)
@@ -202,6 +222,10 @@ def evaluate(path: str | Path, data: str | None = None, out: str | Path | None =
     from .data import Batches, TensorBatches
     from .training.prior_stage import encode_images
 
+    if num_samples is not None:
+        check_value("--num-samples", num_samples, at_least(1))
+    if out:
+        out = check_output_path(out)
     dev = resolve_device(device)
     path = Path(path)
     model, config = load_vqvae(path, dev)
@@ -230,7 +254,7 @@ def evaluate(path: str | Path, data: str | None = None, out: str | Path | None =
         if is_run:
             write_report(path)
     if out:
-        Path(out).write_text(json.dumps(result, indent=2) + "\n")
+        atomic_write_text(out, json.dumps(result, indent=2) + "\n")
     return result
 
 
@@ -363,7 +387,7 @@ def run_pipeline(config: RunConfig, run_dir: str | Path, progress: bool = True) 
     t = time.perf_counter()
     train_prior(config, run_dir)
     timings["prior_s"] = round(time.perf_counter() - t, 1)
-    if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+    if not is_main_process():
         return {}  # under torchrun, sampling and evaluation are rank 0's
     t = time.perf_counter()
     sampled = sample(run_dir, device=config.train.device)

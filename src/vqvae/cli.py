@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 import time
@@ -9,11 +10,29 @@ from pathlib import Path
 
 from . import api
 from .config import PRESETS, RunConfig, apply_overrides, get_preset, load_config
-from .errors import CheckpointError, VQVAEError
+from .errors import CheckpointError, ConfigError, VQVAEError
+from .files import os_error_text
+from .runs import check_output_path, read_run_config
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows '(default: X)' once: not where the help text already states it, nor for defaults
+    that say nothing (None, False, [])."""
+
+    def _get_help_string(self, action):
+        if "default" in (action.help or "") or action.default in (None, False, []):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _set_arg(p: argparse.ArgumentParser, help: str) -> None:
+    # "extend": every --set counts, in order (a later value for the same field wins).
+    p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="SECTION.FIELD=VALUE",
+                   help=help)
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", default="mnist", help=f"named settings: {', '.join(PRESETS)} (default: mnist)")
+    p.add_argument("--preset", help=f"named settings: {', '.join(PRESETS)} (default: mnist)")
     p.add_argument("--config", metavar="FILE", help="JSON file of settings applied over the preset")
     p.add_argument("--data", metavar="NAME|PATH",
                    help="training data: mnist-5k (default), mnist, fashion-mnist, cifar10, a folder of images, "
@@ -23,8 +42,7 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", metavar="RUN_DIR", help="run folder (default: runs/<preset>-<time>)")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1 ...")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
-    p.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="SECTION.FIELD=VALUE",
-                   help="override any config field, e.g. --set train.epochs=5 quantizer.codebook_size=512")
+    _set_arg(p, "override any config field, e.g. --set train.epochs=5 quantizer.codebook_size=512 (repeatable)")
 
 
 def _device_arg(p: argparse.ArgumentParser) -> None:
@@ -42,21 +60,33 @@ def _overrides(args, extra: list[str] | None = None) -> list[str]:
     return items + list(args.overrides)
 
 
+# A resumed run is rebuilt from its own config.json: options that would choose other settings
+# or another folder are refused rather than silently ignored (or, for data, half applied).
+NOT_WITH_RESUME = {"preset": "--preset", "config": "--config", "out": "--out", "data": "--data",
+                   "test_data": "--test-data"}
+
+
 def _run_config(args, extra: list[str] | None = None) -> tuple[RunConfig, Path, bool]:
     """(config, run folder, resume?) from --preset/--config/--set, or from the run being resumed."""
     if args.resume:
+        given = [flag for name, flag in NOT_WITH_RESUME.items() if getattr(args, name, None) is not None]
+        if given:
+            raise ConfigError(f"{', '.join(given)} cannot be combined with --resume: a resumed run keeps its own "
+                              f"settings, data and folder ({args.resume}/config.json); only --set of training "
+                              f"settings (train.*, prior_train.*, sample.*) and --device may change. Start a new run "
+                              f"with --out for other data or settings")
         run_dir = Path(args.resume)
-        saved = run_dir / "config.json"
-        if not saved.is_file():
-            raise CheckpointError(f"cannot resume: {run_dir} is not a run folder (no config.json)")
-        config = RunConfig.from_dict(json.loads(saved.read_text()))
+        config = read_run_config(run_dir)
         return apply_overrides(config, _overrides(args, extra)), run_dir, True
-    config = load_config(args.preset, _overrides(args, extra), args.config)
-    run_dir = Path(args.out) if args.out else Path("runs") / f"{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if run_dir.exists() and (run_dir / "checkpoints").exists():
+    preset = args.preset or "mnist"
+    config = load_config(preset, _overrides(args, extra), args.config)
+    run_dir = Path(args.out) if args.out else Path("runs") / f"{preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    check_output_path(run_dir, folder=True)
+    if any((run_dir / "checkpoints").glob("*.pt")):
         raise CheckpointError(f"{run_dir} already holds a run: pass --resume {run_dir} to continue it, "
                               f"or choose another --out")
     return config, run_dir, False
+
 
 
 def cmd_train(args):
@@ -77,10 +107,9 @@ def cmd_pipeline(args):
 
 def cmd_train_prior(args):
     run_dir = Path(args.run_dir)
-    saved = run_dir / "config.json"
-    if not saved.is_file():
+    if not (run_dir / "config.json").is_file():
         raise CheckpointError(f"{run_dir} is not a run folder (no config.json): train a VQ-VAE there first")
-    config = RunConfig.from_dict(json.loads(saved.read_text()))
+    config = read_run_config(run_dir)
     extra = ["prior.conditional=true"] if args.conditional else []
     if args.device:
         extra.append(f"prior_train.device={args.device}")
@@ -112,6 +141,8 @@ def cmd_evaluate(args):
 
 
 def cmd_sample(args):
+    if args.out:
+        check_output_path(args.out, folder=True)
     result = api.sample(args.run_dir, out_dir=args.out, num_samples=args.num_samples, batch_size=args.batch_size,
                         temperature=args.temperature, top_k=args.top_k, seed=args.seed, class_=args.class_,
                         prior_path=args.prior, vqvae_path=args.vqvae, device=args.device)
@@ -133,9 +164,9 @@ def cmd_presets(args):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vqvae", description="Train VQ-VAEs, learn a prior over their codes, generate and measure images.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = HelpFormatter
 
     p = sub.add_parser("pipeline", help="the whole job: VQ-VAE, prior, samples, evaluation, report",
                        formatter_class=fmt)
@@ -151,15 +182,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--conditional", action="store_true", help="condition on the dataset's class labels")
     p.add_argument("--resume", action="store_true", help="continue the prior from its last checkpoint")
     p.add_argument("--device", help="auto (default), cpu, cuda ...")
-    p.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="SECTION.FIELD=VALUE",
-                   help="override prior.* and prior_train.* fields, e.g. --set prior_train.epochs=5")
+    _set_arg(p, "override prior.* and prior_train.* fields, e.g. --set prior_train.epochs=5 (repeatable)")
     p.set_defaults(func=cmd_train_prior)
 
     p = sub.add_parser("reconstruct", help="originals beside reconstructions, as a grid PNG", formatter_class=fmt)
     p.add_argument("checkpoint", help="VQ-VAE checkpoint file or run folder")
     p.add_argument("--data", help="images to reconstruct (name or folder; default: the run's held-out split)")
     p.add_argument("--out", default="reconstructions.png", help="output PNG")
-    p.add_argument("--num", type=int, default=32, help="number of images")
+    p.add_argument("--num", type=int, default=32, help="number of images (a spread over the set: every class)")
     _device_arg(p)
     p.set_defaults(func=cmd_reconstruct)
 
@@ -191,9 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default: the run folder)")
     p.add_argument("-n", "--num-samples", type=int, help="number of samples (default: sample.num_samples)")
     p.add_argument("--batch-size", type=int, help="samples drawn at once (default: sample.batch_size)")
-    p.add_argument("--temperature", type=float, help="softmax temperature (default: sample.temperature, 1.0)")
-    p.add_argument("--top-k", type=int, help="sample among the k likeliest codes; 0 = all")
-    p.add_argument("--seed", type=int, help="random seed")
+    p.add_argument("--temperature", type=float, help="softmax temperature > 0 (default: sample.temperature)")
+    p.add_argument("--top-k", type=int, help="sample among the k likeliest codes; 0 = all (default: sample.top_k)")
+    p.add_argument("--seed", type=int, help="random seed (default: sample.seed)")
     p.add_argument("--class", dest="class_", help="class-conditional prior: a class index or name, or 'all'")
     p.add_argument("--prior", help="prior checkpoint (default: the run's)")
     p.add_argument("--vqvae", help="VQ-VAE checkpoint (default: the run's)")
@@ -206,12 +236,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+ENVIRONMENT_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EEXIST,
+                      errno.ENOTDIR, errno.EISDIR)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
     except VQVAEError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        # The machine's, not the program's: a full disk, no permission to write, a read-only disk.
+        if e.errno not in ENVIRONMENT_ERRORS:
+            raise
+        print(f"error: cannot write {e.filename or 'a file'}: {os_error_text(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

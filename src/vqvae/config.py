@@ -10,11 +10,13 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .errors import ConfigError
+from .files import atomic_write_text
 
 
 @dataclass
@@ -122,10 +124,13 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunConfig":
-        return from_dict(cls, d)
+        """Rebuild a saved config (config.json, a checkpoint's), checked like any other."""
+        cfg = from_dict(cls, d)
+        validate(cfg)
+        return cfg
 
     def save(self, path: Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
 
 def from_dict(cls, d: dict):
@@ -230,21 +235,175 @@ def get_preset(name: str) -> RunConfig:
     return PRESETS[name]()
 
 
-# --------------------------------------------------------------------------- overrides
+# --------------------------------------------------------------------------- validation
 
-def _field_names(obj, prefix="") -> list[str]:
-    names = []
+@dataclass(frozen=True)
+class Rule:
+    """What values a field accepts: `check(value)` is True for those, `valid` says which in words."""
+
+    check: Callable[[Any], bool]
+    valid: str
+
+
+def at_least(low) -> Rule:
+    return Rule(lambda v: v >= low, f">= {low}")
+
+
+def above(low) -> Rule:
+    return Rule(lambda v: v > low, f"> {low}")
+
+
+def in_range(low, high, high_open: bool = False, low_open: bool = False) -> Rule:
+    def check(v):
+        return (v > low if low_open else v >= low) and (v < high if high_open else v <= high)
+
+    return Rule(check, f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}")
+
+
+def one_of(*choices) -> Rule:
+    return Rule(lambda v: v in choices, "one of " + ", ".join(map(str, choices)))
+
+
+def _is_device(name: str) -> bool:
+    if name == "auto":
+        return True
+    import torch
+
+    try:
+        return torch.device(name).type in ("cpu", "cuda", "mps")
+    except (RuntimeError, ValueError):
+        return False
+
+
+ODD_POSITIVE = Rule(lambda v: v >= 1 and v % 2 == 1, "an odd number >= 1")
+DEVICE = Rule(_is_device, "auto, cpu, cuda, cuda:N or mps")
+
+# One rule per field, checked on every route a config takes (--set, --config JSON, the Python
+# API, config.json and checkpoints): add a field's rule here, one line. Types are checked for
+# every field from its default (an int field refuses 1.5 and true; floats must be finite).
+# Fields of TrainConfig are listed once and hold for both `train` and `prior_train`.
+RULES: dict[str, Rule] = {
+    "data.test_fraction": in_range(0, 1, high_open=True),
+    "data.val_fraction": in_range(0, 1, high_open=True),
+    "data.image_size": at_least(1),
+    "data.channels": one_of(1, 3),
+    "data.num_workers": at_least(0),
+    "model.image_size": at_least(1),
+    "model.in_channels": one_of(1, 3),
+    "model.hidden_channels": at_least(1),
+    "model.num_downsamples": in_range(1, 4),
+    "model.num_residual_blocks": at_least(0),
+    "model.code_dim": at_least(0),
+    "quantizer.codebook_size": at_least(2),
+    "quantizer.update": one_of("loss", "ema"),
+    "quantizer.codebook_weight": at_least(0),
+    "quantizer.commitment_weight": at_least(0),
+    "quantizer.ema_decay": in_range(0, 1, low_open=True, high_open=True),
+    "quantizer.ema_epsilon": above(0),
+    "quantizer.init": one_of("uniform", "kmeans", "samples"),
+    "quantizer.kmeans_iters": at_least(0),
+    "quantizer.restart_after_steps": at_least(0),
+    "train.epochs": at_least(0),
+    "train.batch_size": at_least(1),
+    "train.lr": above(0),
+    "train.lr_schedule": one_of("constant", "cosine"),
+    "train.warmup_steps": at_least(0),
+    "train.lr_min_ratio": in_range(0, 1),
+    "train.weight_decay": at_least(0),
+    "train.grad_clip": at_least(0),
+    "train.dropout": in_range(0, 1, high_open=True),
+    "train.seed": at_least(0),
+    "train.device": DEVICE,
+    "train.amp": one_of("off", "bf16", "auto"),
+    "train.compile_mode": one_of("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+    "train.checkpoint_every_steps": at_least(0),
+    "train.on_nonfinite": one_of("stop", "skip"),
+    "train.eval_batches": at_least(0),
+    "prior.num_layers": at_least(1),
+    "prior.hidden_channels": at_least(1),
+    "prior.first_kernel_size": ODD_POSITIVE,
+    "prior.kernel_size": ODD_POSITIVE,
+    "prior.head_channels": at_least(0),
+    "prior.train_shifts": in_range(0, 4),
+    "sample.num_samples": at_least(1),
+    "sample.batch_size": at_least(1),
+    "sample.temperature": above(0),
+    "sample.top_k": at_least(0),
+    "sample.seed": at_least(0),
+}
+SAME_RULES = {"prior_train": "train"}  # sections of the same dataclass share its rules
+
+
+def _fields(obj, prefix="") -> list[tuple[str, Any, Any]]:
+    """(dotted name, owning dataclass, field name) for every leaf field, in declaration order."""
+    out = []
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         if dataclasses.is_dataclass(value):
-            names += _field_names(value, f"{prefix}{f.name}.")
+            out += _fields(value, f"{prefix}{f.name}.")
         else:
-            names.append(prefix + f.name)
-    return names
+            out.append((prefix + f.name, obj, f.name))
+    return out
 
 
-def _parse_value(text: str, current: Any, key: str):
-    kind = type(current)
+def _field_names(obj) -> list[str]:
+    return [name for name, _, _ in _fields(obj)]
+
+
+def _default_type(owner, name: str) -> type:
+    """The type a field holds, from its default (every config field has one)."""
+    return type(getattr(type(owner)(), name))
+
+
+def _rule(key: str) -> Rule | None:
+    section, _, name = key.rpartition(".")
+    return RULES.get(key) or RULES.get(f"{SAME_RULES.get(section, section)}.{name}")
+
+
+def _type_error(key: str, value, kind: type) -> str | None:
+    """Why `value` cannot be a `kind` field, or None. JSON and Python values are not coerced
+    silently: 1.5 is no int, true is no number, null and lists are nothing."""
+    shown = json.dumps(value) if isinstance(value, (bool, type(None), list, dict)) else repr(value)
+    if kind is bool:
+        return None if isinstance(value, bool) else f"{key}={shown}: expected true or false"
+    if kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        return None if ok else f"{key}={shown}: expected a whole number"
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"{key}={shown}: expected a number"
+        if not math.isfinite(value):
+            rule = _rule(key)
+            return f"{key}={shown}: must be a finite number{' ' + rule.valid if rule else ''}"
+        return None
+    if kind is str:
+        return None if isinstance(value, str) else f"{key}={shown}: expected a string"
+    return None
+
+
+def check_value(key: str, value, rule: Rule) -> None:
+    """Raise a ConfigError naming `key` when `value` breaks `rule` (also for options that are not
+    config fields, e.g. `reconstruct --num`)."""
+    if not rule.check(value):
+        raise ConfigError(f"{key}={value!r}: must be {rule.valid}")
+
+
+def validate(cfg: RunConfig) -> None:
+    """Check every field's type and range; the first wrong field is named with what is valid."""
+    for key, owner, name in _fields(cfg):
+        value = getattr(owner, name)
+        problem = _type_error(key, value, _default_type(owner, name))
+        if problem:
+            raise ConfigError(problem)
+        rule = _rule(key)
+        if rule is not None:
+            check_value(key, value, rule)
+
+
+# --------------------------------------------------------------------------- overrides
+
+def _parse_value(text: str, kind: type, key: str):
+    """A --set value (text) as the field's type."""
     try:
         if kind is bool:
             low = text.lower()
@@ -258,12 +417,27 @@ def _parse_value(text: str, current: Any, key: str):
         if kind is float:
             return float(text)
     except ValueError:
-        raise ConfigError(f"{key}={text!r}: expected a {kind.__name__}") from None
+        expected = {bool: "true or false", int: "a whole number", float: "a number"}[kind]
+        raise ConfigError(f"{key}={text!r}: expected {expected}") from None
     return text
 
 
+def _coerce(value, kind: type, key: str):
+    """A typed value (JSON, Python) for a field: text is parsed as on the command line, a whole
+    number is accepted for a float field; anything else must already have the field's type."""
+    if isinstance(value, str) and kind is not str:
+        return _parse_value(value, kind, key)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    problem = _type_error(key, value, kind)
+    if problem:
+        raise ConfigError(problem)
+    return value
+
+
 def apply_overrides(cfg: RunConfig, overrides: list[str] | dict) -> RunConfig:
-    """Return a copy of `cfg` with `section.field=value` overrides applied.
+    """Return a copy of `cfg` with `section.field=value` overrides applied, in order (a field
+    set twice keeps the later value), then validated.
 
     An unknown field is an error that lists the valid ones; values are parsed by the
     field's type. Keeping model.image_size/in_channels in step with data.* is done here
@@ -271,17 +445,13 @@ def apply_overrides(cfg: RunConfig, overrides: list[str] | dict) -> RunConfig:
     """
     cfg = copy.deepcopy(cfg)
     items = overrides.items() if isinstance(overrides, dict) else [_split(o) for o in overrides]
-    valid = _field_names(cfg)
-    for key, text in items:
-        if key not in valid:
-            raise ConfigError(f"unknown config field {key!r}; valid fields: {', '.join(valid)}")
-        *path, name = key.split(".")
-        target = cfg
-        for part in path:
-            target = getattr(target, part)
-        current = getattr(target, name)
-        value = _parse_value(text, current, key) if isinstance(text, str) else text
-        setattr(target, name, value)
+    fields = {name: (owner, field_name) for name, owner, field_name in _fields(cfg)}
+    for key, value in items:
+        if key not in fields:
+            raise ConfigError(f"unknown config field {key!r}; valid fields: {', '.join(fields)}")
+        owner, name = fields[key]
+        value = _coerce(value, _default_type(owner, name), key)
+        setattr(owner, name, value)
         if key == "data.image_size":
             cfg.model.image_size = value
         if key == "data.channels":
@@ -301,41 +471,32 @@ def _split(item: str) -> tuple[str, str]:
     return key.strip(), value.strip()
 
 
-def _choice(value, name, allowed):
-    if value not in allowed:
-        raise ConfigError(f"{name}={value!r}; valid: {', '.join(map(str, allowed))}")
+def read_config_file(path: str | Path, what: str = "config file") -> dict:
+    """A JSON object from `path`, or a ConfigError that says what is wrong with the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{what} {path} does not exist")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{what} {path} is not valid JSON (truncated or damaged?): {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} {path} holds a JSON {type(data).__name__}; expected an object of sections, "
+                          f'e.g. {{"train": {{"epochs": 5}}}}')
+    return data
 
 
-def validate(cfg: RunConfig) -> None:
-    q, m = cfg.quantizer, cfg.model
-    _choice(q.update, "quantizer.update", ["loss", "ema"])
-    _choice(q.init, "quantizer.init", ["uniform", "kmeans", "samples"])
-    _choice(m.in_channels, "model.in_channels", [1, 3])
-    if not 1 <= m.num_downsamples <= 4:
-        raise ConfigError(f"model.num_downsamples={m.num_downsamples}; valid: 1 to 4")
-    if q.codebook_size < 2:
-        raise ConfigError(f"quantizer.codebook_size={q.codebook_size}; need at least 2")
-    if not 0 < q.ema_decay < 1:
-        raise ConfigError(f"quantizer.ema_decay={q.ema_decay}; must be in (0, 1)")
-    for name, t in (("train", cfg.train), ("prior_train", cfg.prior_train)):
-        _choice(t.lr_schedule, f"{name}.lr_schedule", ["constant", "cosine"])
-        _choice(t.amp, f"{name}.amp", ["off", "bf16", "auto"])
-        _choice(t.on_nonfinite, f"{name}.on_nonfinite", ["stop", "skip"])
-        _choice(t.compile_mode, f"{name}.compile_mode", ["default", "reduce-overhead", "max-autotune",
-                                                           "max-autotune-no-cudagraphs"])
-        if t.batch_size < 1 or t.epochs < 0 or t.lr <= 0:
-            raise ConfigError(f"{name}: batch_size must be >= 1, epochs >= 0 and lr > 0")
-    for k in (cfg.prior.first_kernel_size, cfg.prior.kernel_size):
-        if k < 1 or k % 2 == 0:
-            raise ConfigError(f"prior kernel sizes must be odd and positive, got {k}")
-    if cfg.prior.num_layers < 1:
-        raise ConfigError("prior.num_layers must be at least 1")
-    if not 0 <= cfg.prior.train_shifts <= 4:
-        raise ConfigError(f"prior.train_shifts={cfg.prior.train_shifts}; valid: 0 to 4")
-    if not 0 <= cfg.data.test_fraction < 1:
-        raise ConfigError(f"data.test_fraction={cfg.data.test_fraction}; must be in [0, 1)")
-    if not 0 <= cfg.data.val_fraction < 1:
-        raise ConfigError(f"data.val_fraction={cfg.data.val_fraction}; must be in [0, 1)")
+def flatten_settings(data: dict, source: str) -> dict:
+    """{"train": {"epochs": 5}} -> {"train.epochs": 5}; "preset" is ignored (chosen separately)."""
+    flat = {}
+    for section, values in data.items():
+        if section == "preset":
+            continue
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: section {section!r} must be an object of fields, e.g. "
+                              f'{{"{section}": {{...}}}}; got {json.dumps(values)}')
+        flat.update({f"{section}.{k}": v for k, v in values.items()})
+    return flat
 
 
 def load_config(preset: str = "mnist", overrides: list[str] | dict | None = None,
@@ -343,19 +504,5 @@ def load_config(preset: str = "mnist", overrides: list[str] | dict | None = None
     """Preset, then an optional JSON file of (partial) settings, then overrides."""
     cfg = get_preset(preset)
     if config_file:
-        path = Path(config_file)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"config file {path} is not valid JSON: {e}") from None
-        flat = {}
-        for section, values in data.items():
-            if isinstance(values, dict):
-                flat.update({f"{section}.{k}": v for k, v in values.items()})
-            else:
-                flat[section] = values
-        flat.pop("preset", None)
-        cfg = apply_overrides(cfg, flat)
+        cfg = apply_overrides(cfg, flatten_settings(read_config_file(config_file), str(config_file)))
     return apply_overrides(cfg, overrides or [])

@@ -19,3 +19,7 @@ class CheckpointError(VQVAEError):
 
 class TrainingError(VQVAEError):
     pass
+
+
+class OutputError(VQVAEError):
+    """A file could not be written (full disk, no permission) or an output path is not allowed."""

@@ -6,6 +6,20 @@ from pathlib import Path
 import torch
 
 
+def spread_indices(n: int, count: int, labels: torch.Tensor | None = None) -> list[int]:
+    """`count` of `n` images chosen across the whole set, for a figure: with labels, each class
+    in turn (its images in dataset order), so every class shows; without, evenly spaced."""
+    count = min(count, n)
+    if labels is None:
+        return torch.linspace(0, n - 1, count).round().long().unique().tolist() if count else []
+    per_class = [torch.nonzero(labels == c).flatten().tolist() for c in torch.unique(labels).tolist()]
+    picked, depth = [], 0
+    while len(picked) < count:
+        picked += [members[depth] for members in per_class if depth < len(members)][: count - len(picked)]
+        depth += 1
+    return picked
+
+
 def save_grid(images: torch.Tensor, path: Path, nrow: int = 8, padding: int = 2) -> Path:
     """images: (N, C, H, W) float; clipped to [0, 1] and written as one PNG."""
     from torchvision.utils import save_image

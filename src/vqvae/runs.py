@@ -14,15 +14,75 @@ from pathlib import Path
 
 import torch
 
-from .config import RunConfig
-from .errors import CheckpointError
+from .config import RunConfig, read_config_file
+from .errors import CheckpointError, ConfigError, OutputError
+from .files import atomic_write_text, remove_stale_temporaries
 from .models import VQVAE, GatedPixelCNN, PriorSpec
-from .training.checkpoint import atomic_write_text, load_checkpoint
+from .training.checkpoint import load_checkpoint
+
+# What a run writes into its own folder: no output option may name one of these.
+RUN_FILES = ("config.json", "metrics.json", "report.md", "report.html", "reconstructions.png", "curves.png",
+             "prior_curves.png", "codebook_usage.png")
+RUN_FOLDERS = ("checkpoints", "codes", "tensorboard")
+
+
+def is_run_folder(path: Path) -> bool:
+    return (Path(path) / "config.json").is_file() or (Path(path) / "checkpoints").is_dir()
+
+
+def read_run_config(run_dir: Path) -> RunConfig:
+    """RUN/config.json as a checked RunConfig, or an error that says what is wrong with it."""
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"{run_dir} is not a run folder (no config.json)")
+    try:
+        return RunConfig.from_dict(read_config_file(path, "run config"))
+    except ConfigError as e:
+        raise ConfigError(f"{path} cannot be used: {e}") from None
+
+
+def check_output_path(path: str | Path, option: str = "--out", folder: bool = False) -> Path:
+    """Refuse an output path that would overwrite a run's own files (config, metrics,
+    checkpoints, codes cache, figures) or that is a file where a folder is needed (or the
+    reverse). Returns the path."""
+    path = Path(path)
+    if folder and path.exists() and not path.is_dir():
+        raise OutputError(f"{option} {path} is an existing file; it must name a folder")
+    if not folder and path.is_dir():
+        raise OutputError(f"{option} {path} is a folder; it must name a file")
+    resolved = path.resolve()
+    for parent in resolved.parents:
+        if (parent / "config.json").is_file() and (parent / "checkpoints").is_dir():
+            relative = resolved.relative_to(parent).parts
+            if relative and relative[0] in RUN_FOLDERS:
+                raise OutputError(f"{option} {path} would write into {relative[0]}/ of the run in {parent}; "
+                                  f"choose another path")
+            if len(relative) == 1 and relative[0] in RUN_FILES:
+                raise OutputError(f"{option} {path} would overwrite the file {relative[0]} of the run in {parent}; "
+                                  f"choose another path")
+            break
+    return path
+
+
+def remove_stale_files(run_dir: Path) -> None:
+    """Delete temporary files a killed process left in the run folder (they block nothing, but
+    would accumulate), saying so."""
+    run_dir = Path(run_dir)
+    stale = [p for folder in (run_dir, run_dir / "checkpoints", run_dir / "codes")
+             for p in remove_stale_temporaries(folder)]
+    if stale:
+        print(f"removed {len(stale)} stale temporary file(s) left by an interrupted write: "
+              f"{', '.join(p.name for p in stale)}", flush=True)
 
 
 def read_metrics(run_dir: Path) -> dict:
     path = Path(run_dir) / "metrics.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is not valid JSON (damaged?): {e}; move it away to start it afresh") from None
 
 
 def update_metrics(run_dir: Path, section: str, values: dict) -> dict:

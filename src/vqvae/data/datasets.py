@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gzip
 import warnings
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -148,8 +149,8 @@ def read_idx(path: Path) -> np.ndarray:
     try:
         with opener(path, "rb") as f:
             data = f.read()
-    except OSError as e:
-        raise DataError(f"cannot read IDX file {path}: {e}") from None
+    except (OSError, EOFError, zlib.error) as e:  # EOFError: a truncated .gz
+        raise DataError(f"cannot read IDX file {path} (truncated or damaged?): {e}") from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 8:
         raise DataError(f"{path} is not an unsigned-byte IDX file")
     ndim = data[3]

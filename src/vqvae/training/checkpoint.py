@@ -8,13 +8,14 @@ tensors and primitive containers, so a checkpoint can never run code.
 """
 from __future__ import annotations
 
-import os
-import tempfile
+import io
+import pickle
 from pathlib import Path
 
 import torch
 
 from ..errors import CheckpointError
+from ..files import atomic_write_bytes, atomic_write_text  # noqa: F401  (atomic_write_text: re-exported)
 
 FORMAT = "vqvae-toolkit-checkpoint"
 VERSION = 1
@@ -33,30 +34,11 @@ def strip_wrapper_prefixes(state: dict) -> dict:
 
 
 def atomic_save(obj, path: Path) -> None:
-    """Write to a temporary file in the same folder, flush to disk, then rename over `path`:
-    a crash at any moment leaves either the old file or the new one, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    """torch.save, atomically (see files.py): a crash or a full disk leaves the old file intact.
+    Serialised in memory first, so a write error is an ordinary OSError that says what failed."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getbuffer())
 
 
 def save_checkpoint(path: Path, kind: str, config: dict, model_state: dict, **extra) -> None:
@@ -75,8 +57,7 @@ def load_checkpoint(path: Path, kind: str | None = None, map_location="cpu") -> 
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"{path} is not a checkpoint of this toolkit (cannot load it safely: "
-                              f"{str(e).splitlines()[0][:200]})") from None
+        raise CheckpointError(f"{path} is not a checkpoint of this toolkit: {_refusal_reason(e)}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a checkpoint of this toolkit (no '{FORMAT}' marker)")
     if payload.get("version", 0) > VERSION:
@@ -85,3 +66,14 @@ def load_checkpoint(path: Path, kind: str | None = None, map_location="cpu") -> 
     if kind is not None and payload.get("kind") != kind:
         raise CheckpointError(f"{path} holds a {payload.get('kind')!r} model, but a {kind!r} checkpoint is needed")
     return payload
+
+
+def _refusal_reason(e: Exception) -> str:
+    """Why torch.load refused a file, in our words: torch's own message advises re-running with
+    weights_only=False, which is exactly what must not be done with a file of unknown origin."""
+    if isinstance(e, pickle.UnpicklingError) and "weights only" in str(e).lower():
+        found = [line.strip() for line in str(e).splitlines() if "GLOBAL" in line or "Unsupported" in line]
+        what = f" ({found[0].rstrip('.')})" if found else ""
+        return (f"it holds Python objects other than tensors and plain values{what}, which could run code when "
+                f"loaded, so it was not loaded (cannot load it safely)")
+    return "it is not a PyTorch checkpoint file, or it is damaged (cannot load it safely)"

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -19,6 +20,8 @@ from torch import nn
 
 from ..config import TrainConfig
 from ..errors import CheckpointError, TrainingError
+from ..files import TMP_SUFFIX
+from ..runs import remove_stale_files
 from .checkpoint import load_checkpoint, save_checkpoint
 from .distributed import DistContext, barrier
 
@@ -30,6 +33,15 @@ class LoopState:
     batch_in_epoch: int = 0  # batches of the current epoch done (mid-epoch checkpoints)
     best: float = math.inf  # best validation loss so far
     history: list = field(default_factory=list)  # one dict per completed epoch
+    # Step at which the current learning-rate schedule began: 0 for the run's own (with warmup),
+    # the end of a finished run that was extended with more epochs (a fresh schedule, no warmup).
+    schedule_start: int = 0
+    notes: list = field(default_factory=list)  # what changed on resume, also printed and in metrics
+
+    @classmethod
+    def from_dict(cls, loop: dict) -> "LoopState":
+        known = {f.name for f in fields(cls)}  # checkpoints written before a field existed lack it
+        return cls(**{k: v for k, v in loop.items() if k in known})
 
 
 class Stage:
@@ -97,12 +109,15 @@ def amp_enabled(mode: str, device: torch.device) -> bool:
     return False
 
 
-def lr_factor(cfg: TrainConfig, step: int, total_steps: int) -> float:
-    if cfg.warmup_steps and step < cfg.warmup_steps:
+def lr_factor(cfg: TrainConfig, step: int, total_steps: int, start: int = 0) -> float:
+    """Multiplier of cfg.lr after `step` optimiser steps. `start` > 0: a schedule that began at
+    that step (an extended run): no warmup, cosine from the full rate down over the rest."""
+    if start == 0 and cfg.warmup_steps and step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
     if cfg.lr_schedule == "constant":
         return 1.0
-    progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
+    first = start or cfg.warmup_steps
+    progress = min(1.0, (step - first) / max(1, total_steps - first))
     return cfg.lr_min_ratio + (1 - cfg.lr_min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
@@ -146,21 +161,36 @@ def fit(stage: Stage, run_dir: Path, ctx: DistContext, resume: bool = False) -> 
     state = LoopState()
 
     last_path = checkpoint_path(run_dir, stage.kind, "last")
+    killed_in_first_save = any(last_path.parent.glob(f".{stage.kind}-*.pt.*{TMP_SUFFIX}"))
+    barrier()  # every process has looked before rank 0 cleans up
+    if ctx.is_main:
+        remove_stale_files(run_dir)
+    if resume and not last_path.is_file() and killed_in_first_save:
+        # Killed while writing its first checkpoint: there is nothing to continue from.
+        if ctx.is_main:
+            print(f"{stage.kind}: no checkpoint in {last_path.parent} (the run was stopped while writing its first); "
+                  f"starting from the beginning", flush=True)
+        resume = False
     if resume:
         if not last_path.is_file():
-            raise CheckpointError(f"cannot resume: {last_path} does not exist (no {stage.kind} checkpoint in {run_dir})")
+            raise CheckpointError(f"cannot resume: {last_path} does not exist (no {stage.kind} checkpoint in "
+                                  f"{run_dir}); run without --resume to start it")
         ckpt = load_checkpoint(last_path, kind=stage.kind, map_location=device)
         model.load_state_dict(ckpt["model_state"])
         optimizer.load_state_dict(ckpt["optimizer_state"])
         scheduler.load_state_dict(ckpt["scheduler_state"])
-        loop = ckpt["loop"]
-        state = LoopState(loop["epoch"], loop["step"], loop["batch_in_epoch"], loop["best"], list(loop["history"]))
+        state = LoopState.from_dict(ckpt["loop"])
         stage.load_epoch_state(ckpt.get("epoch_state", {}))
         _set_rng_state(ckpt["rng"], device)
-        # The schedule's horizon follows the (possibly extended) epoch count of this run.
-        scheduler.lr_lambdas[0] = lambda s: lr_factor(cfg, s, total_steps)
+        for note in _resumed_settings(cfg, ckpt["config"][stage.config_section], state, stage, optimizer, scheduler):
+            state.notes.append(note)
+            if ctx.is_main:
+                print(f"{stage.kind}: {note}", flush=True)
     else:
         torch.manual_seed(cfg.seed)
+    scheduler.lr_lambdas[0] = lambda s: lr_factor(cfg, s, total_steps, state.schedule_start)
+    for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
+        group["lr"] = base * scheduler.lr_lambdas[0](scheduler.last_epoch)  # as LambdaLR computes it
 
     if cfg.compile:
         stage.compile(cfg.compile_mode)
@@ -193,7 +223,9 @@ def fit(stage: Stage, run_dir: Path, ctx: DistContext, resume: bool = False) -> 
                 f"{', '.join(names)}")
 
     def stop_advice(message: str) -> str:
-        return (message + f". The last good checkpoint is kept at {last_path}; lower the learning rate, or set "
+        kept = (f"The last good checkpoint is kept at {last_path}" if last_path.is_file()
+                else "No checkpoint had been written yet")
+        return (message + f". {kept}; lower the learning rate ({stage.config_section}.lr={cfg.lr:g}), or set "
                 f"{stage.config_section}.on_nonfinite=skip")
 
     # On CUDA in "stop" mode the check lags one step so the host never waits for the device.
@@ -209,10 +241,14 @@ def fit(stage: Stage, run_dir: Path, ctx: DistContext, resume: bool = False) -> 
             stage.begin_epoch()
         t0 = time.perf_counter()
         images_seen = 0
+        skipped = 0
         show = cfg.progress and ctx.is_main and tqdm is not None
         bar = tqdm(total=steps_per_epoch, initial=skip, desc=f"{stage.kind} {epoch + 1}/{cfg.epochs}",
                    leave=False, dynamic_ncols=True) if show else None
         for batch in stage.batches.epoch(epoch, skip):
+            # The forward pass itself changes state (EMA codebooks, usage counters, restarts):
+            # a skipped batch must leave all of it as it was, so keep a copy to put back.
+            before = _forward_state(model) if cfg.on_nonfinite == "skip" else None
             try:
                 with autocast():
                     loss, terms = stage.loss(train_model, batch)
@@ -228,8 +264,10 @@ def fit(stage: Stage, run_dir: Path, ctx: DistContext, resume: bool = False) -> 
                 elif bool(bad.any()):
                     message = nonfinite_message(state.step + 1, epoch, state.batch_in_epoch + 1, terms, bad)
                     if cfg.on_nonfinite == "skip":
-                        if bar is not None:
-                            bar.write(message + "; batch skipped")
+                        model.load_state_dict(before, strict=False)
+                        skipped += 1
+                        if ctx.is_main and skipped == 1:  # the first of the epoch; the count comes at its end
+                            (bar.write if bar is not None else _warn)(message + "; batch skipped")
                         state.batch_in_epoch += 1
                         optimizer.zero_grad(set_to_none=True)
                         continue
@@ -267,6 +305,11 @@ def fit(stage: Stage, run_dir: Path, ctx: DistContext, resume: bool = False) -> 
             model.eval()
             record.update(stage.evaluate())
             model.train()
+        if skipped:
+            record["skipped_batches"] = skipped
+            if ctx.is_main:
+                _warn(f"{stage.kind} epoch {epoch + 1}/{cfg.epochs}: {skipped} of {steps_per_epoch - skip} batches "
+                      f"skipped (non-finite loss)")
         record["seconds"] = round(seconds, 3)
         record["images_per_s"] = round(images_seen / seconds, 1) if seconds > 0 else None
         state.history.append(record)
@@ -293,6 +336,65 @@ def fit(stage: Stage, run_dir: Path, ctx: DistContext, resume: bool = False) -> 
     if ctx.is_main and not cfg.keep_last and last_path.exists() and state.epoch >= cfg.epochs:
         last_path.unlink()
     return state
+
+
+def _forward_state(model: nn.Module) -> dict:
+    """Copies of what a forward pass may change: buffers and parameters the optimiser does not
+    train (an EMA codebook). Loading it back also resets any host-side mirrors of that state."""
+    return {k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items()
+            if not (isinstance(v, nn.Parameter) and v.requires_grad)}
+
+
+def _warn(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _resumed_settings(cfg: TrainConfig, saved: dict, state: LoopState, stage: Stage, optimizer, scheduler) -> list[str]:
+    """Apply what this call changes relative to the checkpoint's settings; notes saying what.
+
+    Resuming an interrupted run with its own settings changes nothing here (bitwise exact).
+    Extending a finished run (more epochs) starts a fresh schedule over the added epochs: the
+    finished schedule ended at its floor, and re-planning it over the longer run would jump the
+    rate back to mid-schedule. A changed lr or weight decay is applied from the next step.
+    """
+    notes = []
+    section = stage.config_section
+    finished = state.batch_in_epoch == 0 and state.epoch >= saved["epochs"]
+    if finished and cfg.epochs > state.epoch:
+        state.schedule_start = state.step
+        added = cfg.epochs - state.epoch
+        plan = (f"a fresh cosine schedule over the {added} added epoch(s), lr {cfg.lr:g} -> "
+                f"{cfg.lr * cfg.lr_min_ratio:g}, no warmup" if cfg.lr_schedule == "cosine"
+                else f"constant lr {cfg.lr:g}")
+        notes.append(f"extending the finished {state.epoch}-epoch run to {cfg.epochs} epochs from step {state.step}: "
+                     f"{plan}")
+    if cfg.lr != saved["lr"]:
+        for group in optimizer.param_groups:
+            group["initial_lr"] = cfg.lr
+        scheduler.base_lrs = [cfg.lr] * len(optimizer.param_groups)
+        notes.append(f"{section}.lr changed on resume: {saved['lr']:g} -> {cfg.lr:g}, applied from step {state.step + 1}")
+    if cfg.weight_decay != saved["weight_decay"]:
+        notes.append(f"{section}.weight_decay changed on resume: {saved['weight_decay']:g} -> {cfg.weight_decay:g}, "
+                     f"applied from step {state.step + 1}")
+    # The loaded state carries the saved optimiser's settings; those of this call's optimiser
+    # hold (weight decay and Adam vs AdamW, fused kernels on the device trained on now).
+    for group in optimizer.param_groups:
+        for key in ("weight_decay", "decoupled_weight_decay", "fused", "foreach"):
+            if key in optimizer.defaults:
+                group[key] = optimizer.defaults[key]
+    return notes
+
+
+def require_finite(kind: str, figures: dict, state: LoopState, run_dir: Path, section: str, lr: float) -> None:
+    """A run whose final test figures are not finite has failed: say so instead of exiting 0."""
+    bad = {k: v for k, v in figures.items() if isinstance(v, float) and not math.isfinite(v)}
+    if not bad:
+        return
+    skipped = sum(h.get("skipped_batches", 0) for h in state.history)
+    raise TrainingError(
+        f"{kind}: training diverged: the final model's test {', '.join(f'{k} is {v}' for k, v in bad.items())}"
+        f"{f'; {skipped} batches were skipped as non-finite (optimiser steps taken: {state.step})' if skipped else ''}. Its files "
+        f"are in {run_dir}, but the model is unusable: lower {section}.lr (it was {lr:g})")
 
 
 def use_best_weights(model: nn.Module, run_dir: Path, kind: str, device: torch.device) -> bool:

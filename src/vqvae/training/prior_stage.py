@@ -19,10 +19,11 @@ from ..config import RunConfig
 from ..data import Batches, ImageSet, Splits, TensorBatches, as_splits
 from ..errors import ConfigError, DataError
 from ..figures import plot_history
+from ..files import atomic_save_npy, atomic_write_text
 from ..models import VQVAE, GatedPixelCNN, PriorSpec
 from ..runs import codebook_fingerprint, load_vqvae, update_metrics
 from .distributed import DistContext, all_reduce_sum, barrier, setup
-from .loop import Stage, fit, use_best_weights
+from .loop import Stage, fit, require_finite, use_best_weights
 from .vqvae_stage import TrainResult, check_resume_config
 
 LN2 = math.log(2.0)
@@ -67,13 +68,16 @@ def cached_codes(model: VQVAE, data: ImageSet, split: str, run_dir: Path, device
     key = {"fingerprint": fingerprint, "dataset": data.name, "num_images": len(data),
            "codebook_size": model.codebook_size, "latent_size": model.latent_size, "shifts": shifts}
     if meta_path.is_file() and codes_path.is_file():
-        meta = json.loads(meta_path.read_text())
-        if all(meta.get(k) == v for k, v in key.items()):
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            meta = {}  # a damaged cache is rebuilt
+        if isinstance(meta, dict) and all(meta.get(k) == v for k, v in key.items()):
             return torch.from_numpy(np.load(codes_path)).long()
     codes = encode_images(model, data, device, shifts=shifts)
-    folder.mkdir(parents=True, exist_ok=True)
-    np.save(codes_path, codes.numpy())
-    meta_path.write_text(json.dumps({**key, "shape": list(codes.shape), "dtype": "int16"}, indent=2) + "\n")
+    # Atomic, codes first: the metadata that validates them is written only once they are complete.
+    atomic_save_npy(codes_path, codes.numpy())
+    atomic_write_text(meta_path, json.dumps({**key, "shape": list(codes.shape), "dtype": "int16"}, indent=2) + "\n")
     return codes.long()
 
 
@@ -214,12 +218,15 @@ def train_prior(config: RunConfig, run_dir: str | Path, resume: bool = False,
                    if state.history else None, "epochs": state.epoch, "train_seconds": round(seconds, 2),
                    "codebook_size": spec.codebook_size, "latent_size": spec.latent_size,
                    "conditional": bool(spec.num_classes), "class_names": list(spec.class_names),
-                   "history": [{k: h.get(k) for k in ("epoch", "bits", "val_bits", "seconds")} for h in state.history]}
+                   "history": [{k: h.get(k) for k in ("epoch", "bits", "val_bits", "seconds")} for h in state.history],
+                   "resume_notes": state.notes}
         update_metrics(run_dir, "prior", metrics)
         if state.history:
             plot_history(state.history, run_dir / "prior_curves.png",
                          [("loss (bits per code)", ["bits", "val_bits"])], title="Prior training")
     barrier()
+    if ctx.is_main:
+        require_finite("prior", {"bits_per_code": test_bits}, state, run_dir, "prior_train", config.prior_train.lr)
     return TrainResult(run_dir, metrics, state.history, model)
 
 

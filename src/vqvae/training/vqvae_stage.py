@@ -9,15 +9,15 @@ import torch
 
 from ..config import RunConfig
 from ..data import Batches, ImageSet, Splits, as_splits
-from ..errors import CheckpointError, ConfigError
-from ..figures import plot_history, save_reconstruction_grid
+from ..errors import ConfigError
+from ..figures import plot_history, save_reconstruction_grid, spread_indices
 from ..metrics.codebook import codebook_stats
 from ..metrics.reconstruction import evaluate_reconstruction
 from ..models import VQVAE
 from ..runs import update_metrics
 from .checkpoint import load_checkpoint
 from .distributed import DistContext, all_reduce_sum, barrier, setup
-from .loop import Stage, checkpoint_path, fit, use_best_weights
+from .loop import Stage, checkpoint_path, fit, require_finite, use_best_weights
 
 TERMS = ("loss", "recon", "codebook", "commitment")
 
@@ -121,17 +121,22 @@ def build_vqvae(config: RunConfig, device: torch.device) -> VQVAE:
     return model
 
 
+# What a run trains and is tested on: a resumed run keeps them (its metrics would otherwise
+# describe a mixture of two datasets).
+DATA_FIXED_ON_RESUME = ("dataset", "test_dataset", "test_fraction", "val_fraction", "image_size", "channels")
+
+
 def check_resume_config(run_dir: Path, kind: str, config: RunConfig, sections: tuple[str, ...]) -> None:
     """A resumed run must build the same model it saved: compare the architecture sections."""
     path = checkpoint_path(run_dir, kind, "last")
     if not path.is_file():
-        raise CheckpointError(f"cannot resume: {path} does not exist (no {kind} checkpoint in {run_dir})")
+        return  # nothing to compare with; `fit` says what it does about that
     saved = load_checkpoint(path, kind=kind)["config"]
     now = config.to_dict()
-    changed = [f"{s}.{k}: {saved[s][k]!r} -> {now[s][k]!r}" for s in sections for k in now[s]
-               if saved[s].get(k) != now[s][k]]
+    fields = [(s, k) for s in sections for k in now[s]] + [("data", k) for k in DATA_FIXED_ON_RESUME]
+    changed = [f"{s}.{k}: {saved[s].get(k)!r} -> {now[s][k]!r}" for s, k in fields if saved[s].get(k) != now[s][k]]
     if changed:
-        raise ConfigError(f"cannot resume {run_dir} with a different model: {'; '.join(changed)}. "
+        raise ConfigError(f"cannot resume {run_dir} with a different model or data: {'; '.join(changed)}. "
                           f"Only training settings (train.*, prior_train.*, sample.*) may change on resume")
 
 
@@ -179,16 +184,21 @@ def train_vqvae(config: RunConfig, run_dir: str | Path, resume: bool = False,
                    "best_val_mse": state.best if splits.val else None, "epochs": state.epoch, "steps": state.step,
                    "train_seconds": round(epoch_seconds, 2),
                    "images_per_s": round(images / epoch_seconds, 1) if epoch_seconds else None,
-                   "last_epoch": last, "this_call_seconds": round(train_seconds, 2)}
+                   "last_epoch": last, "this_call_seconds": round(train_seconds, 2), "resume_notes": state.notes}
         update_metrics(run_dir, "vqvae", metrics)
         write_vqvae_figures(model, test_set, state.history, run_dir, ctx.device)
     barrier()
+    if ctx.is_main:
+        require_finite("vqvae", {k: metrics["test"][k] for k in ("mse", "psnr_db")}, state, run_dir, "train",
+                       config.train.lr)
     return TrainResult(run_dir, metrics, state.history, model)
 
 
 @torch.no_grad()
 def write_vqvae_figures(model: VQVAE, test_set: ImageSet, history: list, run_dir: Path, device) -> None:
-    x = test_set.tensor(32).to(device).float() / 255
+    # A spread of the held-out set (every class, or evenly spaced images), not its first images:
+    # datasets stored sorted by class would otherwise show one class only.
+    x = torch.stack([test_set[i][0] for i in spread_indices(len(test_set), 32, test_set.labels)]).to(device).float() / 255
     model.eval()
     x_hat = model(x).reconstruction.float()
     save_reconstruction_grid(x, x_hat, run_dir / "reconstructions.png")

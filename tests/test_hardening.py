@@ -1,0 +1,445 @@
+"""Bad input and faults: no silent wrong result, no traceback, no damaged run (issue 10)."""
+import errno
+import json
+import math
+import os
+import re
+import shutil
+import stat
+from typing import NamedTuple
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import SIZE, bar_images, orientation, tiny_overrides
+from vqvae import api
+from vqvae.cli import build_parser, main
+from vqvae.config import DataConfig, RunConfig, apply_overrides, load_config
+from vqvae.data import ImageSet, load_dataset, read_idx
+from vqvae.errors import ConfigError, DataError, TrainingError
+from vqvae.models import VQVAE
+from vqvae.runs import load_vqvae
+from vqvae.training.checkpoint import load_checkpoint, save_checkpoint
+from vqvae.training.prior_stage import cached_codes
+
+
+def memory_data(n=160):
+    images, labels = bar_images(n)
+    t = torch.from_numpy(images)[:, None]
+    train = ImageSet("bars-train", SIZE, 1, images=t[32:], labels=torch.from_numpy(labels[32:]))
+    test = ImageSet("bars-test", SIZE, 1, images=t[:32], labels=torch.from_numpy(labels[:32]))
+    return train, test
+
+
+class Result(NamedTuple):
+    code: int
+    out: str
+    err: str
+
+
+def cli(capsys, *args) -> Result:
+    """Run the CLI in-process. A traceback would fail the test itself."""
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return Result(code, captured.out, captured.err)
+
+
+def one_line_error(result: Result, *expected: str) -> None:
+    lines = [line for line in result.err.splitlines() if line.startswith("error:")]
+    assert result.code == 2 and len(lines) == 1, result
+    for text in expected:
+        assert text in lines[0], (text, lines[0])
+
+
+# --------------------------------------------------------------------------- 1: non-finite batches
+
+def test_skipped_batch_leaves_every_buffer_as_it_was(tiny_config, tmp_path, monkeypatch, capsys):
+    """A loss made non-finite inside the forward pass (the encoder's output), before the EMA
+    codebook update runs: skipping the batch must also undo that update."""
+    original = VQVAE.encode
+    calls = {"n": 0}
+
+    def encode(self, x):
+        z = original(self, x)
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] == 6:
+                z = z * float("nan")
+        return z
+
+    monkeypatch.setattr(VQVAE, "encode", encode)
+    cfg = apply_overrides(tiny_config, ["train.on_nonfinite=skip", "quantizer.restart_after_steps=0"])
+    result = api.train_vqvae(cfg, tmp_path / "run", data=memory_data())
+    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "vqvae-last.pt")["model_state"]
+    for key, value in state.items():
+        assert torch.isfinite(value.float()).all(), key
+    steps = cfg.train.epochs * 4 - 1  # 128 images in batches of 32; one skipped
+    assert int(state["quantizer.num_updates"]) == steps == result.history[-1]["step"]
+    assert result.history[1]["skipped_batches"] == 1
+    # the tiny preset shows no progress, but a skipped batch is still reported
+    assert "non-finite loss at step 6" in capsys.readouterr().err
+
+
+def test_diverged_run_does_not_exit_zero(bar_folder, tmp_path, capsys):
+    run = tmp_path / "run"
+    result = cli(capsys, "train", "--preset", "tiny", "--out", run, "--set", *tiny_overrides(bar_folder),
+                 "train.lr=1e30", "train.on_nonfinite=skip", "train.epochs=2")
+    one_line_error(result, "training diverged", "lower train.lr")
+    assert "batches skipped (non-finite loss)" in result.err
+    state = load_checkpoint(run / "checkpoints" / "vqvae-last.pt")["model_state"]
+    assert torch.isfinite(state["quantizer.ema_embed_sum"]).all()
+
+
+def test_stop_message_names_only_a_checkpoint_that_exists(tiny_config, tmp_path, monkeypatch):
+    original = VQVAE.encode
+    monkeypatch.setattr(VQVAE, "encode", lambda self, x: original(self, x) * float("nan"))
+    with pytest.raises(TrainingError) as caught:
+        api.train_vqvae(tiny_config, tmp_path / "run", data=memory_data())
+    message = str(caught.value)
+    assert "step 1 " in message and "No checkpoint had been written yet" in message
+    assert "kept at" not in message
+
+
+# --------------------------------------------------------------------------- 2: every --set counts
+
+def test_repeated_set_options_all_count(bar_folder, tmp_path):
+    args = build_parser().parse_args(["train", "--set", "train.epochs=1", "--set", "train.lr=0.001",
+                                      "train.seed=3", "--set", "train.epochs=5"])
+    assert args.overrides == ["train.epochs=1", "train.lr=0.001", "train.seed=3", "train.epochs=5"]
+    cfg = apply_overrides(load_config("tiny"), args.overrides)
+    assert (cfg.train.epochs, cfg.train.lr, cfg.train.seed) == (5, 0.001, 3)
+
+
+# --------------------------------------------------------------------------- 4, 5, 6: resume
+
+def test_extending_a_finished_run_starts_a_fresh_schedule(tiny_config, tmp_path, capsys):
+    cfg = apply_overrides(tiny_config, ["train.epochs=2", "train.lr_schedule=cosine", "train.lr_min_ratio=0.1",
+                                        "train.lr=0.004"])
+    data = memory_data()
+    api.train_vqvae(cfg, tmp_path, data=data)
+    result = api.train_vqvae(apply_overrides(cfg, ["train.epochs=4"]), tmp_path, resume=True, data=data)
+    lrs = [h["lr"] for h in result.history]
+    assert lrs[1] == pytest.approx(0.0004)  # the first run ended at its floor
+    # The 2 added epochs (8 steps) follow their own cosine from 0.004: half-way after epoch 3, the
+    # floor at the end. Re-planning 16 steps would give 0.1 + 0.9 * 0.5 * (1 + cos(0.75 pi)) there.
+    assert lrs[2] == pytest.approx(0.004 * (0.1 + 0.9 * 0.5))
+    assert lrs[3] == pytest.approx(0.0004)
+    notes = result.metrics["resume_notes"]
+    assert len(notes) == 1 and "extending the finished 2-epoch run to 4 epochs" in notes[0]
+    assert "fresh cosine schedule over the 2 added epoch(s)" in capsys.readouterr().out
+
+
+def test_changed_lr_and_weight_decay_are_applied_on_resume(tiny_config, tmp_path):
+    cfg = apply_overrides(tiny_config, ["train.epochs=2", "train.lr_schedule=constant", "train.lr=0.01"])
+    data = memory_data()
+    api.train_vqvae(cfg, tmp_path, data=data)
+    result = api.train_vqvae(apply_overrides(cfg, ["train.epochs=3", "train.lr=0.001", "train.weight_decay=0.05"]),
+                             tmp_path, resume=True, data=data)
+    assert [h["lr"] for h in result.history] == [0.01, 0.01, 0.001]
+    group = load_checkpoint(tmp_path / "checkpoints" / "vqvae-last.pt")["optimizer_state"]["param_groups"][0]
+    assert group["lr"] == 0.001 and group["weight_decay"] == 0.05 and group.get("decoupled_weight_decay", True)
+    assert any("train.lr changed on resume: 0.01 -> 0.001" in n for n in result.metrics["resume_notes"])
+    assert any("train.weight_decay changed on resume: 0 -> 0.05" in n for n in result.metrics["resume_notes"])
+
+
+@pytest.mark.parametrize("flag", [["--data", "mnist-5k"], ["--preset", "tiny"], ["--out", "elsewhere"],
+                                  ["--config", "some.json"], ["--test-data", "mnist-5k"]])
+def test_resume_refuses_options_it_would_ignore(trained_run, flag, capsys):
+    one_line_error(cli(capsys, "train", "--resume", trained_run, *flag), f"{flag[0]} cannot be combined with --resume")
+
+
+def test_resume_refuses_other_data_through_set(trained_run, bar_folder, tmp_path, capsys):
+    run, other_data = tmp_path / "run", tmp_path / "other"
+    shutil.copytree(trained_run, run)
+    shutil.copytree(bar_folder, other_data)  # readable images of the right size: only the name differs
+    one_line_error(cli(capsys, "train", "--resume", run, "--set", f"data.dataset={other_data}", "train.epochs=4"),
+                   "different model or data", "data.dataset")
+    assert load_checkpoint(run / "checkpoints" / "vqvae-last.pt")["loop"]["epoch"] == 3
+
+
+def test_resume_on_a_truncated_config_json_is_a_clear_error(trained_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    text = (run / "config.json").read_text()
+    (run / "config.json").write_text(text[: len(text) // 2])
+    one_line_error(cli(capsys, "train", "--resume", run), "config.json is not valid JSON")
+    one_line_error(cli(capsys, "train-prior", run), "config.json is not valid JSON")
+
+
+# --------------------------------------------------------------------------- 7: decode checks its codes
+
+def test_decode_refuses_codes_of_another_model_or_size(trained_run, tmp_path):
+    api.encode(trained_run, tmp_path / "codes", device="cpu")
+    meta = json.loads((tmp_path / "codes" / "codes.json").read_text())
+    api.decode(trained_run, tmp_path / "codes", tmp_path / "ok.png", device="cpu")  # its own codes decode
+    meta["vqvae_fingerprint"] = "0123456789abcdef"
+    (tmp_path / "codes" / "codes.json").write_text(json.dumps(meta))
+    with pytest.raises(ConfigError, match="made by a different VQ-VAE"):
+        api.decode(trained_run, tmp_path / "codes", tmp_path / "d.png", device="cpu")
+    np.save(tmp_path / "small.npy", np.zeros((2, 3, 3), np.int16))  # the model makes 4x4 code maps
+    with pytest.raises(ConfigError, match="code maps are 3x3, but this VQ-VAE decodes 4x4"):
+        api.decode(trained_run, tmp_path / "small.npy", tmp_path / "d.png", device="cpu")
+
+
+def test_bad_codes_files_are_clear_errors(trained_run, tmp_path, capsys):
+    np.save(tmp_path / "empty.npy", np.zeros((0, 4, 4), np.int16))
+    one_line_error(cli(capsys, "decode", trained_run, tmp_path / "empty.npy", "--out", tmp_path / "d.png"),
+                   "holds no codes")
+    np.save(tmp_path / "codes.npy", np.zeros((2, 4, 4), np.int16))
+    (tmp_path / "codes.json").write_text('{"codebook_size": 16,')
+    one_line_error(cli(capsys, "decode", trained_run, tmp_path / "codes.npy", "--out", tmp_path / "d.png"),
+                   "codes.json is not valid JSON")
+    (tmp_path / "codes.json").write_text("[1, 2]")
+    one_line_error(cli(capsys, "decode", trained_run, tmp_path / "codes.npy", "--out", tmp_path / "d.png"),
+                   "holds a JSON list")
+
+
+# --------------------------------------------------------------------------- 9: outputs never overwrite a run
+
+@pytest.mark.parametrize("command,message", [
+    (["evaluate", "{run}", "--no-samples", "--out", "{run}/config.json"], "would overwrite the file config.json"),
+    (["reconstruct", "{run}", "--out", "{run}/metrics.json"], "would overwrite the file metrics.json"),
+    (["decode", "{run}", "{codes}", "--out", "{run}/checkpoints/vqvae-best.png"], "would write into checkpoints/"),
+    (["decode", "{run}", "{codes}", "--out", "{run}/report.png"], None),  # writes report.npy too: allowed
+    (["encode", "{run}", "--out", "{run}/codes"], "would write into codes/"),
+])
+def test_output_options_never_overwrite_a_runs_own_files(trained_run, tmp_path, command, message, capsys):
+    np.save(tmp_path / "codes.npy", np.zeros((1, 4, 4), np.int16))
+    before = {p: p.read_bytes() for p in trained_run.rglob("*") if p.is_file() and "tensorboard" not in p.parts}
+    args = [a.format(run=trained_run, codes=tmp_path / "codes.npy") for a in command]
+    result = cli(capsys, *args)
+    if message is None:
+        assert result.code == 0
+        (trained_run / "report.png").unlink()
+        (trained_run / "report.npy").unlink()
+    else:
+        one_line_error(result, message)
+    after = {p: p.read_bytes() for p in before}
+    assert [p for p in before if before[p] != after[p] and p.name != "metrics.json"] == []
+
+
+# --------------------------------------------------------------------------- 10: one validator
+
+@pytest.mark.parametrize("settings,message", [
+    ({"train": {"epochs": 1.5}}, "train.epochs=1.5: expected a whole number"),
+    ({"train": {"epochs": True}}, "train.epochs=true: expected a whole number"),
+    ({"train": {"lr": None}}, "train.lr=null: expected a number"),
+    ({"train": {"lr": [0.1]}}, "train.lr=[0.1]: expected a number"),
+    ({"train": {"dropout": 2}}, "train.dropout=2.0: must be in [0, 1)"),
+    ({"train": 5}, "section 'train' must be an object"),
+    ([1, 2], "holds a JSON list"),
+])
+def test_config_file_values_pass_the_same_checks(tmp_path, settings, message, capsys):
+    (tmp_path / "c.json").write_text(json.dumps(settings))
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config("tiny", config_file=str(tmp_path / "c.json"))
+    one_line_error(cli(capsys, "train", "--config", tmp_path / "c.json", "--out", tmp_path / "run"), message)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("override,message", [
+    ("train.lr=nan", "train.lr=nan: must be a finite number > 0"),
+    ("train.weight_decay=-1", "train.weight_decay=-1.0: must be >= 0"),
+    ("train.device=tpu", "train.device='tpu': must be auto, cpu, cuda"),
+    ("prior_train.dropout=2", "prior_train.dropout=2.0: must be in [0, 1)"),
+    ("train.warmup_steps=-10", "train.warmup_steps=-10: must be >= 0"),
+    ("train.lr_min_ratio=5", "train.lr_min_ratio=5.0: must be in [0, 1]"),
+    ("data.num_workers=-1", "data.num_workers=-1: must be >= 0"),
+    ("sample.top_k=-3", "sample.top_k=-3: must be >= 0"),
+    ("sample.temperature=inf", "sample.temperature=inf: must be a finite number > 0"),
+    ("train.batch_size=0", "train.batch_size=0: must be >= 1"),
+    ("train.epochs=-1", "train.epochs=-1: must be >= 0"),
+])
+def test_out_of_range_settings_name_the_one_wrong_field(override, message, tmp_path, capsys):
+    with pytest.raises(ConfigError) as caught:
+        apply_overrides(load_config("tiny"), [override])
+    assert str(caught.value).startswith(message)
+    one_line_error(cli(capsys, "train", "--preset", "tiny", "--out", tmp_path / "run", "--set", override), message)
+
+
+def test_saved_configs_are_validated_too(trained_run):
+    saved = json.loads((trained_run / "config.json").read_text())
+    saved["train"]["epochs"] = 2.5
+    with pytest.raises(ConfigError, match="train.epochs=2.5: expected a whole number"):
+        RunConfig.from_dict(saved)
+    saved["train"]["epochs"], saved["sample"]["temperature"] = 2, -1.0
+    with pytest.raises(ConfigError, match="sample.temperature=-1.0: must be > 0"):
+        RunConfig.from_dict(saved)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["sample", "{run}", "--temperature", "0"], "sample.temperature=0.0: must be > 0"),
+    (["sample", "{run}", "--temperature", "-1"], "sample.temperature=-1.0: must be > 0"),
+    (["sample", "{run}", "--temperature", "nan"], "sample.temperature=nan: must be a finite number > 0"),
+    (["sample", "{run}", "--top-k", "-3"], "sample.top_k=-3: must be >= 0"),
+    (["sample", "{run}", "--batch-size", "0"], "sample.batch_size=0: must be >= 1"),
+    (["sample", "{run}", "-n", "0"], "sample.num_samples=0: must be >= 1"),
+    (["reconstruct", "{run}", "--num", "-1"], "--num=-1: must be >= 1"),
+    (["evaluate", "{run}", "--num-samples", "0"], "--num-samples=0: must be >= 1"),
+    (["reconstruct", "{run}", "--device", "tpu"], "device 'tpu' is not a device"),
+    (["sample", "{run}", "--device", "tpu"], "device 'tpu' is not a device"),
+])
+def test_bad_command_options_are_one_line_errors(trained_run, tmp_path, args, message, capsys):
+    args = [a.format(run=trained_run) for a in args] + ["--out", tmp_path / ("x.png" if "reconstruct" in args else
+                                                                           "x.json" if "evaluate" in args else "o")]
+    one_line_error(cli(capsys, *args), message)
+
+
+# --------------------------------------------------------------------------- 12, 13: figures and help
+
+def test_spread_indices_cover_every_class_or_the_whole_set():
+    from vqvae.figures import spread_indices
+
+    labels = torch.arange(100) // 10  # sorted by class, as the bundled MNIST images are
+    picked = spread_indices(100, 20, labels)
+    assert len(picked) == 20 and len(set(picked)) == 20
+    assert sorted(labels[picked].tolist()) == sorted(list(range(10)) * 2)
+    assert spread_indices(100, 5) == [0, 25, 50, 74, 99]
+    assert spread_indices(3, 10, torch.tensor([0, 0, 1])) == [0, 2, 1]
+
+
+def test_reconstruction_grids_show_every_class(bar_folder, trained_run, tmp_path, monkeypatch):
+    """The folder lists all horizontal bars before the vertical ones; both must be shown."""
+    import vqvae.api
+
+    shown = {}
+    monkeypatch.setattr(vqvae.api, "save_reconstruction_grid", lambda x, x_hat, path: shown.setdefault("x", x))
+    api.reconstruct(trained_run, tmp_path / "r.png", data=str(bar_folder), num_images=8, device="cpu")
+    assert sorted(orientation(shown["x"]).tolist()) == [0] * 4 + [1] * 4
+
+
+def test_help_states_each_default_once():
+    from vqvae.cli import HelpFormatter
+
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if a.choices and isinstance(a.choices, dict)).choices
+    for name, sub in subparsers.items():
+        text = sub.format_help()
+        assert "(default: None)" not in text, name
+        assert not re.search(r"\(default:[^)]*\)\s+\(default:", text), name
+        for action in sub._actions:
+            if action.help:
+                assert HelpFormatter(name)._get_help_string(action).count("(default:") <= 1, (name, action.dest)
+
+
+# --------------------------------------------------------------------------- files and faults
+
+def test_truncated_idx_gz_is_a_data_error(tmp_path):
+    import gzip
+
+    images = np.random.default_rng(0).integers(0, 255, (20, 28, 28)).astype(np.uint8)
+    with gzip.open(tmp_path / "t10k-images-idx3-ubyte.gz", "wb") as f:
+        f.write(bytes([0, 0, 8, 3, 0, 0, 0, 20, 0, 0, 0, 28, 0, 0, 0, 28]) + images.tobytes())
+    data = (tmp_path / "t10k-images-idx3-ubyte.gz").read_bytes()
+    (tmp_path / "t10k-images-idx3-ubyte.gz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match="truncated or damaged"):
+        read_idx(tmp_path / "t10k-images-idx3-ubyte.gz")
+    with pytest.raises(DataError, match="truncated or damaged"):
+        load_dataset(str(tmp_path), DataConfig())
+
+
+def test_out_naming_a_file_or_an_unwritable_folder(bar_folder, trained_run, tmp_path, monkeypatch, capsys):
+    (tmp_path / "file").write_text("x")
+    one_line_error(cli(capsys, "train", "--preset", "tiny", "--out", tmp_path / "file"), "is an existing file")
+    one_line_error(cli(capsys, "encode", trained_run, "--out", tmp_path / "file"), "is an existing file")
+    one_line_error(cli(capsys, "sample", trained_run, "--out", tmp_path / "file"), "is an existing file")
+    one_line_error(cli(capsys, "reconstruct", trained_run, "--out", tmp_path), "is a folder")
+    assert (tmp_path / "file").read_text() == "x"
+
+    # Tests run as root, which may write anywhere: a folder without write permission is simulated.
+    def refuse(self, *args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(self))
+
+    monkeypatch.setattr("pathlib.Path.mkdir", refuse)
+    one_line_error(cli(capsys, "train", "--preset", "tiny", "--out", tmp_path / "ro" / "run", "--set",
+                        *tiny_overrides(bar_folder)), "cannot write", "permission denied")
+
+
+def test_full_disk_keeps_the_earlier_checkpoint_and_says_so(bar_folder, tmp_path, monkeypatch, capsys):
+    import vqvae.files
+
+    run = tmp_path / "run"
+    real_fsync, writes = os.fsync, {"n": 0}
+
+    def fsync(fd):
+        writes["n"] += 1
+        if writes["n"] > 6:  # config.json, then epoch 1's checkpoints; later writes find the disk full
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(vqvae.files.os, "fsync", fsync)
+    result = cli(capsys, "train", "--preset", "tiny", "--out", run, "--set", *tiny_overrides(bar_folder))
+    one_line_error(result, "the disk is full", "is kept")
+    monkeypatch.undo()
+    assert load_checkpoint(run / "checkpoints" / "vqvae-last.pt")["loop"]["epoch"] >= 1
+    assert not [p for p in run.rglob("*.tmp")]
+
+
+def test_refused_checkpoints_do_not_advise_unsafe_loading(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    torch.save({"format": "vqvae-toolkit-checkpoint", "x": Evil()}, tmp_path / "evil.pt")
+    for name in ("evil.pt", "text.pt"):
+        (tmp_path / "text.pt").write_text("hello")
+        with pytest.raises(Exception) as caught:
+            load_checkpoint(tmp_path / name)
+        message = str(caught.value)
+        assert "weights_only" not in message and "False" not in message, message
+        assert message.endswith(")") and "\n" not in message, message
+    assert "GLOBAL posix.system" in str(pytest.raises(Exception, load_checkpoint, tmp_path / "evil.pt").value)
+
+
+def test_stale_temporary_from_a_kill_in_the_first_save_blocks_nothing(bar_folder, tmp_path, capsys):
+    run = tmp_path / "run"
+    cfg = load_config("tiny", tiny_overrides(bar_folder) + ["train.epochs=1"])
+    (run / "checkpoints").mkdir(parents=True)
+    cfg.save(run / "config.json")
+    stale = run / "checkpoints" / ".vqvae-last.pt.k1ll3d.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    result = cli(capsys, "train", "--resume", run)
+    assert result.code == 0 and "starting from the beginning" in result.out
+    assert not stale.exists() and load_checkpoint(run / "checkpoints" / "vqvae-last.pt")["loop"]["epoch"] == 1
+    fresh = tmp_path / "fresh"
+    (fresh / "checkpoints").mkdir(parents=True)
+    (fresh / "checkpoints" / ".vqvae-last.pt.k1ll3d.tmp").write_bytes(b"half")
+    assert cli(capsys, "train", "--preset", "tiny", "--out", fresh, "--set", *tiny_overrides(bar_folder),
+               "train.epochs=1")[0] == 0
+    assert [p.name for p in (fresh / "checkpoints").iterdir()] and not list(fresh.rglob("*.tmp"))
+
+
+def test_run_files_get_the_users_umask(tiny_config, tmp_path):
+    old = os.umask(0o022)
+    try:
+        api.train_vqvae(apply_overrides(tiny_config, ["train.epochs=1"]), tmp_path, data=memory_data())
+    finally:
+        os.umask(old)
+    for name in ("config.json", "metrics.json", "checkpoints/vqvae-last.pt"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name
+
+
+def test_config_and_codes_cache_are_written_atomically(tmp_path, monkeypatch):
+    import vqvae.files
+    from vqvae.errors import OutputError
+
+    cfg = load_config("tiny", [f"data.image_size={SIZE}"])
+    cfg.save(tmp_path / "config.json")
+    before = (tmp_path / "config.json").read_text()
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(vqvae.files.os, "fsync", full)
+    with pytest.raises(OutputError, match="the disk is full"):
+        apply_overrides(cfg, ["train.epochs=7"]).save(tmp_path / "config.json")
+    monkeypatch.undo()
+    assert (tmp_path / "config.json").read_text() == before and len(list(tmp_path.iterdir())) == 1
+    # A damaged codes cache is rebuilt, not a traceback.
+    model = VQVAE(cfg.model, cfg.quantizer).eval()
+    data = ImageSet("bars", SIZE, 1, images=torch.from_numpy(bar_images(8)[0])[:, None])
+    codes = cached_codes(model, data, "train", tmp_path, torch.device("cpu"))
+    (tmp_path / "codes" / "train.json").write_text('{"fingerprint": ')
+    assert torch.equal(cached_codes(model, data, "train", tmp_path, torch.device("cpu")), codes)
+    assert math.isfinite(float(codes.float().mean()))
