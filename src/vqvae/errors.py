@@ -19,3 +19,7 @@ class CheckpointError(VQVAEError):
 
 class TrainingError(VQVAEError):
     pass
+
+
+class ExportError(VQVAEError):
+    pass
