@@ -240,3 +240,9 @@ def test_cli_export_onnx_verifies_on_the_runs_test_split(trained_run, exported, 
         assert "heldout" in check["images"] and check["max_abs_image_difference"] <= IMAGE_TOLERANCE
         assert (out / "encoder.onnx").stat().st_size == report["encoder"]["bytes"]
     assert "verified with ONNX Runtime" in capsys.readouterr().out
+
+
+def test_training_commands_refuse_a_model_folder(exported, capsys):
+    assert cli("train-prior", exported) == 2
+    assert cli("train", "--resume", exported) == 2
+    assert capsys.readouterr().err.count("model folder") == 2

@@ -10,6 +10,7 @@ from pathlib import Path
 from . import api, export
 from .config import PRESETS, RunConfig, apply_overrides, get_preset, load_config
 from .errors import CheckpointError, VQVAEError
+from .models.pretrained import is_model_folder
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -47,6 +48,9 @@ def _run_config(args, extra: list[str] | None = None) -> tuple[RunConfig, Path, 
     if args.resume:
         run_dir = Path(args.resume)
         saved = run_dir / "config.json"
+        if is_model_folder(run_dir):
+            raise CheckpointError(f"cannot resume {run_dir}: a model folder is for use, not training; resume the "
+                                  f"run folder it was exported from")
         if not saved.is_file():
             raise CheckpointError(f"cannot resume: {run_dir} is not a run folder (no config.json)")
         config = RunConfig.from_dict(json.loads(saved.read_text()))
@@ -78,6 +82,8 @@ def cmd_pipeline(args):
 def cmd_train_prior(args):
     run_dir = Path(args.run_dir)
     saved = run_dir / "config.json"
+    if is_model_folder(run_dir):
+        raise CheckpointError(f"{run_dir} is a model folder, for use, not training: train the prior in the run folder")
     if not saved.is_file():
         raise CheckpointError(f"{run_dir} is not a run folder (no config.json): train a VQ-VAE there first")
     config = RunConfig.from_dict(json.loads(saved.read_text()))
