@@ -21,6 +21,7 @@ from .figures import plot_usage_histogram, save_grid, save_reconstruction_grid, 
 from .files import atomic_save_npy, atomic_write_text
 from .metrics.codebook import codebook_stats
 from .metrics.reconstruction import evaluate_reconstruction
+from .models.pretrained import is_model_folder
 from .runs import check_output_path, codebook_fingerprint, load_prior, load_vqvae, read_metrics, update_metrics
 from .training.distributed import is_main_process, resolve_device
 from .training.prior_stage import check_prior_matches, heldout_bits, train_prior
@@ -249,7 +250,7 @@ def evaluate(path: str | Path, data: str | None = None, out: str | Path | None =
             result["prior"] = {"test_bits_per_code": round(bits, 5), "test_codes": len(codes)}
         if samples:
             result["samples"] = _sample_quality(path, config, train_set, test_set, num_samples, dev)
-    if path.is_dir():
+    if path.is_dir() and not is_model_folder(path):  # a model folder is read-only: `out` takes the figures
         update_metrics(path, "evaluation", result)
         if is_run:
             write_report(path)

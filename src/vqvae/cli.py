@@ -8,9 +8,10 @@ import sys
 import time
 from pathlib import Path
 
-from . import api
+from . import api, export
 from .config import PRESETS, RunConfig, apply_overrides, get_preset, load_config
 from .errors import CheckpointError, ConfigError, VQVAEError
+from .models.pretrained import is_model_folder
 from .files import os_error_text
 from .runs import check_output_path, read_run_config
 
@@ -76,6 +77,9 @@ def _run_config(args, extra: list[str] | None = None) -> tuple[RunConfig, Path, 
                               f"settings (train.*, prior_train.*, sample.*) and --device may change. Start a new run "
                               f"with --out for other data or settings")
         run_dir = Path(args.resume)
+        if is_model_folder(run_dir):
+            raise CheckpointError(f"cannot resume {run_dir}: a model folder is for use, not training; resume the "
+                                  f"run folder it was exported from")
         config = read_run_config(run_dir)
         return apply_overrides(config, _overrides(args, extra)), run_dir, True
     preset = args.preset or "mnist"
@@ -107,6 +111,8 @@ def cmd_pipeline(args):
 
 def cmd_train_prior(args):
     run_dir = Path(args.run_dir)
+    if is_model_folder(run_dir):
+        raise CheckpointError(f"{run_dir} is a model folder, for use, not training: train the prior in the run folder")
     if not (run_dir / "config.json").is_file():
         raise CheckpointError(f"{run_dir} is not a run folder (no config.json): train a VQ-VAE there first")
     config = read_run_config(run_dir)
@@ -149,6 +155,22 @@ def cmd_sample(args):
     print(f"{result['num_samples']} samples in {result['seconds']} s ({result['samples_per_s']}/s): {result['grid']}")
 
 
+def cmd_export(args):
+    if args.format == "folder":
+        result = export.export_folder(args.source, args.out)
+        sizes = ", ".join(f"{name} ({size / 1e3:.1f} kB)" for name, size in result["files"].items())
+        print(f"wrote model folder {result['path']} ({' + '.join(result['models'])}): {sizes}")
+        return
+    result = export.export_onnx(args.source, args.out, data=args.data, num_images=args.num_images,
+                                verify=not args.no_verify)
+    check = result["verification"]
+    verdict = (f"verified with ONNX Runtime {check['onnxruntime']} on {check['images']}: {check['codes_equal']}/"
+               f"{check['codes_compared']} codes equal ({check['distance_ties']} distance ties), images within "
+               f"{check['max_abs_image_difference']:.1e}" if "skipped" not in check else f"NOT verified: {check['skipped']}")
+    print(f"wrote {args.out}/encoder.onnx ({result['encoder']['bytes'] / 1e3:.1f} kB) and decoder.onnx "
+          f"({result['decoder']['bytes'] / 1e3:.1f} kB); {verdict}")
+
+
 def cmd_presets(args):
     if args.name:
         print(json.dumps(get_preset(args.name).to_dict(), indent=2))
@@ -186,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train_prior)
 
     p = sub.add_parser("reconstruct", help="originals beside reconstructions, as a grid PNG", formatter_class=fmt)
-    p.add_argument("checkpoint", help="VQ-VAE checkpoint file or run folder")
+    p.add_argument("checkpoint", help="VQ-VAE checkpoint file, run folder or model folder")
     p.add_argument("--data", help="images to reconstruct (name or folder; default: the run's held-out split)")
     p.add_argument("--out", default="reconstructions.png", help="output PNG")
     p.add_argument("--num", type=int, default=32, help="number of images (a spread over the set: every class)")
@@ -194,21 +216,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_reconstruct)
 
     p = sub.add_parser("encode", help="images -> integer code maps (.npy + .json)", formatter_class=fmt)
-    p.add_argument("checkpoint", help="VQ-VAE checkpoint file or run folder")
+    p.add_argument("checkpoint", help="VQ-VAE checkpoint file, run folder or model folder")
     p.add_argument("--data", help="images to encode (default: the run's held-out split)")
     p.add_argument("--out", default="codes", help="output folder")
     _device_arg(p)
     p.set_defaults(func=cmd_encode)
 
     p = sub.add_parser("decode", help="code maps -> images (grid PNG + .npy)", formatter_class=fmt)
-    p.add_argument("checkpoint", help="VQ-VAE checkpoint file or run folder")
+    p.add_argument("checkpoint", help="VQ-VAE checkpoint file, run folder or model folder")
     p.add_argument("codes", help="codes.npy (or the folder `encode` wrote)")
     p.add_argument("--out", default="decoded.png", help="output PNG (the images also go to the same name .npy)")
     _device_arg(p)
     p.set_defaults(func=cmd_decode)
 
     p = sub.add_parser("evaluate", help="metrics JSON (and, for a run with a prior, a report)", formatter_class=fmt)
-    p.add_argument("path", help="VQ-VAE checkpoint file or run folder")
+    p.add_argument("path", help="VQ-VAE checkpoint file, run folder or model folder")
     p.add_argument("--data", help="held-out images (default: the run's test split)")
     p.add_argument("--out", help="also write the metrics to this JSON file")
     p.add_argument("--num-samples", type=int, help="samples to score (default: the run's sample.num_samples)")
@@ -217,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("sample", help="generate images from a run's prior and VQ-VAE", formatter_class=fmt)
-    p.add_argument("run_dir", help="run folder with a VQ-VAE and a prior")
+    p.add_argument("run_dir", help="run folder or model folder with a VQ-VAE and a prior")
     p.add_argument("--out", help="output folder (default: the run folder)")
     p.add_argument("-n", "--num-samples", type=int, help="number of samples (default: sample.num_samples)")
     p.add_argument("--batch-size", type=int, help="samples drawn at once (default: sample.batch_size)")
@@ -225,10 +247,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, help="sample among the k likeliest codes; 0 = all (default: sample.top_k)")
     p.add_argument("--seed", type=int, help="random seed (default: sample.seed)")
     p.add_argument("--class", dest="class_", help="class-conditional prior: a class index or name, or 'all'")
-    p.add_argument("--prior", help="prior checkpoint (default: the run's)")
-    p.add_argument("--vqvae", help="VQ-VAE checkpoint (default: the run's)")
+    p.add_argument("--prior", help="prior checkpoint or model folder (default: the run's)")
+    p.add_argument("--vqvae", help="VQ-VAE checkpoint or model folder (default: the run's)")
     _device_arg(p)
     p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("export", help="a model folder (config.json + safetensors + card) or ONNX graphs",
+                       formatter_class=fmt)
+    p.add_argument("source", help="run folder, VQ-VAE checkpoint file or model folder")
+    p.add_argument("--format", choices=("folder", "onnx"), required=True,
+                   help="folder: config.json + vqvae.safetensors (+ prior.safetensors) + README.md, for "
+                        "VQVAE.from_pretrained and every command here; onnx: encoder.onnx (images -> indices) and "
+                        "decoder.onnx (indices -> images)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--data", help="onnx: images to verify on (default: the run's test split)")
+    p.add_argument("--num-images", type=int, default=export.VERIFY_IMAGES, help="onnx: images to verify on")
+    p.add_argument("--no-verify", action="store_true", help="onnx: skip the ONNX Runtime check")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("presets", help="list presets, or print one's full config", formatter_class=fmt)
     p.add_argument("name", nargs="?", help="a preset to print")

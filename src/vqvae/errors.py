@@ -23,3 +23,7 @@ class TrainingError(VQVAEError):
 
 class OutputError(VQVAEError):
     """A file could not be written (full disk, no permission) or an output path is not allowed."""
+
+
+class ExportError(VQVAEError):
+    pass

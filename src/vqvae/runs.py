@@ -6,6 +6,9 @@
     RUN/reconstructions.png, curves.png, prior_curves.png, samples.png, samples.npy,
     RUN/codes/                      cached code maps the prior trains on
     RUN/report.md, RUN/tensorboard/
+
+Models load from a run folder, a checkpoint file, or a model folder (`vqvae export`, see
+models/pretrained.py): `find_checkpoint` and `read_model` accept all three.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ from .config import RunConfig, read_config_file
 from .errors import CheckpointError, ConfigError, OutputError
 from .files import atomic_write_text, remove_stale_temporaries
 from .models import VQVAE, GatedPixelCNN, PriorSpec
+from .models.pretrained import is_model_folder, load_weights, read_model_folder, weights_file
 from .training.checkpoint import load_checkpoint
 
 # What a run writes into its own folder: no output option may name one of these.
@@ -101,8 +105,11 @@ def _json_default(o):
 
 
 def find_checkpoint(path: str | Path, kind: str) -> Path:
-    """A checkpoint file, or a run folder (its best checkpoint, else its last)."""
+    """A checkpoint file, a run folder (its best checkpoint, else its last), or a model folder
+    (its KIND.safetensors)."""
     path = Path(path)
+    if path.is_dir() and is_model_folder(path):
+        return weights_file(path, kind)
     if path.is_dir():
         for which in ("best", "last"):
             candidate = path / "checkpoints" / f"{kind}-{which}.pt"
@@ -115,17 +122,26 @@ def find_checkpoint(path: str | Path, kind: str) -> Path:
     return path
 
 
-def vqvae_from_checkpoint(ckpt: dict) -> tuple[VQVAE, RunConfig]:
+def read_model(path: Path, kind: str) -> dict:
+    """The checkpoint-shaped dict of a model file from `find_checkpoint`: a checkpoint, or the
+    weights of a model folder with their config (no training state)."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return read_model_folder(path.parent, kind)
+    return load_checkpoint(path, kind=kind)
+
+
+def vqvae_from_checkpoint(ckpt: dict, source: str | Path = "checkpoint") -> tuple[VQVAE, RunConfig]:
     config = RunConfig.from_dict(ckpt["config"])
     model = VQVAE(config.model, config.quantizer)
-    model.load_state_dict(ckpt["model_state"])
+    load_weights(model, ckpt["model_state"], source)
     return model, config
 
 
 def load_vqvae(path: str | Path, device: str | torch.device = "cpu") -> tuple[VQVAE, RunConfig]:
-    """Rebuild a VQ-VAE from a checkpoint file or run folder, with no other input."""
-    ckpt = load_checkpoint(find_checkpoint(path, "vqvae"), kind="vqvae")
-    model, config = vqvae_from_checkpoint(ckpt)
+    """Rebuild a VQ-VAE from a checkpoint file, run folder or model folder, with no other input."""
+    source = find_checkpoint(path, "vqvae")
+    model, config = vqvae_from_checkpoint(read_model(source, "vqvae"), source)
     return model.to(device).eval(), config
 
 
@@ -139,9 +155,10 @@ def codebook_fingerprint(model: VQVAE) -> str:
 
 def load_prior(path: str | Path, device: str | torch.device = "cpu") -> tuple[GatedPixelCNN, RunConfig, dict]:
     """Rebuild a prior; returns (model, config, checkpoint extras incl. 'vqvae_fingerprint')."""
-    ckpt = load_checkpoint(find_checkpoint(path, "prior"), kind="prior")
+    source = find_checkpoint(path, "prior")
+    ckpt = read_model(source, "prior")
     config = RunConfig.from_dict(ckpt["config"])
     spec = PriorSpec(**{**ckpt["prior_spec"], "class_names": tuple(ckpt["prior_spec"]["class_names"])})
     model = GatedPixelCNN(config.prior, spec, dropout=0.0)
-    model.load_state_dict(ckpt["model_state"])
+    load_weights(model, ckpt["model_state"], source)
     return model.to(device).eval(), config, {"vqvae_fingerprint": ckpt.get("vqvae_fingerprint")}

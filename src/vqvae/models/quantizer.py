@@ -35,6 +35,10 @@ def nearest_codes(flat: torch.Tensor, codebook: torch.Tensor, chunk_size: int = 
     flat = flat.float()
     codebook = codebook.float()
     code_norms = (codebook * codebook).sum(1)  # (K,)
+    if torch.onnx.is_in_onnx_export():
+        # An exported graph must serve any batch size: the traced chunk loop below would be
+        # unrolled for the example batch and silently leave rows past the first chunk unsearched.
+        return torch.addmm(code_norms, flat, codebook.t(), beta=1.0, alpha=-2.0).argmin(1)
     out = torch.empty(flat.shape[0], dtype=torch.long, device=flat.device)
     for start in range(0, flat.shape[0], chunk_size):
         z = flat[start:start + chunk_size]

@@ -7,14 +7,16 @@ widths, code dimension and number of downsamplings are configurable.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ModelConfig, QuantizerConfig
+from ..config import ModelConfig, QuantizerConfig, RunConfig
 from ..errors import ConfigError
 from ..nn import ResidualBlock
+from .pretrained import load_weights, read_model_folder, weights_file, write_model_folder
 from .quantizer import QuantizerOutput, VectorQuantizer
 
 
@@ -127,6 +129,29 @@ class VQVAE(nn.Module):
             return self.quantizer(self.encode(x)).indices
         finally:
             self.train(was_training)
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path) -> "VQVAE":
+        """Rebuild from a model folder (`save_pretrained`, `vqvae export --format folder`), in eval
+        mode on the CPU. Reads JSON and safetensors only; no run folder or checkpoint needed."""
+        payload = read_model_folder(folder, "vqvae")
+        config = RunConfig.from_dict(payload["config"])
+        model = cls(config.model, config.quantizer)
+        load_weights(model, payload["model_state"], weights_file(folder, "vqvae"))
+        return model.eval()
+
+    def save_pretrained(self, folder: str | Path, config: RunConfig | None = None) -> Path:
+        """Write a model folder: config.json + vqvae.safetensors. `config`, the run's full config,
+        is stored when given (its data section tells commands which images the model was made
+        for); otherwise the model's own sections, with the data section sized to fit."""
+        if config is None:
+            config = RunConfig(model=self.model_config, quantizer=self.quantizer_config, preset="")
+            config.data.dataset = ""  # unknown: the model alone does not say what it was trained on
+            config.data.image_size, config.data.channels = self.model_config.image_size, self.model_config.in_channels
+        elif (config.model, config.quantizer) != (self.model_config, self.quantizer_config):
+            raise ConfigError("save_pretrained: `config` describes another model (its model/quantizer sections "
+                              "differ from this VQ-VAE's)")
+        return write_model_folder(folder, {"vqvae": {"config": config.to_dict(), "model_state": self.state_dict()}})
 
     def forward(self, x: torch.Tensor) -> VQVAEOutput:
         z = self.encode(x)
