@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from vqvae import VQVAE, api, export_folder
+from vqvae import VQVAE, export_folder
 from vqvae.cli import main
 from vqvae.config import get_preset
 from vqvae.errors import CheckpointError, ExportError
