@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 
 from .config import RunConfig, load_config
-from .data import ImageSet, load_dataset, load_splits
+from .data import ImageSet, check_data_channels, load_dataset, load_splits
 from .errors import ConfigError, DataError
 from .figures import plot_usage_histogram, save_grid, save_reconstruction_grid
 from .metrics.codebook import codebook_stats
@@ -33,6 +33,7 @@ __all__ = ["load_config", "train_vqvae", "train_prior", "reconstruct", "encode",
 def _images(config: RunConfig, data: str | None) -> ImageSet:
     """`data` (a name or path) at the model's size, or the run's own held-out split."""
     if data:
+        check_data_channels(data, config.data)
         return load_dataset(data, config.data)
     return load_splits(config.data).test
 
@@ -206,6 +207,7 @@ def evaluate(path: str | Path, data: str | None = None, out: str | Path | None =
     path = Path(path)
     model, config = load_vqvae(path, dev)
     if data:
+        check_data_channels(data, config.data)
         test_set = load_dataset(data, config.data)
         train_set = None
     else:

@@ -9,11 +9,13 @@ from pathlib import Path
 
 from . import api
 from .config import PRESETS, RunConfig, apply_overrides, get_preset, load_config
+from .data import choose_preset
 from .errors import CheckpointError, VQVAEError
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", default="mnist", help=f"named settings: {', '.join(PRESETS)} (default: mnist)")
+    p.add_argument("--preset", help=f"named settings: {', '.join(PRESETS)} (default: the one that fits --data, "
+                                    f"chosen by its channels and image size)")
     p.add_argument("--config", metavar="FILE", help="JSON file of settings applied over the preset")
     p.add_argument("--data", metavar="NAME|PATH",
                    help="training data: mnist-5k (default), mnist, fashion-mnist, cifar10, a folder of images, "
@@ -51,8 +53,11 @@ def _run_config(args, extra: list[str] | None = None) -> tuple[RunConfig, Path, 
             raise CheckpointError(f"cannot resume: {run_dir} is not a run folder (no config.json)")
         config = RunConfig.from_dict(json.loads(saved.read_text()))
         return apply_overrides(config, _overrides(args, extra)), run_dir, True
-    config = load_config(args.preset, _overrides(args, extra), args.config)
-    run_dir = Path(args.out) if args.out else Path("runs") / f"{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    choice = choose_preset(args.preset, _overrides(args, extra), args.config)
+    if choice.message:
+        print(choice.message, flush=True)
+    config = load_config(choice.preset, choice.overrides + _overrides(args, extra), args.config)
+    run_dir = Path(args.out) if args.out else Path("runs") / f"{choice.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
     if run_dir.exists() and (run_dir / "checkpoints").exists():
         raise CheckpointError(f"{run_dir} already holds a run: pass --resume {run_dir} to continue it, "
                               f"or choose another --out")
