@@ -1,6 +1,7 @@
 """A user's own images: preset choice, the decode-once cache, NumPy files, the cifar10 preset."""
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import subprocess
@@ -286,3 +287,18 @@ def test_named_cifar10_and_its_image_folder_give_the_same_set(tmp_path, monkeypa
     assert torch.equal(named.tensor()[order], from_folder.tensor())
     assert named.labels[order].tolist() == from_folder.labels.tolist()
     assert named.class_names[:3] == tuple(names) and from_folder.class_names == tuple(names)
+
+
+def test_cli_without_preset_says_what_it_found_and_chose(bar_folder, tmp_path, capsys):
+    from conftest import tiny_overrides
+
+    from vqvae.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(bar_folder), "--out", str(run), "--set", *tiny_overrides(bar_folder),
+                 "train.epochs=1", "model.hidden_channels=8"]) == 0
+    out = capsys.readouterr().out
+    assert "240 images in 2 class folders, sizes 16x16 (240), modes L (240)" in out
+    assert "chose preset 'mnist'" in out and "--preset NAME" in out
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["preset"] == "mnist" and saved["data"]["channels"] == 1

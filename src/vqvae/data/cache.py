@@ -147,8 +147,9 @@ def cached_folder(listing: FolderListing, cfg: DataConfig, progress: bool = True
         except (OSError, ValueError, KeyError):
             pass  # unreadable or partial: rebuild below
     root.mkdir(parents=True, exist_ok=True)
-    for stale in root.glob(f"{prefix}*"):  # this folder at this size, under an older key
-        stale.unlink(missing_ok=True)
+    for stale in root.glob(f"{prefix}*"):  # this folder at this size under an older key (not a build in progress)
+        if stale.suffix in (".npy", ".json") and stale.stem != npy_path.stem:
+            stale.unlink(missing_ok=True)
     kept, skipped = _build(listing, cfg, npy_path, progress)
     _write_json(meta_path, {"key": key, "folder": str(listing.folder), "files": kept, "skipped": skipped,
                             "image_size": size, "channels": channels})
