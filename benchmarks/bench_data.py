@@ -13,7 +13,8 @@ the same preset trains, in this one process, on the same `--throughput-limit` tr
 taken three ways: from the folder (its cache), from a plain in-memory copy of those images,
 and from synthetic random images of the same shape in memory; and once from the folder with
 data.cache=false (every epoch decodes every JPEG: the path this issue replaces). Images/s are
-of epochs after the first. Others share the 2 CPU cores here: only ratios within one run mean
+of epochs after the first. Each of `--presets` (at 32x32x3): cifar10, where the model is the
+cost, and tiny, a model so small that the loader would show; the cache is built by the first. Others share the 2 CPU cores here: only ratios within one run mean
 anything.
 
 (b) Quality. The cifar10 preset trains `--epochs` epochs on `--limit` training images (0 = all
@@ -56,14 +57,15 @@ def later_epochs_images_per_s(history: list[dict]) -> float:
     return round(images / sum(h["seconds"] for h in later), 1)
 
 
-def throughput(args, root: Path, work: Path) -> dict:
+def throughput(args, preset: str, root: Path, work: Path) -> dict:
     cache_dir = work / "cache"
     base = [f"data.dataset={root / 'train'}", f"data.test_dataset={root / 'test'}", f"data.cache_dir={cache_dir}",
             f"train.epochs={args.throughput_epochs}", f"train.device={args.device}", "train.progress=false",
-            "data.val_fraction=0", f"data.num_workers={args.workers}"]
-    cfg = load_config(args.preset, base)
+            "data.val_fraction=0", f"data.num_workers={args.workers}", "data.image_size=32", "data.channels=3"]
+    cfg = load_config(preset, base)
+    builds = not any(cache_dir.glob("*.npy"))  # the first preset builds the caches, later ones read them
     t = time.perf_counter()
-    splits = load_splits(cfg.data)  # builds the train and test caches
+    splits = load_splits(cfg.data)
     build_s = time.perf_counter() - t
     t = time.perf_counter()
     load_splits(cfg.data)
@@ -82,21 +84,21 @@ def throughput(args, root: Path, work: Path) -> dict:
     first_epoch_s = None
     for repeat in range(args.repeats):
         for name, data in (("folder", folder_set), ("memory", memory_set), ("synthetic", synthetic)):
-            result = train_vqvae(cfg, work / f"tp-{name}-{repeat}", data=Splits(data, None, test_small))
+            result = train_vqvae(cfg, work / f"tp-{preset}-{name}-{repeat}", data=Splits(data, None, test_small))
             runs[name].append(later_epochs_images_per_s(result.history))
-            if name == "folder" and repeat == 0:
+            if name == "folder" and repeat == 0 and builds:
                 first_epoch_s = round(build_s + result.history[0]["seconds"], 1)
     out = {k: {"images_per_s": v, "median": float(np.median(v))} for k, v in runs.items()}
     if args.uncached_limit:
-        lazy_cfg = load_config(args.preset, base + ["data.cache=false", "train.epochs=1"])
+        lazy_cfg = load_config(preset, base + ["data.cache=false", "train.epochs=1"])
         lazy = load_dataset(str(root / "train"), lazy_cfg.data)
         lazy = lazy.subset(torch.randperm(len(lazy), generator=torch.Generator().manual_seed(0))[:args.uncached_limit],
                            "uncached")
-        result = train_vqvae(lazy_cfg, work / "tp-uncached", data=Splits(lazy, None, test_small))
+        result = train_vqvae(lazy_cfg, work / f"tp-{preset}-uncached", data=Splits(lazy, None, test_small))
         out["folder_without_cache"] = {"images_per_s": [result.history[0]["images_per_s"]],
                                        "images": len(lazy), "epochs": 1}
-    return {"preset": args.preset, "images": n, "epochs_per_run": args.throughput_epochs, "repeats": args.repeats,
-            "cache_build_s": round(build_s, 1), "cache_reopen_s": round(reopen_s, 2),
+    return {"preset": preset, "images": n, "epochs_per_run": args.throughput_epochs, "repeats": args.repeats,
+            "cache_build_s": round(build_s, 1) if builds else None, "cache_reopen_s": round(reopen_s, 2),
             "cache_images": {"train": len(splits.train), "test": len(splits.test)},
             "first_epoch_s_with_cache_build": first_epoch_s, **out,
             "folder_over_memory": round(out["folder"]["median"] / out["memory"]["median"], 3),
@@ -107,7 +109,7 @@ def quality(args, root: Path, work: Path, stamp: str) -> dict:
     cfg = load_config("cifar10", [f"data.dataset={root / 'train'}", f"data.test_dataset={root / 'test'}",
                                   f"data.cache_dir={work / 'cache'}", f"train.epochs={args.epochs}",
                                   f"train.device={args.device}", f"data.num_workers={args.workers}",
-                                  "train.progress=false"])
+                                  "train.progress=false", *args.set])
     splits = load_splits(cfg.data)
     train = splits.train
     if args.limit:
@@ -124,7 +126,7 @@ def quality(args, root: Path, work: Path, stamp: str) -> dict:
     grid = HERE / "results" / f"{stamp}-cifar10-reconstructions.png"
     shutil.copy(work / "quality" / "reconstructions.png", grid)
     return {"preset": "cifar10", "train_images": len(train), "val_images": len(val) if val else 0,
-            "test_images": test["num_images"], "epochs": args.epochs,
+            "test_images": test["num_images"], "epochs": args.epochs, "overrides": list(args.set),
             "test_mse_clipped": test["mse_clipped"], "test_psnr_db": test["psnr_db"],
             "codes_used": test["codes_used"], "codebook_size": cfg.quantizer.codebook_size,
             "codes_used_fraction": round(test["codes_used"] / cfg.quantizer.codebook_size, 3),
@@ -140,7 +142,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-root", default="/work/data/cifar10", help="folder with train/ and test/ JPEG folders")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--preset", default="cifar10", help="preset of the throughput runs")
+    p.add_argument("--presets", default="cifar10,tiny",
+                   help="presets of the throughput runs, at 32x32x3 (tiny: a model so small the loader shows)")
     p.add_argument("--epochs", type=int, default=3, help="epochs of the quality run")
     p.add_argument("--limit", type=int, default=5000, help="training images of the quality run (0 = all)")
     p.add_argument("--throughput-limit", type=int, default=2000, help="training images per throughput run (0 = all)")
@@ -148,6 +151,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2, help="rounds of folder/memory/synthetic runs, interleaved")
     p.add_argument("--uncached-limit", type=int, default=1000, help="images of the data.cache=false epoch (0 = skip)")
     p.add_argument("--workers", type=int, default=2, help="data.num_workers: cache-building processes")
+    p.add_argument("--set", nargs="*", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="overrides of the quality run's cifar10 preset (e.g. a shorter warmup for a short run)")
     p.add_argument("--skip-quality", action="store_true")
     p.add_argument("--out", help="JSON path (default: benchmarks/results/<date>-<machine>-data.json)")
     args = p.parse_args()
@@ -163,10 +168,12 @@ def main() -> None:
         report["gpu"] = torch.cuda.get_device_name()
     with tempfile.TemporaryDirectory(prefix="bench-data-") as tmp:
         work = Path(tmp)
-        t = time.perf_counter()
-        report["throughput"] = throughput(args, root, work)
-        report["throughput"]["wall_s"] = round(time.perf_counter() - t, 1)
-        print(json.dumps(report["throughput"], indent=2), flush=True)
+        report["throughput"] = []
+        for preset in args.presets.split(","):
+            t = time.perf_counter()
+            report["throughput"].append(throughput(args, preset, root, work))
+            report["throughput"][-1]["wall_s"] = round(time.perf_counter() - t, 1)
+            print(json.dumps(report["throughput"][-1], indent=2), flush=True)
         if not args.skip_quality:
             report["quality"] = quality(args, root, work, stamp)
     out = Path(args.out) if args.out else HERE / "results" / f"{stamp}-data.json"

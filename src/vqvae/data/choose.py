@@ -23,7 +23,7 @@ from PIL import Image
 from ..config import DataConfig, get_preset
 from ..errors import ConfigError, DataError
 from .arrays import NUMPY_SUFFIXES, read_numpy
-from .cache import cache_root, cache_stem, list_folder, no_images_error
+from .cache import cache_root, cache_stem, list_folder, no_images_error, parallel_map
 
 # Presets a user's data may be matched to (not the seed's reference, the GPU variant or tiny).
 AUTO_PRESETS = ("mnist", "cifar10", "celeba-hq-64", "celeba-hq-128")
@@ -53,6 +53,15 @@ class PresetChoice:
     message: str  # "" when nothing needs saying
 
 
+def _header(path: Path) -> tuple[str, str] | None:
+    """("WxH", mode) from the file's header (no pixel is decoded), None if unreadable."""
+    try:
+        with Image.open(path) as img:
+            return f"{img.size[0]}x{img.size[1]}", img.mode
+    except Exception:
+        return None
+
+
 def _scan_folder(folder: Path, cfg: DataConfig) -> DataSummary:
     listing = list_folder(folder)
     if not listing.files:
@@ -62,13 +71,17 @@ def _scan_folder(folder: Path, cfg: DataConfig) -> DataSummary:
         scan = json.loads(path.read_text())
     except (OSError, ValueError):
         sizes, modes, unreadable = Counter(), Counter(), 0
-        for file in listing.files:
-            try:
-                with Image.open(file) as img:  # the header only: no pixel is decoded
-                    sizes[f"{img.size[0]}x{img.size[1]}"] += 1
-                    modes[img.mode] += 1
-            except Exception:
-                unreadable += 1
+        headers, pool = parallel_map(_header, listing.files, cfg.num_workers)
+        try:
+            for header in headers:
+                if header is None:
+                    unreadable += 1
+                    continue
+                sizes[header[0]] += 1
+                modes[header[1]] += 1
+        finally:
+            if pool is not None:
+                pool.terminate()
         classes = {Path(rel).parts[0] for rel, _, _ in listing.stats if len(Path(rel).parts) == 2}
         in_subfolders = all(len(Path(rel).parts) == 2 for rel, _, _ in listing.stats)
         scan = {"count": len(listing.files) - unreadable, "unreadable": unreadable, "sizes": dict(sizes),
