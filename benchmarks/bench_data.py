@@ -17,6 +17,10 @@ of epochs after the first. Each of `--presets` (at 32x32x3): cifar10, where the 
 cost, and tiny, a model so small that the loader would show; the cache is built by the first. Others share the 2 CPU cores here: only ratios within one run mean
 anything.
 
+Before both, the data path alone: images/s of one epoch of batches, no model, each way (the
+cache copied to the device, a plain in-memory copy, the cache streamed by loader workers, and
+no cache).
+
 (b) Quality. The cifar10 preset trains `--epochs` epochs on `--limit` training images (0 = all
 45,000 left after the validation split) and is measured on all 10,000 test images: MSE of
 outputs clipped to [0, 1], PSNR, codes used of 512, perplexity, and the MSE divided by the
@@ -37,7 +41,7 @@ import torch
 
 from vqvae.api import train_vqvae
 from vqvae.config import load_config
-from vqvae.data import ImageSet, Splits, load_dataset, load_splits
+from vqvae.data import Batches, ImageSet, Splits, load_dataset, load_splits
 from vqvae.training.distributed import resolve_device
 
 HERE = Path(__file__).resolve().parent
@@ -105,6 +109,32 @@ def throughput(args, preset: str, root: Path, work: Path) -> dict:
             "folder_over_synthetic": round(out["folder"]["median"] / out["synthetic"]["median"], 3)}
 
 
+def data_path(args, root: Path, work: Path) -> dict:
+    """Images/s of the batches alone (no model): what the loader can feed, each way."""
+    base = [f"data.dataset={root / 'train'}", f"data.test_dataset={root / 'test'}", f"data.cache_dir={work / 'cache'}",
+            f"data.num_workers={args.workers}", "data.val_fraction=0"]
+    cfg = load_config("cifar10", base)
+    device = resolve_device(args.device)
+    folder = load_splits(cfg.data).train
+    memory = ImageSet("in-memory", 32, 3, images=folder.tensor(), labels=folder.labels)
+    lazy = load_dataset(str(root / "train"), load_config("cifar10", base + ["data.cache=false"]).data)
+    lazy = lazy.subset(torch.randperm(len(lazy), generator=torch.Generator().manual_seed(0))[:args.uncached_limit],
+                       "uncached")
+    ways = {"folder_cache_on_device": Batches(folder, 128, device), "memory_on_device": Batches(memory, 128, device),
+            "folder_cache_streamed": Batches(folder, 128, device, num_workers=args.workers, max_resident_bytes=0),
+            "folder_without_cache": Batches(lazy, 128, device, num_workers=args.workers)}
+    out = {}
+    for name, batches in ways.items():
+        t = time.perf_counter()
+        n = 0
+        for x, _ in batches.epoch(0):
+            n += len(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        out[name] = {"images": n, "images_per_s": round(n / (time.perf_counter() - t), 1)}
+    return out
+
+
 def quality(args, root: Path, work: Path, stamp: str) -> dict:
     cfg = load_config("cifar10", [f"data.dataset={root / 'train'}", f"data.test_dataset={root / 'test'}",
                                   f"data.cache_dir={work / 'cache'}", f"train.epochs={args.epochs}",
@@ -154,6 +184,7 @@ def main() -> None:
     p.add_argument("--set", nargs="*", default=[], metavar="SECTION.FIELD=VALUE",
                    help="overrides of the quality run's cifar10 preset (e.g. a shorter warmup for a short run)")
     p.add_argument("--skip-quality", action="store_true")
+    p.add_argument("--skip-training", action="store_true", help="only the data path's images/s (no model)")
     p.add_argument("--out", help="JSON path (default: benchmarks/results/<date>-<machine>-data.json)")
     args = p.parse_args()
     root = Path(args.data_root)
@@ -168,13 +199,15 @@ def main() -> None:
         report["gpu"] = torch.cuda.get_device_name()
     with tempfile.TemporaryDirectory(prefix="bench-data-") as tmp:
         work = Path(tmp)
+        report["data_path"] = data_path(args, root, work)
+        print(json.dumps(report["data_path"], indent=2), flush=True)
         report["throughput"] = []
-        for preset in args.presets.split(","):
+        for preset in ([] if args.skip_training else args.presets.split(",")):
             t = time.perf_counter()
             report["throughput"].append(throughput(args, preset, root, work))
             report["throughput"][-1]["wall_s"] = round(time.perf_counter() - t, 1)
             print(json.dumps(report["throughput"][-1], indent=2), flush=True)
-        if not args.skip_quality:
+        if not (args.skip_quality or args.skip_training):
             report["quality"] = quality(args, root, work, stamp)
     out = Path(args.out) if args.out else HERE / "results" / f"{stamp}-data.json"
     out.write_text(json.dumps(report, indent=2) + "\n")

@@ -19,7 +19,7 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE", help="JSON file of settings applied over the preset")
     p.add_argument("--data", metavar="NAME|PATH",
                    help="training data: mnist-5k (default), mnist, fashion-mnist, cifar10, a folder of images, "
-                        "or a folder of MNIST IDX files")
+                        "a .npy/.npz file of images, or a folder of MNIST IDX files")
     p.add_argument("--test-data", metavar="NAME|PATH",
                    help="held-out data (default: the dataset's test split, or a held-out fraction)")
     p.add_argument("--out", metavar="RUN_DIR", help="run folder (default: runs/<preset>-<time>)")

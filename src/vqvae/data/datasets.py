@@ -91,7 +91,7 @@ class ImageSet(torch.utils.data.Dataset):
         if self.in_memory and self.index is not None:
             return self.images[self.index[:n]]
         if self.in_memory:
-            return self.images[:n]
+            return self.images[:n].clone() if self.source else self.images[:n]  # read a memory map in
         return torch.stack([self[i][0] for i in range(n)])
 
 
