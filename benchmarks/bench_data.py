@@ -86,8 +86,9 @@ def throughput(args, preset: str, root: Path, work: Path) -> dict:
                          labels=torch.zeros(n, dtype=torch.long))
     runs: dict[str, list] = {"folder": [], "memory": [], "synthetic": []}
     first_epoch_s = None
+    kinds = [("folder", folder_set), ("memory", memory_set), ("synthetic", synthetic)]
     for repeat in range(args.repeats):
-        for name, data in (("folder", folder_set), ("memory", memory_set), ("synthetic", synthetic)):
+        for name, data in kinds if repeat % 2 == 0 else kinds[::-1]:  # alternate the order: no kind always first
             result = train_vqvae(cfg, work / f"tp-{preset}-{name}-{repeat}", data=Splits(data, None, test_small))
             runs[name].append(later_epochs_images_per_s(result.history))
             if name == "folder" and repeat == 0 and builds:
