@@ -203,7 +203,7 @@ def main() -> None:
         report["data_path"] = data_path(args, root, work)
         print(json.dumps(report["data_path"], indent=2), flush=True)
         report["throughput"] = []
-        for preset in ([] if args.skip_training else args.presets.split(",")):
+        for preset in ([] if args.skip_training else [p for p in args.presets.split(",") if p]):
             t = time.perf_counter()
             report["throughput"].append(throughput(args, preset, root, work))
             report["throughput"][-1]["wall_s"] = round(time.perf_counter() - t, 1)
