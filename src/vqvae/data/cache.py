@@ -177,7 +177,7 @@ def cached_folder(listing: FolderListing, cfg: DataConfig, progress: bool = True
 
 
 def _build(listing: FolderListing, cfg: DataConfig, npy_path: Path, progress: bool) -> tuple[list[str], list[str]]:
-    """Decode every file into npy_path (atomically); returns (kept, skipped) relative paths."""
+    """Decode every file into npy_path (atomically); returns (kept relative paths, skip reasons)."""
     from tqdm.auto import tqdm
 
     size, channels, n = cfg.image_size, cfg.channels, len(listing.files)
@@ -199,6 +199,10 @@ def _build(listing: FolderListing, cfg: DataConfig, npy_path: Path, progress: bo
                 continue
             out[len(kept)] = result
             kept.append(rel)
+    except BaseException:  # interrupted or failed: leave no half-written file behind
+        del out
+        tmp.unlink(missing_ok=True)
+        raise
     finally:
         if pool is not None:
             pool.terminate()
