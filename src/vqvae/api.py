@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .config import RunConfig, apply_overrides, at_least, check_value, load_config
-from .data import ImageSet, load_dataset, load_splits
+from .data import ImageSet, check_data_channels, load_dataset, load_splits
 from .errors import ConfigError, DataError
 from .figures import plot_usage_histogram, save_grid, save_reconstruction_grid, spread_indices
 from .files import atomic_save_npy, atomic_write_text
@@ -34,6 +34,7 @@ __all__ = ["load_config", "train_vqvae", "train_prior", "reconstruct", "encode",
 def _images(config: RunConfig, data: str | None) -> ImageSet:
     """`data` (a name or path) at the model's size, or the run's own held-out split."""
     if data:
+        check_data_channels(data, config.data)
         return load_dataset(data, config.data)
     return load_splits(config.data).test
 
@@ -231,6 +232,7 @@ def evaluate(path: str | Path, data: str | None = None, out: str | Path | None =
     path = Path(path)
     model, config = load_vqvae(path, dev)
     if data:
+        check_data_channels(data, config.data)
         test_set = load_dataset(data, config.data)
         train_set = None
     else:

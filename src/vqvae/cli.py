@@ -10,6 +10,7 @@ from pathlib import Path
 
 from . import api, export
 from .config import PRESETS, RunConfig, apply_overrides, get_preset, load_config
+from .data import choose_preset
 from .errors import CheckpointError, ConfigError, VQVAEError
 from .models.pretrained import is_model_folder
 from .files import os_error_text
@@ -33,11 +34,12 @@ def _set_arg(p: argparse.ArgumentParser, help: str) -> None:
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", help=f"named settings: {', '.join(PRESETS)} (default: mnist)")
+    p.add_argument("--preset", help=f"named settings: {', '.join(PRESETS)} (default: the one that fits --data, "
+                                    f"chosen by its channels and image size)")
     p.add_argument("--config", metavar="FILE", help="JSON file of settings applied over the preset")
     p.add_argument("--data", metavar="NAME|PATH",
                    help="training data: mnist-5k (default), mnist, fashion-mnist, cifar10, a folder of images, "
-                        "or a folder of MNIST IDX files")
+                        "a .npy/.npz file of images, or a folder of MNIST IDX files")
     p.add_argument("--test-data", metavar="NAME|PATH",
                    help="held-out data (default: the dataset's test split, or a held-out fraction)")
     p.add_argument("--out", metavar="RUN_DIR", help="run folder (default: runs/<preset>-<time>)")
@@ -82,9 +84,11 @@ def _run_config(args, extra: list[str] | None = None) -> tuple[RunConfig, Path, 
                                   f"run folder it was exported from")
         config = read_run_config(run_dir)
         return apply_overrides(config, _overrides(args, extra)), run_dir, True
-    preset = args.preset or "mnist"
-    config = load_config(preset, _overrides(args, extra), args.config)
-    run_dir = Path(args.out) if args.out else Path("runs") / f"{preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    choice = choose_preset(args.preset, _overrides(args, extra), args.config)
+    if choice.message:
+        print(choice.message, flush=True)
+    config = load_config(choice.preset, choice.overrides + _overrides(args, extra), args.config)
+    run_dir = Path(args.out) if args.out else Path("runs") / f"{choice.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
     check_output_path(run_dir, folder=True)
     if any((run_dir / "checkpoints").glob("*.pt")):
         raise CheckpointError(f"{run_dir} already holds a run: pass --resume {run_dir} to continue it, "

@@ -5,10 +5,12 @@
 - a folder of MNIST-format IDX files (`train-images-idx3-ubyte[.gz]`, `t10k-images-...`).
 - a folder of images of any common format, searched recursively; grayscale or colour,
   any size, resized and centre-cropped to the configured size. Images directly inside
-  class subfolders get those folders' names as labels.
+  class subfolders get those folders' names as labels. Decoded once into a memory-mapped
+  uint8 cache (data/cache.py) unless data.cache is false.
+- a NumPy file (.npy/.npz) of images (data/arrays.py).
 
-Small datasets are held in memory as one uint8 tensor (and moved to the training device
-whole); image folders are decoded lazily by loader worker processes.
+Every set is one uint8 (N, C, H, W) tensor (in memory, or memory-mapped from a cache file and
+indexed by `index`), except a folder with data.cache=false, decoded lazily by loader workers.
 """
 from __future__ import annotations
 
@@ -21,12 +23,13 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from ..config import DataConfig
 from ..errors import DataError
+from .arrays import NUMPY_SUFFIXES, read_numpy, to_uint8
+from .cache import IMAGE_EXTENSIONS, FolderListing, cached_folder, decode_file, fit_image, list_folder, no_images_error
 
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 NAMED = ("mnist-5k", "mnist", "fashion-mnist", "cifar10")
 
 
@@ -34,7 +37,9 @@ NAMED = ("mnist-5k", "mnist", "fashion-mnist", "cifar10")
 class ImageSet(torch.utils.data.Dataset):
     """Images as uint8 (C, H, W), with optional integer labels.
 
-    Exactly one of `images` (in memory, (N, C, H, W) uint8) or `files` (decoded on access) is set.
+    Exactly one of `images` (uint8 (M, C, H, W), in memory or memory-mapped) or `files`
+    (decoded on access) is set. A memory-mapped set (`source` names its file) is never copied
+    whole by `subset`: its rows are `index` into `images`.
     """
 
     name: str
@@ -44,58 +49,57 @@ class ImageSet(torch.utils.data.Dataset):
     files: list[Path] | None = None
     labels: torch.Tensor | None = None  # (N,) int64
     class_names: tuple[str, ...] = ()
+    index: torch.Tensor | None = None  # (N,) rows of `images` in this set; None = all of them
+    source: str = ""  # the .npy file behind memory-mapped `images`
 
     @property
     def in_memory(self) -> bool:
+        """Held as one uint8 tensor (possibly memory-mapped), not decoded per access."""
         return self.images is not None
 
+    @property
+    def nbytes(self) -> int:
+        return len(self) * self.channels * self.image_size ** 2
+
     def __len__(self) -> int:
+        if self.index is not None:
+            return len(self.index)
         return len(self.images) if self.in_memory else len(self.files)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, i: int):
         if self.in_memory:
-            image = self.images[index]
+            image = self.images[int(self.index[i]) if self.index is not None else i]
         else:
-            image = load_image(self.files[index], self.image_size, self.channels)
-        label = int(self.labels[index]) if self.labels is not None else -1
+            image = load_image(self.files[i], self.image_size, self.channels)
+        label = int(self.labels[i]) if self.labels is not None else -1
         return image, label
 
     def subset(self, indices: torch.Tensor, name: str) -> "ImageSet":
         indices = indices.sort().values
-        return ImageSet(
-            name=name, image_size=self.image_size, channels=self.channels,
-            images=self.images[indices] if self.in_memory else None,
-            files=[self.files[i] for i in indices.tolist()] if not self.in_memory else None,
-            labels=self.labels[indices] if self.labels is not None else None,
-            class_names=self.class_names)
+        labels = self.labels[indices] if self.labels is not None else None
+        common = dict(name=name, image_size=self.image_size, channels=self.channels, labels=labels,
+                      class_names=self.class_names)
+        if self.source:
+            rows = self.index[indices] if self.index is not None else indices
+            return ImageSet(images=self.images, index=rows, source=self.source, **common)
+        if self.in_memory:
+            return ImageSet(images=self.images[indices], **common)
+        return ImageSet(files=[self.files[i] for i in indices.tolist()], **common)
 
     def tensor(self, limit: int | None = None) -> torch.Tensor:
-        """The first `limit` images as uint8 (N, C, H, W), decoding files if needed."""
+        """The first `limit` images as uint8 (N, C, H, W) in memory, decoding files if needed."""
         n = len(self) if limit is None else min(limit, len(self))
+        if self.in_memory and self.index is not None:
+            return self.images[self.index[:n]]
         if self.in_memory:
-            return self.images[:n]
+            return self.images[:n].clone() if self.source else self.images[:n]  # read a memory map in
         return torch.stack([self[i][0] for i in range(n)])
 
 
 def load_image(path: Path, size: int, channels: int) -> torch.Tensor:
     """Decode one image file to uint8 (channels, size, size): convert mode, resize the
     shorter side to `size`, centre-crop."""
-    try:
-        with Image.open(path) as img:
-            img = img.convert("L" if channels == 1 else "RGB")
-            w, h = img.size
-            scale = size / min(w, h)
-            if scale != 1:
-                img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
-            w, h = img.size
-            left, top = (w - size) // 2, (h - size) // 2
-            img = img.crop((left, top, left + size, top + size))
-            array = np.asarray(img, dtype=np.uint8)
-    except (OSError, UnidentifiedImageError, ValueError) as e:
-        raise DataError(f"cannot decode image {path}: {e}") from None
-    if array.ndim == 2:
-        array = array[:, :, None]
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
+    return torch.from_numpy(decode_file(path, size, channels))
 
 
 # --------------------------------------------------------------------------- sources
@@ -182,42 +186,76 @@ def _idx(folder: Path, split: str, cfg: DataConfig) -> ImageSet:
     return _from_array(f"{folder.name}/{split}", images, labels, cfg, [str(i) for i in range(10)] if labels is not None else ())
 
 
+def _folder_labels(relative: list[str]) -> tuple[torch.Tensor | None, tuple[str, ...]]:
+    """Labels from class subfolders, when every image sits directly inside one (and there are 2+)."""
+    parts = [Path(r).parts for r in relative]
+    if not parts or not all(len(p) == 2 for p in parts):
+        return None, ()
+    class_names = tuple(sorted({p[0] for p in parts}))
+    if len(class_names) < 2:
+        return None, ()
+    index = {c: i for i, c in enumerate(class_names)}
+    return torch.tensor([index[p[0]] for p in parts]), class_names
+
+
+def _warn_skipped(folder: Path, skipped: list[str], ignored: int) -> None:
+    if skipped:
+        shown = "; ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else "")
+        warnings.warn(f"skipped {len(skipped)} unreadable image file(s) in {folder}: {shown}", stacklevel=3)
+    if ignored:
+        warnings.warn(f"ignored {ignored} file(s) in {folder} without an image extension", stacklevel=3)
+
+
 def _image_folder(folder: Path, cfg: DataConfig) -> ImageSet:
-    candidates = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
-    files, skipped, ignored = [], [], 0
-    for path in candidates:
-        if path.suffix.lower() not in IMAGE_EXTENSIONS:
-            ignored += 1
-            continue
+    listing = list_folder(folder)
+    if not listing.files:
+        raise no_images_error(listing, 0)
+    if cfg.cache:
+        cached = cached_folder(listing, cfg)
+        _warn_skipped(folder, cached.skipped, listing.ignored)
+        labels, class_names = _folder_labels(cached.files)
+        return ImageSet(folder.name, cfg.image_size, cfg.channels, images=torch.from_numpy(cached.images),
+                        labels=labels, class_names=class_names, source=str(cached.path))
+    return _lazy_image_folder(listing, cfg)
+
+
+def _lazy_image_folder(listing: FolderListing, cfg: DataConfig) -> ImageSet:
+    """data.cache=false: check headers now, decode on every access (slow; a truncated file
+    with a valid header fails only when it is read)."""
+    files, skipped = [], []
+    for path in listing.files:
         try:
             with Image.open(path) as img:
                 img.verify()  # header and structure, without decoding every pixel
             files.append(path)
         except Exception:
-            skipped.append(path)
-    notes = []
-    if skipped:
-        shown = ", ".join(str(p) for p in skipped[:5]) + (" ..." if len(skipped) > 5 else "")
-        notes.append(f"skipped {len(skipped)} unreadable image file(s) in {folder}: {shown}")
-    if ignored:
-        notes.append(f"ignored {ignored} file(s) in {folder} without an image extension")
-    for note in notes:
-        warnings.warn(note, stacklevel=2)
+            skipped.append(str(path))
+    _warn_skipped(listing.folder, skipped, listing.ignored)
     if not files:
-        raise DataError(f"no readable images in {folder} (searched recursively for "
-                        f"{', '.join(sorted(IMAGE_EXTENSIONS))}; {len(skipped)} unreadable, {ignored} other files)")
-    # Labels from class subfolders, when every image sits directly inside one.
-    parents = [p.relative_to(folder).parts for p in files]
-    labels, class_names = None, ()
-    if all(len(parts) == 2 for parts in parents):
-        class_names = tuple(sorted({parts[0] for parts in parents}))
-        if len(class_names) > 1:
-            index = {c: i for i, c in enumerate(class_names)}
-            labels = torch.tensor([index[parts[0]] for parts in parents])
-        else:
-            class_names = ()
-    return ImageSet(folder.name, cfg.image_size, cfg.channels, files=files, labels=labels,
+        raise no_images_error(listing, len(skipped))
+    labels, class_names = _folder_labels([p.relative_to(listing.folder).as_posix() for p in files])
+    return ImageSet(listing.folder.name, cfg.image_size, cfg.channels, files=files, labels=labels,
                     class_names=class_names)
+
+
+def _numpy_file(path: Path, cfg: DataConfig) -> ImageSet:
+    images, labels, described = read_numpy(path)
+    n, c, h, w = images.shape
+    size, channels = cfg.image_size, cfg.channels
+    print(f"reading {n} {h}x{w}x{c} images from {described}", flush=True)
+    images = to_uint8(images, described)
+    source = str(path) if isinstance(images, np.memmap) else ""
+    if (c, h, w) != (channels, size, size):
+        # Same conversion and resize as image folders, so a folder and its .npy give the same set.
+        print(f"  converting and resizing them to {size}x{size}x{channels}", flush=True)
+        images = np.stack([fit_image(Image.fromarray(np.ascontiguousarray(im[0] if c == 1 else im.transpose(1, 2, 0))),
+                                     size, channels) for im in images])
+        source = ""
+    tensor = torch.from_numpy(images if source else np.ascontiguousarray(images))
+    label_tensor = torch.from_numpy(labels.astype(np.int64)) if labels is not None else None
+    class_names = tuple(str(i) for i in range(int(labels.max()) + 1)) if labels is not None and len(labels) else ()
+    return ImageSet(path.stem, size, channels, images=tensor, labels=label_tensor, class_names=class_names,
+                    source=source)
 
 
 def _resolve(spec: str, split: str | None, cfg: DataConfig) -> tuple[ImageSet, bool]:
@@ -232,8 +270,11 @@ def _resolve(spec: str, split: str | None, cfg: DataConfig) -> tuple[ImageSet, b
     path = Path(spec).expanduser()
     if not path.exists():
         raise DataError(f"dataset {spec!r} is neither a known name ({', '.join(NAMED)}) nor an existing path")
+    if path.is_file() and path.suffix.lower() in NUMPY_SUFFIXES:
+        return _numpy_file(path, cfg), split is None
     if not path.is_dir():
-        raise DataError(f"dataset path {path} is a file; pass a folder of images or of IDX files")
+        raise DataError(f"dataset path {path} is a file but not a .npy/.npz array; pass one of those, a folder "
+                        f"of images or a folder of IDX files")
     idx = _idx_files(path)
     if idx:
         if split == "train" and "train" in idx:

@@ -40,8 +40,8 @@ def check_model_config(cfg: ModelConfig) -> None:
             f"or change model.num_downsamples")
     if cfg.in_channels not in (1, 3):
         raise ConfigError(f"in_channels={cfg.in_channels}; images must have 1 or 3 channels")
-    if cfg.hidden_channels < 1 or cfg.num_residual_blocks < 0 or cfg.code_dim < 0:
-        raise ConfigError("hidden_channels must be >= 1, num_residual_blocks and code_dim >= 0")
+    if cfg.hidden_channels < 1 or cfg.num_residual_blocks < 0 or cfg.code_dim < 0 or cfg.num_residual_hiddens < 0:
+        raise ConfigError("hidden_channels must be >= 1, num_residual_blocks, num_residual_hiddens and code_dim >= 0")
 
 
 class Encoder(nn.Module):
@@ -54,7 +54,7 @@ class Encoder(nn.Module):
             layers += [nn.Conv2d(in_ch, ch, 4, 2, 1), nn.ReLU()]
             in_ch = ch
         layers.append(nn.Conv2d(ch, ch, 3, 1, 1))
-        layers += [ResidualBlock(ch) for _ in range(cfg.num_residual_blocks)]
+        layers += [ResidualBlock(ch, cfg.num_residual_hiddens) for _ in range(cfg.num_residual_blocks)]
         if cfg.code_dim and cfg.code_dim != ch:
             layers.append(nn.Conv2d(ch, cfg.code_dim, 1))
         self.layers = nn.Sequential(*layers)
@@ -69,7 +69,7 @@ class Decoder(nn.Module):
         ch = cfg.hidden_channels
         code_dim = cfg.code_dim or ch
         layers: list[nn.Module] = [nn.Conv2d(code_dim, ch, 3, 1, 1)]
-        layers += [ResidualBlock(ch) for _ in range(cfg.num_residual_blocks)]
+        layers += [ResidualBlock(ch, cfg.num_residual_hiddens) for _ in range(cfg.num_residual_blocks)]
         for i in range(cfg.num_downsamples):
             last = i == cfg.num_downsamples - 1
             layers.append(nn.ConvTranspose2d(ch, cfg.in_channels if last else ch, 4, 2, 1))
