@@ -53,8 +53,10 @@ def reconstruct(checkpoint: str | Path, out: str | Path, data: str | None = None
 
 
 def encode(checkpoint: str | Path, out_dir: str | Path, data: str | None = None, device: str = "auto") -> dict:
-    """Dataset -> integer code maps: OUT/codes.npy (N, h, w) int16, OUT/labels.npy if labelled,
-    and OUT/codes.json with their shape and the codebook they index."""
+    """Dataset -> integer code maps: OUT/codes.npy (N, h, w) (residual VQ: (N, depth, h, w)), int16
+    (int32 above 2^15 codes), OUT/labels.npy if labelled, and OUT/codes.json with their shape, the
+    codebook they index, and the quantizer's kind and parameters (`quantizer`)."""
+    from .models import quantizer_info
     from .training.prior_stage import encode_images
 
     dev = resolve_device(device)
@@ -66,16 +68,18 @@ def encode(checkpoint: str | Path, out_dir: str | Path, data: str | None = None,
     np.save(out_dir / "codes.npy", codes.numpy())
     if images.labels is not None:
         np.save(out_dir / "labels.npy", images.labels.numpy())
-    meta = {"shape": list(codes.shape), "dtype": "int16", "codebook_size": model.codebook_size,
+    meta = {"shape": list(codes.shape), "dtype": str(codes.numpy().dtype), "codebook_size": model.codebook_size,
+            "quantizer": quantizer_info(model.quantizer),
             "latent_size": model.latent_size, "vqvae_fingerprint": codebook_fingerprint(model),
             "dataset": images.name, "class_names": list(images.class_names),
-            **codebook_stats(torch.bincount(codes.long().flatten(), minlength=model.codebook_size))}
+            **codebook_stats(model.quantizer.usage_counts(codes.long()))}
     (out_dir / "codes.json").write_text(json.dumps(meta, indent=2) + "\n")
     return meta
 
 
 def load_codes(path: str | Path) -> tuple[torch.Tensor, dict]:
-    """codes.npy (or the folder holding it, with codes.json) -> (codes (N, h, w) int64, metadata)."""
+    """codes.npy (or the folder holding it, with codes.json) -> (codes (N, h, w) int64, or
+    (N, depth, h, w) for residual VQ, metadata)."""
     path = Path(path)
     if path.is_dir():
         path = path / "codes.npy"
@@ -87,9 +91,9 @@ def load_codes(path: str | Path) -> tuple[torch.Tensor, dict]:
         raise DataError(f"{path} is not a .npy array of codes: {e}") from None
     if codes.ndim == 2:
         codes = codes[None]
-    if codes.ndim != 3 or not np.issubdtype(codes.dtype, np.integer):
+    if codes.ndim not in (3, 4) or not np.issubdtype(codes.dtype, np.integer):
         raise DataError(f"{path} holds a {codes.dtype} array of shape {codes.shape}; expected integer code maps "
-                        f"(N, h, w)")
+                        f"(N, h, w), or (N, depth, h, w) from a residual quantizer")
     meta_path = path.with_suffix(".json")
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
     return torch.from_numpy(codes.astype(np.int64)), meta
@@ -101,6 +105,10 @@ def decode(checkpoint: str | Path, codes: str | Path, out: str | Path, device: s
     model, _ = load_vqvae(checkpoint, dev)
     indices, meta = load_codes(codes)
     K = model.codebook_size
+    kind = model.quantizer_config.kind
+    recorded = meta.get("quantizer", {}).get("kind")
+    if recorded not in (None, kind):
+        raise ConfigError(f"these codes come from a quantizer.kind={recorded} model; this VQ-VAE is kind={kind}")
     if meta.get("codebook_size") not in (None, K):
         raise ConfigError(f"these codes index a codebook of {meta['codebook_size']} codes, but the VQ-VAE has {K}")
     if int(indices.min()) < 0 or int(indices.max()) >= K:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,19 @@ class QuantizerConfig:
     init: str = "uniform"  # "uniform" in [-1/K, 1/K] (the seed), "kmeans" or "samples" from the first batch
     kmeans_iters: int = 10
     restart_after_steps: int = 0  # re-seed a code unused for this many steps from encoder outputs; 0 = never
+    # The quantizer family. update/init/restarts above apply to the codebooks of "vq" and "rvq".
+    kind: str = "vq"  # "vq" nearest code, "fsq" finite scalar, "lfq" lookup-free (binary), "rvq" residual VQ
+    distance: str = "l2"  # vq: or "cosine": codes and encoder outputs l2-normalised (ViT-VQGAN)
+    lookup_dim: int = 0  # vq: search codes in this many dims (linear down, back up after; ViT-VQGAN); 0 = code_dim
+    gradient: str = "straight_through"  # vq/rvq: or "rotation", the rotation trick (Fifty et al., ICLR 2025)
+    # vq/rvq search: "fp32" exact; "tf32"/"bf16": fast matmul, then the best few candidates re-checked in fp32
+    search_precision: str = "fp32"
+    fsq_levels: list = field(default_factory=list)  # fsq: values per channel; [] = FSQ paper's for codebook_size
+    entropy_weight: float = 0.1  # lfq: weight of the entropy penalty (per-sample entropy - diversity * codebook's)
+    entropy_diversity: float = 1.0  # lfq: weight of the codebook entropy inside the penalty
+    entropy_temperature: float = 0.01  # lfq: temperature of the soft code assignment the entropies are taken of
+    rvq_depth: int = 4  # rvq: residual levels, each a codebook of codebook_size codes
+    rvq_dropout: float = 0.0  # rvq: fraction of training images decoded from only a random first 1..depth levels
 
 
 @dataclass
@@ -145,6 +159,56 @@ def from_dict(cls, d: dict):
 
 
 # --------------------------------------------------------------------------- presets
+
+# FSQ levels per target codebook size: Mentzer et al. (ICLR 2024), section 4.1, for 2^8..2^16. The
+# 2^5, 2^6 and 2^9 rows are this project's (balanced levels of 5 to 8, the paper's rule of thumb).
+FSQ_LEVELS = {2 ** 5: [6, 5], 2 ** 6: [8, 8], 2 ** 8: [8, 6, 5], 2 ** 9: [8, 8, 8], 2 ** 10: [8, 5, 5, 5],
+              2 ** 12: [7, 5, 5, 5, 5], 2 ** 14: [8, 8, 8, 6, 5], 2 ** 16: [8, 8, 8, 5, 5, 5]}
+QUANTIZER_KINDS = ("vq", "fsq", "lfq", "rvq")
+
+
+def fsq_levels(q: QuantizerConfig) -> list[int]:
+    """The FSQ levels of a config: its own, or the paper's for its (target) codebook size."""
+    if q.fsq_levels:
+        return [int(v) for v in q.fsq_levels]
+    if q.codebook_size not in FSQ_LEVELS:
+        raise ConfigError(f"quantizer.kind=fsq: no recommended levels for codebook_size={q.codebook_size}; use one of "
+                          f"{', '.join(map(str, FSQ_LEVELS))} or set quantizer.fsq_levels (e.g. 8,5,5,5)")
+    return FSQ_LEVELS[q.codebook_size]
+
+
+def _check_quantizer(q: QuantizerConfig) -> None:
+    _choice(q.kind, "quantizer.kind", QUANTIZER_KINDS)
+    _choice(q.distance, "quantizer.distance", ["l2", "cosine"])
+    _choice(q.gradient, "quantizer.gradient", ["straight_through", "rotation"])
+    _choice(q.search_precision, "quantizer.search_precision", ["fp32", "tf32", "bf16"])
+    if q.lookup_dim < 0:
+        raise ConfigError(f"quantizer.lookup_dim={q.lookup_dim}; must be >= 0 (0 = no projection)")
+    # Options of one kind set on another are mistakes: say so instead of ignoring them.
+    vq_only = {"distance": "l2", "lookup_dim": 0}
+    codebook_only = {"gradient": "straight_through", "search_precision": "fp32"}
+    unused = {**vq_only, **codebook_only} if q.kind in ("fsq", "lfq") else vq_only if q.kind == "rvq" else {}
+    for name, default in unused.items():
+        if getattr(q, name) != default:
+            raise ConfigError(f"quantizer.{name}={getattr(q, name)!r} does not apply to quantizer.kind={q.kind}; "
+                              f"it is an option of kind vq{' and rvq' if name in codebook_only else ''}")
+    if q.kind == "fsq":
+        levels = fsq_levels(q)
+        if any(level < 2 for level in levels):
+            raise ConfigError(f"quantizer.fsq_levels={levels}: every level must be at least 2")
+        size = math.prod(levels)
+        if q.fsq_levels and size != q.codebook_size:
+            raise ConfigError(f"quantizer.fsq_levels={levels} make {size} codes but quantizer.codebook_size="
+                              f"{q.codebook_size}: set quantizer.codebook_size={size}")
+    if q.kind == "lfq" and (q.codebook_size & (q.codebook_size - 1) or q.codebook_size > 2 ** 16):
+        raise ConfigError(f"quantizer.kind=lfq needs codebook_size = 2^bits (one binary channel per bit), at most "
+                          f"2^16; got {q.codebook_size}")
+    if q.kind == "lfq" and q.entropy_temperature <= 0:
+        raise ConfigError(f"quantizer.entropy_temperature={q.entropy_temperature}; must be > 0")
+    if q.kind == "rvq" and (q.rvq_depth < 1 or not 0 <= q.rvq_dropout <= 1):
+        raise ConfigError(f"quantizer.rvq_depth={q.rvq_depth}, rvq_dropout={q.rvq_dropout}: need depth >= 1 and "
+                          f"dropout in [0, 1]")
+
 
 def _seed_mnist() -> RunConfig:
     # The seed exactly: 28x28x1, 32 channels, 32 codes, 7x7 codes, batch 256, Adam 2e-4,
@@ -257,6 +321,8 @@ def _parse_value(text: str, current: Any, key: str):
             return int(text)
         if kind is float:
             return float(text)
+        if kind is list:  # "8,5,5,5" or "[8, 5, 5, 5]"
+            return [int(v) for v in text.strip("[] ").split(",") if v.strip()]
     except ValueError:
         raise ConfigError(f"{key}={text!r}: expected a {kind.__name__}") from None
     return text
@@ -317,6 +383,7 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"quantizer.codebook_size={q.codebook_size}; need at least 2")
     if not 0 < q.ema_decay < 1:
         raise ConfigError(f"quantizer.ema_decay={q.ema_decay}; must be in (0, 1)")
+    _check_quantizer(q)
     for name, t in (("train", cfg.train), ("prior_train", cfg.prior_train)):
         _choice(t.lr_schedule, f"{name}.lr_schedule", ["constant", "cosine"])
         _choice(t.amp, f"{name}.amp", ["off", "bf16", "auto"])
