@@ -36,10 +36,10 @@ def lfq_entropies(z: torch.Tensor, temperature: float) -> tuple[torch.Tensor, to
     per_sample = binary_entropy_from_logits(logits).sum(1).mean()
     b = z.shape[1]
     codes = torch.arange(2 ** b, device=z.device)
-    bits = ((codes[:, None] >> torch.arange(b, device=z.device)) & 1).float()  # (K, b)
+    bits = ((codes[:, None] >> torch.arange(b, device=z.device)) & 1).to(z.dtype)  # (K, b)
     # log p(c | z) = sum_i logsigmoid(-l_i) + bits(c) . l  (each bit contributes l_i when it is +1)
     base = F.logsigmoid(-logits).sum(1, keepdim=True)  # (N, 1)
-    mean_probs = torch.zeros(2 ** b, device=z.device)
+    mean_probs = torch.zeros(2 ** b, device=z.device, dtype=z.dtype)
     chunk_size = max(1, 2 ** 24 // 2 ** b)  # at most 16M probabilities in memory at once
     for start in range(0, z.shape[0], chunk_size):
         log_probs = base[start:start + chunk_size] + logits[start:start + chunk_size] @ bits.t()  # (n, K)
