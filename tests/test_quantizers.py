@@ -341,3 +341,17 @@ def test_quantizer_uses_the_fast_search_when_asked():
     exact = VectorQuantizer(32, QuantizerConfig(codebook_size=64)).eval()
     exact.codebook.data = q.codebook.data.clone()
     assert (q(z).indices == exact(z).indices).float().mean() > 0.95
+
+
+def test_rvq_replicas_stay_identical_under_two_gloo_processes(tiny_config, tmp_path):
+    """Every level's EMA statistics are all-reduced and its init/restarts broadcast, level by level."""
+    from test_distributed import launch
+
+    cfg = apply_overrides(tiny_config, KINDS["rvq"] + ["train.epochs=1", "train.amp=off", "train.channels_last=false",
+                                                       "quantizer.restart_after_steps=2"])
+    launch(cfg, tmp_path / "ddp", 2)
+    rank0 = torch.load(tmp_path / "ddp" / "rank0.pt", weights_only=True)
+    rank1 = torch.load(tmp_path / "ddp" / "rank1.pt", weights_only=True)
+    assert any(k.startswith("quantizer.levels.2.") for k in rank0["state"])
+    for key, value in rank0["state"].items():
+        assert torch.equal(value, rank1["state"][key]), f"replicas differ in {key}"
