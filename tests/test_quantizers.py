@@ -355,3 +355,17 @@ def test_rvq_replicas_stay_identical_under_two_gloo_processes(tiny_config, tmp_p
     assert any(k.startswith("quantizer.levels.2.") for k in rank0["state"])
     for key, value in rank0["state"].items():
         assert torch.equal(value, rank1["state"][key]), f"replicas differ in {key}"
+
+
+def test_runs_saved_before_the_quantizer_family_still_resume(tiny_config, tmp_path):
+    from vqvae.training.vqvae_stage import check_resume_config
+
+    old = tiny_config.to_dict()
+    for name in ("kind", "distance", "lookup_dim", "gradient", "search_precision", "fsq_levels", "entropy_weight",
+                 "entropy_diversity", "entropy_temperature", "rvq_depth", "rvq_dropout"):
+        del old["quantizer"][name]
+    save_checkpoint(checkpoint_path(tmp_path, "vqvae", "last"), "vqvae", old, {})
+    check_resume_config(tmp_path, "vqvae", tiny_config, ("model", "quantizer"))  # no error
+    with pytest.raises(ConfigError, match="quantizer.kind: 'vq' -> 'lfq'"):
+        check_resume_config(tmp_path, "vqvae", apply_overrides(tiny_config, ["quantizer.kind=lfq"]),
+                            ("model", "quantizer"))

@@ -129,7 +129,8 @@ def check_resume_config(run_dir: Path, kind: str, config: RunConfig, sections: t
     path = checkpoint_path(run_dir, kind, "last")
     if not path.is_file():
         raise CheckpointError(f"cannot resume: {path} does not exist (no {kind} checkpoint in {run_dir})")
-    saved = load_checkpoint(path, kind=kind)["config"]
+    # Rebuilt through RunConfig so fields added since the run was saved compare at their defaults.
+    saved = RunConfig.from_dict(load_checkpoint(path, kind=kind)["config"]).to_dict()
     now = config.to_dict()
     changed = [f"{s}.{k}: {saved[s][k]!r} -> {now[s][k]!r}" for s in sections for k in now[s]
                if saved[s].get(k) != now[s][k]]
