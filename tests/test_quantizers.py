@@ -362,7 +362,7 @@ def test_runs_saved_before_the_quantizer_family_still_resume(tiny_config, tmp_pa
 
     old = tiny_config.to_dict()
     for name in ("kind", "distance", "lookup_dim", "gradient", "search_precision", "fsq_levels", "entropy_weight",
-                 "entropy_diversity", "entropy_temperature", "rvq_depth", "rvq_dropout"):
+                 "entropy_diversity", "entropy_temperature", "lfq_commitment_weight", "rvq_depth", "rvq_dropout"):
         del old["quantizer"][name]
     save_checkpoint(checkpoint_path(tmp_path, "vqvae", "last"), "vqvae", old, {})
     check_resume_config(tmp_path, "vqvae", tiny_config, ("model", "quantizer"))  # no error

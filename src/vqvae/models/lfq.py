@@ -12,6 +12,11 @@ over the soft assignment p(c | z) = softmax_c(-||z - c||^2 / tau): each position
 a confident code and the batch as a whole to use all codes. Because ||c||^2 = b for every code,
 p(c | z) factorises over bits, p(bit_i = +1 | z) = sigmoid(4 z_i / tau), which makes the
 per-sample entropy a sum of b binary entropies; the codebook entropy is exact over all K codes.
+
+Defaults (measured, see benchmarks/bench_quantizers.py): temperature 1.0 and commitment weight
+0.02 (`lfq_commitment_weight`). With tau = 0.01 every |z| beyond ~0.01 saturates the sigmoids,
+the entropy gradients vanish, and with VQ's commitment weight 0.25 pulling z onto +-1 the 5-bit
+MNIST model collapsed to a single code; with 1.0 and 0.02 it used all 32.
 """
 from __future__ import annotations
 

@@ -147,7 +147,8 @@ class VQVAE(nn.Module):
 
     def loss_weight(self, name: str) -> float:
         qc = self.quantizer_config
-        return {"codebook": qc.codebook_weight, "commitment": qc.commitment_weight, "entropy": qc.entropy_weight}[name]
+        commitment = qc.lfq_commitment_weight if qc.kind == "lfq" else qc.commitment_weight
+        return {"codebook": qc.codebook_weight, "commitment": commitment, "entropy": qc.entropy_weight}[name]
 
     def check_images(self, x: torch.Tensor) -> None:
         cfg = self.model_config
