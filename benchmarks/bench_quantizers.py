@@ -1,7 +1,7 @@
 """The quantizer family side by side: each kind at matched code bits, one table per dataset.
 
-    python benchmarks/bench_quantizers.py --dataset mnist     # about 15 minutes on one CPU core
-    python benchmarks/bench_quantizers.py --dataset cifar10   # about 20 minutes on one CPU core
+    python benchmarks/bench_quantizers.py --dataset mnist     # 30-40 minutes on one shared CPU core
+    python benchmarks/bench_quantizers.py --dataset cifar10   # 30-40 minutes on one shared CPU core
 
 Every row trains the same encoder/decoder (the `mnist` preset's recipe: EMA codebooks seeded by
 k-means, dead-code restarts (after 20 unused steps instead of 100: a run here is ~70 steps), Adam 2e-3 with cosine decay, batch 128) with one quantizer, at about
