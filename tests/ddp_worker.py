@@ -16,9 +16,10 @@ config = RunConfig.from_dict(json.loads(Path(sys.argv[1]).read_text()))
 out = Path(sys.argv[2])
 result = api.train_vqvae(config, out / "run", data=memory_data())
 rank = dist.get_rank() if dist.is_initialized() else 0
-prior = api.train_prior(config, out / "run", data=memory_data())
-torch.save({"state": result.model.state_dict(), "history": [h["loss"] for h in result.history],
-            "prior_state": prior.model.state_dict(), "prior_history": [h["bits"] for h in prior.history]},
-           out / f"rank{rank}.pt")
+saved = {"state": result.model.state_dict(), "history": [h["loss"] for h in result.history]}
+if result.model.indices_per_position == 1:  # the prior models one index per position (not residual VQ)
+    prior = api.train_prior(config, out / "run", data=memory_data())
+    saved.update(prior_state=prior.model.state_dict(), prior_history=[h["bits"] for h in prior.history])
+torch.save(saved, out / f"rank{rank}.pt")
 if dist.is_initialized():
     dist.destroy_process_group()

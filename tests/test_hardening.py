@@ -178,7 +178,7 @@ def test_decode_refuses_codes_of_another_model_or_size(trained_run, tmp_path):
     with pytest.raises(ConfigError, match="made by a different VQ-VAE"):
         api.decode(trained_run, tmp_path / "codes", tmp_path / "d.png", device="cpu")
     np.save(tmp_path / "small.npy", np.zeros((2, 3, 3), np.int16))  # the model makes 4x4 code maps
-    with pytest.raises(ConfigError, match="code maps are 3x3, but this VQ-VAE decodes 4x4"):
+    with pytest.raises(ConfigError, match=r"code maps have shape \(3, 3\), but this VQ-VAE decodes 4x4"):
         api.decode(trained_run, tmp_path / "small.npy", tmp_path / "d.png", device="cpu")
 
 

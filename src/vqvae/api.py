@@ -56,8 +56,10 @@ def reconstruct(checkpoint: str | Path, out: str | Path, data: str | None = None
 
 
 def encode(checkpoint: str | Path, out_dir: str | Path, data: str | None = None, device: str = "auto") -> dict:
-    """Dataset -> integer code maps: OUT/codes.npy (N, h, w) int16, OUT/labels.npy if labelled,
-    and OUT/codes.json with their shape and the codebook they index."""
+    """Dataset -> integer code maps: OUT/codes.npy (N, h, w) (residual VQ: (N, depth, h, w)), int16
+    (int32 above 2^15 codes), OUT/labels.npy if labelled, and OUT/codes.json with their shape, the
+    codebook they index, and the quantizer's kind and parameters (`quantizer`)."""
+    from .models import quantizer_info
     from .training.prior_stage import encode_images
 
     out_dir = check_output_path(out_dir, folder=True)
@@ -68,16 +70,18 @@ def encode(checkpoint: str | Path, out_dir: str | Path, data: str | None = None,
     atomic_save_npy(out_dir / "codes.npy", codes.numpy())
     if images.labels is not None:
         atomic_save_npy(out_dir / "labels.npy", images.labels.numpy())
-    meta = {"shape": list(codes.shape), "dtype": "int16", "codebook_size": model.codebook_size,
+    meta = {"shape": list(codes.shape), "dtype": str(codes.numpy().dtype), "codebook_size": model.codebook_size,
+            "quantizer": quantizer_info(model.quantizer),
             "latent_size": model.latent_size, "vqvae_fingerprint": codebook_fingerprint(model),
             "dataset": images.name, "class_names": list(images.class_names),
-            **codebook_stats(torch.bincount(codes.long().flatten(), minlength=model.codebook_size))}
+            **codebook_stats(model.quantizer.usage_counts(codes.long()))}
     atomic_write_text(out_dir / "codes.json", json.dumps(meta, indent=2) + "\n")
     return meta
 
 
 def load_codes(path: str | Path) -> tuple[torch.Tensor, dict]:
-    """codes.npy (or the folder holding it, with codes.json) -> (codes (N, h, w) int64, metadata)."""
+    """codes.npy (or the folder holding it, with codes.json) -> (codes (N, h, w) int64, or
+    (N, depth, h, w) for residual VQ, metadata)."""
     path = Path(path)
     if path.is_dir():
         path = path / "codes.npy"
@@ -89,9 +93,9 @@ def load_codes(path: str | Path) -> tuple[torch.Tensor, dict]:
         raise DataError(f"{path} is not a .npy array of codes: {e}") from None
     if codes.ndim == 2:
         codes = codes[None]
-    if codes.ndim != 3 or not np.issubdtype(codes.dtype, np.integer):
+    if codes.ndim not in (3, 4) or not np.issubdtype(codes.dtype, np.integer):
         raise DataError(f"{path} holds a {codes.dtype} array of shape {codes.shape}; expected integer code maps "
-                        f"(N, h, w)")
+                        f"(N, h, w), or (N, depth, h, w) from a residual quantizer")
     if codes.size == 0:
         raise DataError(f"{path} holds no codes (an array of shape {codes.shape})")
     meta_path = path.with_suffix(".json")
@@ -119,14 +123,24 @@ def decode(checkpoint: str | Path, codes: str | Path, out: str | Path, device: s
     model, _ = load_vqvae(checkpoint, dev)
     indices, meta = load_codes(codes)
     K, size = model.codebook_size, model.latent_size
+    kind = model.quantizer_config.kind
+    recorded = meta.get("quantizer", {}).get("kind")
+    if recorded not in (None, kind):
+        raise ConfigError(f"these codes come from a quantizer.kind={recorded} model; this VQ-VAE is kind={kind}")
     if meta.get("codebook_size") not in (None, K):
         raise ConfigError(f"these codes index a codebook of {meta['codebook_size']} codes, but the VQ-VAE has {K}")
     if meta.get("vqvae_fingerprint") not in (None, codebook_fingerprint(model)):
         raise ConfigError("these codes were made by a different VQ-VAE (codebook fingerprints differ: "
                           f"{meta['vqvae_fingerprint']} in codes.json, {codebook_fingerprint(model)} here); decode "
                           "them with the model that encoded them")
-    if tuple(indices.shape[1:]) != (size, size):
-        raise ConfigError(f"the code maps are {indices.shape[1]}x{indices.shape[2]}, but this VQ-VAE decodes "
+    # (N, h, w), or (N, levels, h, w) for residual VQ, where the first 1..depth levels decode.
+    if kind == "rvq":
+        levels = indices.shape[1] if indices.ndim == 4 else 0
+        if indices.ndim != 4 or not 1 <= levels <= model.quantizer.depth or tuple(indices.shape[2:]) != (size, size):
+            raise ConfigError(f"the code maps have shape {tuple(indices.shape[1:])}, but this residual VQ-VAE decodes "
+                              f"(levels 1..{model.quantizer.depth}, {size}, {size}) code maps")
+    elif tuple(indices.shape[1:]) != (size, size):
+        raise ConfigError(f"the code maps have shape {tuple(indices.shape[1:])}, but this VQ-VAE decodes "
                           f"{size}x{size} code maps")
     if int(indices.min()) < 0 or int(indices.max()) >= K:
         raise ConfigError(f"codes range over [{int(indices.min())}, {int(indices.max())}], outside this VQ-VAE's "

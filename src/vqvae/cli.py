@@ -103,7 +103,7 @@ def cmd_train(args):
     if result.metrics:
         test = result.metrics["test"]
         print(f"done: held-out MSE {test['mse_clipped']:.5f} (clipped), PSNR {test['psnr_db']:.2f} dB, "
-              f"{test['codes_used']}/{config.quantizer.codebook_size} codes used; run folder {run_dir}")
+              f"{test['codes_used']}/{test['codes_used'] + test['dead_codes']} codes used; run folder {run_dir}")
 
 
 def cmd_pipeline(args):
@@ -137,7 +137,8 @@ def cmd_reconstruct(args):
 
 def cmd_encode(args):
     meta = api.encode(args.checkpoint, args.out, data=args.data, device=args.device)
-    print(f"wrote {args.out}/codes.npy: {meta['shape']} codes of a {meta['codebook_size']}-code codebook")
+    print(f"wrote {args.out}/codes.npy: {meta['shape']} codes of a {meta['codebook_size']}-code codebook "
+          f"({meta['quantizer']['kind']})")
 
 
 def cmd_decode(args):
@@ -182,7 +183,8 @@ def cmd_presets(args):
         for name in PRESETS:
             cfg = get_preset(name)
             print(f"{name:14s} {cfg.model.image_size}x{cfg.model.image_size}x{cfg.model.in_channels}, "
-                  f"{cfg.model.hidden_channels} channels, {cfg.quantizer.codebook_size} codes ({cfg.quantizer.update}), "
+                  f"{cfg.model.hidden_channels} channels, {cfg.quantizer.codebook_size} codes ({cfg.quantizer.kind}, "
+                  f"{cfg.quantizer.update}), "
                   f"{cfg.train.epochs} epochs, batch {cfg.train.batch_size}, lr {cfg.train.lr}; prior "
                   f"{cfg.prior.num_layers}x{cfg.prior.hidden_channels}")
 

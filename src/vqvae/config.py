@@ -62,6 +62,22 @@ class QuantizerConfig:
     init: str = "uniform"  # "uniform" in [-1/K, 1/K] (the seed), "kmeans" or "samples" from the first batch
     kmeans_iters: int = 10
     restart_after_steps: int = 0  # re-seed a code unused for this many steps from encoder outputs; 0 = never
+    # The quantizer family. update/init/restarts above apply to the codebooks of "vq" and "rvq".
+    kind: str = "vq"  # "vq" nearest code, "fsq" finite scalar, "lfq" lookup-free (binary), "rvq" residual VQ
+    distance: str = "l2"  # vq: or "cosine": codes and encoder outputs l2-normalised (ViT-VQGAN)
+    lookup_dim: int = 0  # vq: search codes in this many dims (linear down, back up after; ViT-VQGAN); 0 = code_dim
+    gradient: str = "straight_through"  # vq/rvq: or "rotation", the rotation trick (Fifty et al., ICLR 2025)
+    # vq/rvq search: "fp32" exact; "tf32"/"bf16": fast matmul, then the best few candidates re-checked in fp32
+    search_precision: str = "fp32"
+    fsq_levels: list = field(default_factory=list)  # fsq: values per channel; [] = FSQ paper's for codebook_size
+    entropy_weight: float = 0.1  # lfq: weight of the entropy penalty (per-sample entropy - diversity * codebook's)
+    entropy_diversity: float = 1.0  # lfq: weight of the codebook entropy inside the penalty
+    # lfq: temperature of the soft assignment p(c|z) the entropies are taken of. 0.01 (sharp: gradients vanish
+    # once |z| >> 0.01) and the VQ commitment weight 0.25 collapsed LFQ to 1-2 codes in our MNIST/CIFAR runs.
+    entropy_temperature: float = 1.0
+    lfq_commitment_weight: float = 0.02  # lfq: weight of MSE(z, sg[sign(z)]) (commitment_weight is VQ's)
+    rvq_depth: int = 4  # rvq: residual levels, each a codebook of codebook_size codes
+    rvq_dropout: float = 0.0  # rvq: fraction of training images decoded from only a random first 1..depth levels
 
 
 @dataclass
@@ -155,6 +171,46 @@ def from_dict(cls, d: dict):
 
 
 # --------------------------------------------------------------------------- presets
+
+# FSQ levels per target codebook size: Mentzer et al. (ICLR 2024), section 4.1, for 2^8..2^16. The
+# 2^5, 2^6 and 2^9 rows are this project's (balanced levels of 5 to 8, the paper's rule of thumb).
+FSQ_LEVELS = {2 ** 5: [6, 5], 2 ** 6: [8, 8], 2 ** 8: [8, 6, 5], 2 ** 9: [8, 8, 8], 2 ** 10: [8, 5, 5, 5],
+              2 ** 12: [7, 5, 5, 5, 5], 2 ** 14: [8, 8, 8, 6, 5], 2 ** 16: [8, 8, 8, 5, 5, 5]}
+QUANTIZER_KINDS = ("vq", "fsq", "lfq", "rvq")
+
+
+def fsq_levels(q: QuantizerConfig) -> list[int]:
+    """The FSQ levels of a config: its own, or the paper's for its (target) codebook size."""
+    if q.fsq_levels:
+        return [int(v) for v in q.fsq_levels]
+    if q.codebook_size not in FSQ_LEVELS:
+        raise ConfigError(f"quantizer.kind=fsq: no recommended levels for codebook_size={q.codebook_size}; use one of "
+                          f"{', '.join(map(str, FSQ_LEVELS))} or set quantizer.fsq_levels (e.g. 8,5,5,5)")
+    return FSQ_LEVELS[q.codebook_size]
+
+
+def _check_quantizer(q: QuantizerConfig) -> None:
+    """Checks across quantizer fields (each field's own range is in RULES)."""
+    # Options of one kind set on another are mistakes: say so instead of ignoring them.
+    vq_only = {"distance": "l2", "lookup_dim": 0}
+    codebook_only = {"gradient": "straight_through", "search_precision": "fp32"}
+    unused = {**vq_only, **codebook_only} if q.kind in ("fsq", "lfq") else vq_only if q.kind == "rvq" else {}
+    for name, default in unused.items():
+        if getattr(q, name) != default:
+            raise ConfigError(f"quantizer.{name}={getattr(q, name)!r} does not apply to quantizer.kind={q.kind}; "
+                              f"it is an option of kind vq{' and rvq' if name in codebook_only else ''}")
+    if q.kind == "fsq":
+        levels = fsq_levels(q)
+        if any(level < 2 for level in levels):
+            raise ConfigError(f"quantizer.fsq_levels={levels}: every level must be at least 2")
+        size = math.prod(levels)
+        if q.fsq_levels and size != q.codebook_size:
+            raise ConfigError(f"quantizer.fsq_levels={levels} make {size} codes but quantizer.codebook_size="
+                              f"{q.codebook_size}: set quantizer.codebook_size={size}")
+    if q.kind == "lfq" and (q.codebook_size & (q.codebook_size - 1) or q.codebook_size > 2 ** 16):
+        raise ConfigError(f"quantizer.kind=lfq needs codebook_size = 2^bits (one binary channel per bit), at most "
+                          f"2^16; got {q.codebook_size}")
+
 
 def _seed_mnist() -> RunConfig:
     # The seed exactly: 28x28x1, 32 channels, 32 codes, 7x7 codes, batch 256, Adam 2e-4,
@@ -337,6 +393,17 @@ RULES: dict[str, Rule] = {
     "quantizer.init": one_of("uniform", "kmeans", "samples"),
     "quantizer.kmeans_iters": at_least(0),
     "quantizer.restart_after_steps": at_least(0),
+    "quantizer.kind": one_of(*QUANTIZER_KINDS),
+    "quantizer.distance": one_of("l2", "cosine"),
+    "quantizer.gradient": one_of("straight_through", "rotation"),
+    "quantizer.search_precision": one_of("fp32", "tf32", "bf16"),
+    "quantizer.lookup_dim": at_least(0),
+    "quantizer.entropy_weight": at_least(0),
+    "quantizer.entropy_diversity": at_least(0),
+    "quantizer.entropy_temperature": above(0),
+    "quantizer.lfq_commitment_weight": at_least(0),
+    "quantizer.rvq_depth": at_least(1),
+    "quantizer.rvq_dropout": in_range(0, 1),
     "train.epochs": at_least(0),
     "train.batch_size": at_least(1),
     "train.lr": above(0),
@@ -412,6 +479,9 @@ def _type_error(key: str, value, kind: type) -> str | None:
         return None
     if kind is str:
         return None if isinstance(value, str) else f"{key}={shown}: expected a string"
+    if kind is list:
+        ok = isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        return None if ok else f"{key}={shown}: expected a list of whole numbers"
     return None
 
 
@@ -432,6 +502,7 @@ def validate(cfg: RunConfig) -> None:
         rule = _rule(key)
         if rule is not None:
             check_value(key, value, rule)
+    _check_quantizer(cfg.quantizer)
 
 
 # --------------------------------------------------------------------------- overrides
@@ -450,6 +521,8 @@ def _parse_value(text: str, kind: type, key: str):
             return int(text)
         if kind is float:
             return float(text)
+        if kind is list:  # "8,5,5,5" or "[8, 5, 5, 5]"
+            return [int(v) for v in text.strip("[] ").split(",") if v.strip()]
     except ValueError:
         expected = {bool: "true or false", int: "a whole number", float: "a number"}[kind]
         raise ConfigError(f"{key}={text!r}: expected {expected}") from None

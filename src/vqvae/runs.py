@@ -149,8 +149,14 @@ def codebook_fingerprint(model: VQVAE) -> str:
     """Identifies the codebook a prior was trained on, to catch a prior paired with another VQ-VAE."""
     import hashlib
 
-    data = model.quantizer.codebook.detach().float().cpu().contiguous().numpy().tobytes()
-    return hashlib.sha256(data).hexdigest()[:16]
+    if model.quantizer_config.kind == "vq" and not model.quantizer_config.lookup_dim:
+        tensors = [model.quantizer.codebook]  # as before the other kinds existed: old priors still match
+    else:  # what maps latents to codes and codes to the decoder's input (projections, codebooks)
+        tensors = [v for k, v in sorted(model.quantizer.state_dict().items()) if v.is_floating_point()]
+    digest = hashlib.sha256()
+    for t in tensors:
+        digest.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def load_prior(path: str | Path, device: str | torch.device = "cpu") -> tuple[GatedPixelCNN, RunConfig, dict]:

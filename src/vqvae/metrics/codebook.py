@@ -7,7 +7,8 @@ import torch
 
 
 def codebook_stats(counts: torch.Tensor) -> dict:
-    """counts: (K,) how often each code was chosen.
+    """counts: (K,) how often each code was chosen (FSQ/LFQ: codes of the implicit codebook;
+    residual VQ: the D * K codes of all levels, level by level).
 
     codes_used: codes chosen at least once; dead_codes: the rest; perplexity: exp of the
     entropy of the usage distribution (K when all codes are used equally, 1 when one is).

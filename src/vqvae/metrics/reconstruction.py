@@ -17,7 +17,7 @@ def evaluate_reconstruction(model, batches, max_batches: int = 0) -> dict:
     model.eval()
     se = se_clipped = 0.0
     n_values = n_images = 0
-    counts = torch.zeros(model.codebook_size, dtype=torch.long)
+    counts = torch.zeros(model.quantizer.usage_size, dtype=torch.long)
     try:
         for b, (x, _) in enumerate(batches):
             if max_batches and b >= max_batches:
@@ -28,7 +28,7 @@ def evaluate_reconstruction(model, batches, max_batches: int = 0) -> dict:
             se_clipped += F.mse_loss(x_hat.clamp(0, 1), x, reduction="sum").item()
             n_values += x.numel()
             n_images += x.shape[0]
-            counts += torch.bincount(out.indices.flatten().cpu(), minlength=model.codebook_size)
+            counts += model.quantizer.usage_counts(out.indices).cpu()
     finally:
         model.train(was_training)
     if n_images == 0:

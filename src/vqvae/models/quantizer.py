@@ -7,6 +7,15 @@ lives in registered buffers, so it survives `state_dict` and an exact resume.
 
 Under torch.distributed the batch statistics are summed over processes before any
 update, and restarts are broadcast from rank 0, so every replica keeps the same codebook.
+
+Options (QuantizerConfig): cosine-similarity codes (codes and encoder outputs l2-normalised
+before the search; ViT-VQGAN, Yu et al. 2022, section 3.2), a low-dimensional code space
+(a linear map down for the search, back up after; same paper: factorised codes), and the
+rotation trick instead of the straight-through estimator (Fifty et al., ICLR 2025). With
+none of them set, the computation is the seed's, operation for operation.
+
+The other kinds (FSQ, LFQ, residual VQ) live in fsq.py, lfq.py, rvq.py and share this
+module's output type and estimators; `build_quantizer` picks one from the config.
 """
 from __future__ import annotations
 
@@ -25,13 +34,44 @@ def straight_through(inputs: torch.Tensor, quantized: torch.Tensor) -> torch.Ten
     return inputs + (quantized - inputs).detach()
 
 
-def nearest_codes(flat: torch.Tensor, codebook: torch.Tensor, chunk_size: int = 65536) -> torch.Tensor:
+def rotation_trick(inputs: torch.Tensor, quantized: torch.Tensor, dim: int = 1, eps: float = 1e-6) -> torch.Tensor:
+    """The rotation trick (Fifty et al., ICLR 2025, section 4): q~ = sg[ s R ] e, with R the rotation
+    taking e's direction to q's and s = ||q|| / ||e||, both treated as constants.
+
+    Forward: exactly `quantized`. Backward: dL/de = s R^T dL/dq, so the angle between the gradient
+    and the code is carried back to the encoder output. R e is computed without forming R
+    (section 4.2): R = I - 2 r r^T + 2 q^ e^T with e^ = e/||e||, q^ = q/||q||, r = (e^ + q^)/||e^ + q^||.
+    Vectors run along `dim`.
+    """
+    e = inputs
+    e_norm = e.norm(dim=dim, keepdim=True).clamp_min(eps).detach()
+    q_norm = quantized.norm(dim=dim, keepdim=True).detach()
+    e_hat, q_hat = e.detach() / e_norm, quantized.detach() / q_norm.clamp_min(eps)
+    r = F.normalize(e_hat + q_hat, dim=dim, eps=eps)
+    rotated = e - 2 * r * (r * e).sum(dim, keepdim=True) + 2 * q_hat * (e_hat * e).sum(dim, keepdim=True)
+    transformed = (q_norm / e_norm) * rotated  # equals `quantized` up to rounding
+    # Forward value exactly `quantized` (x - x == 0), gradient that of `transformed`.
+    return quantized.detach() + (transformed - transformed.detach())
+
+
+def apply_estimator(name: str, inputs: torch.Tensor, quantized: torch.Tensor) -> torch.Tensor:
+    """The decoder's input: `quantized` in value, with the gradient estimator `name` backwards."""
+    return rotation_trick(inputs, quantized) if name == "rotation" else straight_through(inputs, quantized)
+
+
+def nearest_codes(flat: torch.Tensor, codebook: torch.Tensor, chunk_size: int = 65536,
+                  precision: str = "fp32", candidates: int = 4) -> torch.Tensor:
     """Index of the nearest codebook row for each row of `flat` (squared L2).
 
     Uses ||z||^2 - 2 z.e + ||e||^2 as one matmul; ||z||^2 is the same for every code and is
     dropped. Memory is O(chunk * K), never the O(N * K * C) of broadcasting differences.
-    flat: (N, C), codebook: (K, C) -> (N,) int64.
+    precision "tf32"/"bf16": see `codebook_search.nearest_codes_fast` (fast matmul, the best
+    `candidates` re-checked in fp32). flat: (N, C), codebook: (K, C) -> (N,) int64.
     """
+    if precision != "fp32":
+        from .codebook_search import nearest_codes_fast
+
+        return nearest_codes_fast(flat, codebook, precision, candidates, chunk_size)
     flat = flat.float()
     codebook = codebook.float()
     code_norms = (codebook * codebook).sum(1)  # (K,)
@@ -72,10 +112,29 @@ def kmeans(samples: torch.Tensor, k: int, iters: int, generator: torch.Generator
 
 @dataclass
 class QuantizerOutput:
-    quantized: torch.Tensor  # (B, C, H, W), straight-through: the decoder's input
-    indices: torch.Tensor  # (B, H, W) int64
-    codebook_loss: torch.Tensor  # MSE(sg[ze], zq); zero with EMA updates
-    commitment_loss: torch.Tensor  # MSE(ze, sg[zq])
+    """What every quantizer kind returns."""
+
+    quantized: torch.Tensor  # (B, C, H, W): the decoder's input (quantized value, estimator's gradient)
+    indices: torch.Tensor  # (B, h, w) int64; residual VQ: (B, depth, h, w)
+    losses: dict  # name -> scalar, unweighted; names are the quantizer's `loss_names`
+
+    @property
+    def codebook_loss(self) -> torch.Tensor:  # MSE(sg[ze], zq); zero with EMA updates
+        return self.losses["codebook"]
+
+    @property
+    def commitment_loss(self) -> torch.Tensor:  # MSE(ze, sg[zq])
+        return self.losses["commitment"]
+
+
+def count_codes(indices: torch.Tensor, codebook_size: int) -> torch.Tensor:
+    """How often each code occurs in `indices` (any shape) -> (codebook_size,) int64."""
+    return torch.bincount(indices.flatten(), minlength=codebook_size)
+
+
+def code_dtype(codebook_size: int) -> torch.dtype:
+    """The integer type code files store: int16 while it holds every index, else int32."""
+    return torch.int16 if codebook_size <= 2 ** 15 else torch.int32
 
 
 def _distributed() -> bool:
@@ -98,12 +157,15 @@ def _global_rows(flat: torch.Tensor) -> torch.Tensor:
 
 
 class VectorQuantizer(nn.Module):
+    loss_names = ("codebook", "commitment")
+
     def __init__(self, code_dim: int, config: QuantizerConfig):
         super().__init__()
         self.config = config
         self.code_dim = code_dim
         K = config.codebook_size
-        weight = torch.empty(K, code_dim).uniform_(-1.0 / K, 1.0 / K)  # the seed's initialisation
+        lookup_dim = config.lookup_dim or code_dim
+        weight = torch.empty(K, lookup_dim).uniform_(-1.0 / K, 1.0 / K)  # the seed's initialisation
         # With EMA updates the codebook is not trained by gradients; requires_grad=False also
         # keeps DDP from expecting a gradient for it.
         self.codebook = nn.Parameter(weight, requires_grad=config.update == "loss")
@@ -116,6 +178,10 @@ class VectorQuantizer(nn.Module):
         # device sync) instead of every step; reset whenever a state dict is loaded.
         self._ready: bool | None = None
         self._updates: int | None = None
+        # Factorised codes: 1x1 convolutions (per-position linear maps) down to the search space and
+        # back; created after the codebook so the seed's random stream is unchanged without them.
+        self.project_in = nn.Conv2d(code_dim, lookup_dim, 1) if config.lookup_dim else None
+        self.project_out = nn.Conv2d(lookup_dim, code_dim, 1) if config.lookup_dim else None
 
     def _load_from_state_dict(self, *args, **kwargs):
         super()._load_from_state_dict(*args, **kwargs)
@@ -130,9 +196,26 @@ class VectorQuantizer(nn.Module):
     def codebook_size(self) -> int:
         return self.config.codebook_size
 
+    @property
+    def usage_size(self) -> int:
+        """Length of `usage_counts`: one count per code."""
+        return self.codebook_size
+
+    def usage_counts(self, indices: torch.Tensor) -> torch.Tensor:
+        return count_codes(indices, self.codebook_size)
+
+    def codes(self) -> torch.Tensor:
+        """(K, D) the vectors codes stand for: the codebook, l2-normalised for cosine codes."""
+        return F.normalize(self.codebook, dim=1) if self.config.distance == "cosine" else self.codebook
+
+    def lookup_codes(self, indices: torch.Tensor) -> torch.Tensor:
+        """(B, H, W) int -> (B, D, H, W) code vectors in the search space."""
+        return F.embedding(indices, self.codes()).permute(0, 3, 1, 2)
+
     def lookup(self, indices: torch.Tensor) -> torch.Tensor:
-        """(B, H, W) int -> (B, C, H, W) codebook vectors."""
-        return F.embedding(indices, self.codebook).permute(0, 3, 1, 2)
+        """(B, H, W) int -> (B, C, H, W): the decoder's input for these codes."""
+        quantized = self.lookup_codes(indices)
+        return self.project_out(quantized) if self.project_out is not None else quantized
 
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
         """z: (B, C, H, W) encoder output. Distances and codebook updates run in fp32, also
@@ -141,24 +224,37 @@ class VectorQuantizer(nn.Module):
             return self._forward(z)
 
     def _forward(self, z: torch.Tensor) -> QuantizerOutput:
-        B, C, H, W = z.shape
         z = z.float()
+        if self.project_in is not None:
+            z = self.project_in(z)  # (B, lookup_dim, H, W)
+        if self.config.distance == "cosine":
+            z = F.normalize(z, dim=1)
+        quantized, indices, losses = self.quantize_hard(z)
+        out = apply_estimator(self.config.gradient, z, quantized)
+        if self.project_out is not None:
+            out = self.project_out(out)
+        return QuantizerOutput(out, indices, losses)
+
+    def quantize_hard(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """Nearest codes of z (B, D, H, W) in the search space, fp32: (codes (B, D, H, W) carrying
+        the codebook's gradient, indices (B, H, W), losses). Training mode updates the codebook."""
+        B, C, H, W = z.shape
         flat = z.permute(0, 2, 3, 1).reshape(-1, C)  # (B*H*W, C)
         if self.training and not self._ready:
             self._ready = bool(self.initialised)
             if not self._ready:
                 self._initialise(flat.detach())
                 self._ready = True
-        indices = nearest_codes(flat.detach(), self.codebook.detach())
+        indices = nearest_codes(flat.detach(), self.codes().detach(), precision=self.config.search_precision)
         if self.training:
             self._update(flat.detach(), indices)
-        quantized = self.lookup(indices.view(B, H, W))
+        quantized = self.lookup_codes(indices.view(B, H, W))
         commitment = F.mse_loss(z, quantized.detach())
         if self.config.update == "loss":
             codebook_loss = F.mse_loss(z.detach(), quantized)
         else:
             codebook_loss = torch.zeros((), device=z.device)
-        return QuantizerOutput(straight_through(z, quantized), indices.view(B, H, W), codebook_loss, commitment)
+        return quantized, indices.view(B, H, W), {"codebook": codebook_loss, "commitment": commitment}
 
     # ------------------------------------------------------------------ codebook learning
     @torch.no_grad()

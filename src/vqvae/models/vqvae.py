@@ -16,18 +16,56 @@ from torch import nn
 from ..config import ModelConfig, QuantizerConfig, RunConfig
 from ..errors import ConfigError
 from ..nn import ResidualBlock
+from .fsq import FiniteScalarQuantizer
+from .lfq import LookupFreeQuantizer
 from .pretrained import load_weights, read_model_folder, weights_file, write_model_folder
 from .quantizer import QuantizerOutput, VectorQuantizer
+from .rvq import ResidualVectorQuantizer
+
+QUANTIZERS = {"vq": VectorQuantizer, "fsq": FiniteScalarQuantizer, "lfq": LookupFreeQuantizer,
+              "rvq": ResidualVectorQuantizer}
+
+
+def build_quantizer(code_dim: int, config: QuantizerConfig) -> nn.Module:
+    """The quantizer of `config.kind`. Every kind returns a QuantizerOutput, has `loss_names`,
+    `codebook_size` (codes an index ranges over), `usage_size`/`usage_counts` (codebook health)
+    and `lookup(indices)` (the decoder's input for a code map)."""
+    if config.kind not in QUANTIZERS:
+        raise ConfigError(f"quantizer.kind={config.kind!r}; valid: {', '.join(QUANTIZERS)}")
+    return QUANTIZERS[config.kind](code_dim, config)
+
+
+def quantizer_info(quantizer: nn.Module) -> dict:
+    """The kind and the parameters that give its codes their meaning: written to code files
+    (codes.json) and checked when codes are decoded."""
+    cfg = quantizer.config
+    info = {"kind": cfg.kind, "codebook_size": quantizer.codebook_size}
+    if cfg.kind in ("vq", "rvq"):
+        info.update(distance=cfg.distance, lookup_dim=cfg.lookup_dim, gradient=cfg.gradient)
+    if cfg.kind == "fsq":
+        info["fsq_levels"] = list(quantizer.levels_list)
+    if cfg.kind == "lfq":
+        info["bits"] = quantizer.bits
+    if cfg.kind == "rvq":
+        info.update(depth=quantizer.depth, codes_per_level=quantizer.codebook_size)
+    return info
 
 
 @dataclass
 class VQVAEOutput:
     reconstruction: torch.Tensor  # (B, C_img, H, W)
-    indices: torch.Tensor  # (B, h, w)
+    indices: torch.Tensor  # (B, h, w); residual VQ (B, depth, h, w)
     reconstruction_loss: torch.Tensor
-    codebook_loss: torch.Tensor
-    commitment_loss: torch.Tensor
+    losses: dict  # the quantizer's named loss terms, unweighted
     loss: torch.Tensor  # the weighted sum that training minimises
+
+    @property
+    def codebook_loss(self) -> torch.Tensor:
+        return self.losses.get("codebook", torch.zeros_like(self.loss))
+
+    @property
+    def commitment_loss(self) -> torch.Tensor:
+        return self.losses.get("commitment", torch.zeros_like(self.loss))
 
 
 def check_model_config(cfg: ModelConfig) -> None:
@@ -88,7 +126,7 @@ class VQVAE(nn.Module):
         self.model_config = model
         self.quantizer_config = quantizer
         self.encoder = Encoder(model)
-        self.quantizer = VectorQuantizer(model.code_dim or model.hidden_channels, quantizer)
+        self.quantizer = build_quantizer(model.code_dim or model.hidden_channels, quantizer)
         self.decoder = Decoder(model)
 
     @property
@@ -97,7 +135,22 @@ class VQVAE(nn.Module):
 
     @property
     def codebook_size(self) -> int:
+        """Codes one index ranges over: the codebook, FSQ's/LFQ's implicit one, one RVQ level's."""
         return self.quantizer.codebook_size
+
+    @property
+    def indices_per_position(self) -> int:
+        """1, or the depth of a residual quantizer: the prior models one index per position."""
+        return getattr(self.quantizer, "depth", 1)
+
+    @property
+    def loss_names(self) -> tuple:
+        return tuple(self.quantizer.loss_names)
+
+    def loss_weight(self, name: str) -> float:
+        qc = self.quantizer_config
+        commitment = qc.lfq_commitment_weight if qc.kind == "lfq" else qc.commitment_weight
+        return {"codebook": qc.codebook_weight, "commitment": commitment, "entropy": qc.entropy_weight}[name]
 
     def check_images(self, x: torch.Tensor) -> None:
         cfg = self.model_config
@@ -117,12 +170,18 @@ class VQVAE(nn.Module):
         return self.decoder(zq)
 
     def decode_indices(self, indices: torch.Tensor) -> torch.Tensor:
-        """Code maps (B, h, w) int -> images (B, C, H, W)."""
+        """Code maps (B, h, w) int -> images (B, C, H, W); residual VQ: (B, d, h, w), the first
+        d <= depth levels."""
+        expected = 4 if self.indices_per_position > 1 else 3
+        if indices.dim() != expected or (expected == 4 and not 1 <= indices.shape[1] <= self.indices_per_position):
+            shape = f"(N, d, h, w) with 1 <= d <= {self.indices_per_position}" if expected == 4 else "(N, h, w)"
+            raise ConfigError(f"code maps of shape {tuple(indices.shape)} do not fit this "
+                              f"{self.quantizer_config.kind} model, which decodes {shape}")
         return self.decode(self.quantizer.lookup(indices))
 
     @torch.no_grad()
     def codes(self, x: torch.Tensor) -> torch.Tensor:
-        """Images -> code maps (B, h, w), without touching codebook state."""
+        """Images -> code maps (B, h, w) (residual VQ: (B, depth, h, w)), without touching codebook state."""
         was_training = self.training
         self.eval()
         try:
@@ -158,6 +217,7 @@ class VQVAE(nn.Module):
         q = self.quantize(z)
         x_hat = self.decode(q.quantized)
         recon = F.mse_loss(x_hat.float(), x.float())
-        qc = self.quantizer_config
-        loss = recon + qc.codebook_weight * q.codebook_loss + qc.commitment_weight * q.commitment_loss
-        return VQVAEOutput(x_hat, q.indices, recon, q.codebook_loss, q.commitment_loss, loss)
+        loss = recon
+        for name in self.loss_names:  # for vq: recon + 1.0 * codebook + 0.25 * commitment, as the seed
+            loss = loss + self.loss_weight(name) * q.losses[name]
+        return VQVAEOutput(x_hat, q.indices, recon, q.losses, loss)

@@ -20,7 +20,7 @@ from ..data import Batches, ImageSet, Splits, TensorBatches, as_splits
 from ..errors import ConfigError, DataError
 from ..figures import plot_history
 from ..files import atomic_save_npy, atomic_write_text
-from ..models import VQVAE, GatedPixelCNN, PriorSpec
+from ..models import VQVAE, GatedPixelCNN, PriorSpec, code_dtype
 from ..runs import codebook_fingerprint, load_vqvae, update_metrics
 from .distributed import DistContext, all_reduce_sum, barrier, setup
 from .loop import Stage, fit, require_finite, use_best_weights
@@ -48,14 +48,15 @@ def shift_offsets(shifts: int) -> list[tuple[int, int]]:
 @torch.no_grad()
 def encode_images(model: VQVAE, data: ImageSet, device: torch.device, batch_size: int = 500,
                   shifts: int = 0) -> torch.Tensor:
-    """All images of `data` -> code maps (N, h, w) int16 on the CPU, in dataset order; with
+    """All images of `data` -> code maps (N, h, w) (residual VQ: (N, depth, h, w)) on the CPU as int16
+    (int32 above 2^15 codes), in dataset order; with
     `shifts`, the codes of every shifted copy follow, offset by offset: ((2s+1)^2 * N, h, w)."""
     model.eval()
     offsets = shift_offsets(shifts)
     out: list[list[torch.Tensor]] = [[] for _ in offsets]
     for x, _ in Batches(data, batch_size, device, shuffle=False).epoch(0):
         for k, (dy, dx) in enumerate(offsets):
-            out[k].append(model.codes(shift_images(x, dy, dx)).to(torch.int16).cpu())
+            out[k].append(model.codes(shift_images(x, dy, dx)).to(code_dtype(model.codebook_size)).cpu())
     return torch.cat([torch.cat(parts) for parts in out])
 
 
@@ -77,7 +78,8 @@ def cached_codes(model: VQVAE, data: ImageSet, split: str, run_dir: Path, device
     codes = encode_images(model, data, device, shifts=shifts)
     # Atomic, codes first: the metadata that validates them is written only once they are complete.
     atomic_save_npy(codes_path, codes.numpy())
-    atomic_write_text(meta_path, json.dumps({**key, "shape": list(codes.shape), "dtype": "int16"}, indent=2) + "\n")
+    atomic_write_text(meta_path, json.dumps({**key, "shape": list(codes.shape), "dtype": str(codes.numpy().dtype)},
+                                            indent=2) + "\n")
     return codes.long()
 
 
@@ -169,6 +171,10 @@ def train_prior(config: RunConfig, run_dir: str | Path, resume: bool = False,
     if resume:
         check_resume_config(run_dir, "prior", config, ("prior",))
     vqvae, vq_config = load_vqvae(run_dir, ctx.device)
+    if vqvae.indices_per_position != 1:
+        raise ConfigError(f"the prior models one code index per position, but this VQ-VAE "
+                          f"(quantizer.kind={vq_config.quantizer.kind}) gives {vqvae.indices_per_position} per position; "
+                          f"train the VQ-VAE with quantizer.kind=vq, fsq or lfq to train a prior on its codes")
     config.model, config.quantizer = vq_config.model, vq_config.quantizer  # the VQ-VAE's own config is the truth
     splits = as_splits(data, config.data)
     train_set, val_set, test_set = splits

@@ -19,7 +19,7 @@ from .checkpoint import load_checkpoint
 from .distributed import DistContext, all_reduce_sum, barrier, setup
 from .loop import Stage, checkpoint_path, fit, require_finite, use_best_weights
 
-TERMS = ("loss", "recon", "codebook", "commitment")
+TERMS = ("loss", "recon")  # then the quantizer's own named terms (vq: codebook, commitment)
 
 
 class VQVAEStage(Stage):
@@ -29,6 +29,7 @@ class VQVAEStage(Stage):
 
     def __init__(self, model: VQVAE, config: RunConfig, splits: Splits, ctx: DistContext):
         self.model = model
+        self.terms = TERMS + model.loss_names
         self.train_cfg = config.train
         self.config_dict = config.to_dict()
         self.ctx = ctx
@@ -40,19 +41,19 @@ class VQVAEStage(Stage):
         self.begin_epoch()
 
     def begin_epoch(self) -> None:
-        self.counts = torch.zeros(self.model.codebook_size, dtype=torch.long, device=self.ctx.device)
-        self.term_sums = torch.zeros(len(TERMS), device=self.ctx.device)
+        self.counts = torch.zeros(self.model.quantizer.usage_size, dtype=torch.long, device=self.ctx.device)
+        self.term_sums = torch.zeros(len(self.terms), device=self.ctx.device)
         self.num_batches = torch.zeros((), device=self.ctx.device)
 
     def loss(self, model, batch):
         x, _ = batch
         out = model(x)
         self._indices = out.indices
-        terms = dict(zip(TERMS, (out.loss, out.reconstruction_loss, out.codebook_loss, out.commitment_loss)))
+        terms = {"loss": out.loss, "recon": out.reconstruction_loss, **{k: out.losses[k] for k in self.terms[2:]}}
         return out.loss, terms
 
     def after_step(self, values) -> None:
-        self.counts += torch.bincount(self._indices.flatten(), minlength=self.model.codebook_size)
+        self.counts += self.model.quantizer.usage_counts(self._indices)
         self.term_sums += values
         self.num_batches += 1
 
@@ -68,12 +69,14 @@ class VQVAEStage(Stage):
 
     def epoch_summary(self) -> dict:
         counts, means = self._reduced()
-        return {**{k: round(v, 6) for k, v in zip(TERMS, means.tolist())}, **codebook_stats(counts)}
+        return {**{k: round(v, 6) for k, v in zip(self.terms, means.tolist())}, **codebook_stats(counts)}
 
     def postfix(self) -> dict:
-        means = (self.term_sums / self.num_batches.clamp_min(1)).tolist()
-        return {"recon": f"{means[1]:.4f}", "commit": f"{means[3]:.4f}",
-                "used": f"{int((self.counts > 0).sum())}/{self.model.codebook_size}"}
+        means = dict(zip(self.terms, (self.term_sums / self.num_batches.clamp_min(1)).tolist()))
+        shown = {"recon": f"{means['recon']:.4f}"}
+        if "commitment" in means:
+            shown["commit"] = f"{means['commitment']:.4f}"
+        return {**shown, "used": f"{int((self.counts > 0).sum())}/{self.counts.numel()}"}
 
     def epoch_state(self) -> dict:
         return {"counts": self.counts, "term_sums": self.term_sums, "num_batches": self.num_batches}
@@ -131,7 +134,8 @@ def check_resume_config(run_dir: Path, kind: str, config: RunConfig, sections: t
     path = checkpoint_path(run_dir, kind, "last")
     if not path.is_file():
         return  # nothing to compare with; `fit` says what it does about that
-    saved = load_checkpoint(path, kind=kind)["config"]
+    # Rebuilt through RunConfig so fields added since the run was saved compare at their defaults.
+    saved = RunConfig.from_dict(load_checkpoint(path, kind=kind)["config"]).to_dict()
     now = config.to_dict()
     fields = [(s, k) for s in sections for k in now[s]] + [("data", k) for k in DATA_FIXED_ON_RESUME]
     changed = [f"{s}.{k}: {saved[s].get(k)!r} -> {now[s][k]!r}" for s, k in fields if saved[s].get(k) != now[s][k]]
@@ -204,7 +208,7 @@ def write_vqvae_figures(model: VQVAE, test_set: ImageSet, history: list, run_dir
     save_reconstruction_grid(x, x_hat, run_dir / "reconstructions.png")
     if history:
         plot_history(history, run_dir / "curves.png", [
-            ("loss terms", ["recon", "commitment", "codebook", "val_mse"]),
+            ("loss terms", ["recon", "commitment", "codebook", "entropy", "val_mse"]),
             ("codebook usage (codes used)", ["codes_used", "val_codes_used"]),
             ("perplexity", ["perplexity", "val_perplexity"]),
         ], title="VQ-VAE training")
