@@ -114,7 +114,8 @@ def cmd_evaluate(args):
 def cmd_sample(args):
     result = api.sample(args.run_dir, out_dir=args.out, num_samples=args.num_samples, batch_size=args.batch_size,
                         temperature=args.temperature, top_k=args.top_k, seed=args.seed, class_=args.class_,
-                        prior_path=args.prior, vqvae_path=args.vqvae, device=args.device)
+                        prior_path=args.prior, vqvae_path=args.vqvae, device=args.device, top_p=args.top_p,
+                        guidance=args.guidance)
     print(f"{result['num_samples']} samples in {result['seconds']} s ({result['samples_per_s']}/s): {result['grid']}")
 
 
@@ -127,7 +128,7 @@ def cmd_presets(args):
             print(f"{name:14s} {cfg.model.image_size}x{cfg.model.image_size}x{cfg.model.in_channels}, "
                   f"{cfg.model.hidden_channels} channels, {cfg.quantizer.codebook_size} codes ({cfg.quantizer.update}), "
                   f"{cfg.train.epochs} epochs, batch {cfg.train.batch_size}, lr {cfg.train.lr}; prior "
-                  f"{cfg.prior.num_layers}x{cfg.prior.hidden_channels}")
+                  f"{cfg.prior.kind} {cfg.prior.num_layers}x{cfg.prior.hidden_channels}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -146,7 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("train-prior", help="train a Gated PixelCNN prior on a run's codes", formatter_class=fmt)
+    p = sub.add_parser("train-prior", help="train a prior (prior.kind: pixelcnn or transformer) on a run's codes",
+                       formatter_class=fmt)
     p.add_argument("run_dir", help="run folder holding a trained VQ-VAE")
     p.add_argument("--conditional", action="store_true", help="condition on the dataset's class labels")
     p.add_argument("--resume", action="store_true", help="continue the prior from its last checkpoint")
@@ -193,6 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="samples drawn at once (default: sample.batch_size)")
     p.add_argument("--temperature", type=float, help="softmax temperature (default: sample.temperature, 1.0)")
     p.add_argument("--top-k", type=int, help="sample among the k likeliest codes; 0 = all")
+    p.add_argument("--top-p", type=float, help="sample among the fewest likeliest codes holding this probability "
+                                                "mass (nucleus); 1 = all (default: sample.top_p)")
+    p.add_argument("--guidance", type=float,
+                   help="classifier-free guidance for a conditional prior trained with prior.label_dropout > 0: "
+                        "0 = unconditional, 1 = conditional, > 1 = stronger class (default: sample.guidance)")
     p.add_argument("--seed", type=int, help="random seed")
     p.add_argument("--class", dest="class_", help="class-conditional prior: a class index or name, or 'all'")
     p.add_argument("--prior", help="prior checkpoint (default: the run's)")

@@ -84,14 +84,19 @@ class TrainConfig:
 
 @dataclass
 class PriorConfig:
-    """Gated PixelCNN over code maps."""
+    """Autoregressive prior over code maps: a Gated PixelCNN or a decoder-only transformer."""
 
-    num_layers: int = 15
-    hidden_channels: int = 128
-    first_kernel_size: int = 7
-    kernel_size: int = 3
-    head_channels: int = 0  # 0 = hidden_channels
+    kind: str = "pixelcnn"  # "pixelcnn" (Gated PixelCNN) or "transformer" (raster-order, KV-cached sampling)
+    num_layers: int = 15  # gated layers, or transformer blocks
+    hidden_channels: int = 128  # PixelCNN channels, or the transformer's embedding width
+    num_heads: int = 4  # transformer only: attention heads (must divide hidden_channels)
+    first_kernel_size: int = 7  # PixelCNN only
+    kernel_size: int = 3  # PixelCNN only
+    head_channels: int = 0  # PixelCNN only; 0 = hidden_channels
     conditional: bool = False
+    # Conditional priors: replace the label by a "null" class with this probability in training, so
+    # one network also learns the unconditional prior that classifier-free guidance needs (sample.guidance).
+    label_dropout: float = 0.0
     # Also train on the codes of each training image shifted by up to this many pixels (zero
     # fill): (2s+1)^2 code maps per image. Small datasets overfit the prior less.
     train_shifts: int = 0
@@ -103,6 +108,10 @@ class SampleConfig:
     batch_size: int = 500
     temperature: float = 1.0
     top_k: int = 0  # 0 = sample from the whole distribution
+    top_p: float = 1.0  # nucleus: the smallest set of likeliest codes with this much mass; 1 = off
+    # Classifier-free guidance of conditional priors: 0 = unconditional, 1 = conditional, > 1 sharper
+    # classes (needs a prior trained with prior.label_dropout > 0).
+    guidance: float = 1.0
     seed: int = 0
 
 
@@ -330,6 +339,16 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(f"prior kernel sizes must be odd and positive, got {k}")
     if cfg.prior.num_layers < 1:
         raise ConfigError("prior.num_layers must be at least 1")
+    _choice(cfg.prior.kind, "prior.kind", ["pixelcnn", "transformer"])
+    if cfg.prior.kind == "transformer" and (cfg.prior.num_heads < 1 or cfg.prior.hidden_channels % cfg.prior.num_heads):
+        raise ConfigError(f"prior.num_heads={cfg.prior.num_heads} must divide prior.hidden_channels="
+                          f"{cfg.prior.hidden_channels}")
+    if not 0 <= cfg.prior.label_dropout < 1:
+        raise ConfigError(f"prior.label_dropout={cfg.prior.label_dropout}; must be in [0, 1)")
+    if not 0 < cfg.sample.top_p <= 1:
+        raise ConfigError(f"sample.top_p={cfg.sample.top_p}; must be in (0, 1] (1 = off)")
+    if cfg.sample.guidance < 0:
+        raise ConfigError(f"sample.guidance={cfg.sample.guidance}; must be >= 0 (0 = unconditional, 1 = conditional)")
     if not 0 <= cfg.prior.train_shifts <= 4:
         raise ConfigError(f"prior.train_shifts={cfg.prior.train_shifts}; valid: 0 to 4")
     if not 0 <= cfg.data.test_fraction < 1:

@@ -16,7 +16,7 @@ import torch
 
 from .config import RunConfig
 from .errors import CheckpointError
-from .models import VQVAE, GatedPixelCNN, PriorSpec
+from .models import VQVAE, Prior, PriorSpec, build_prior
 from .training.checkpoint import atomic_write_text, load_checkpoint
 
 
@@ -77,11 +77,28 @@ def codebook_fingerprint(model: VQVAE) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
 
 
-def load_prior(path: str | Path, device: str | torch.device = "cpu") -> tuple[GatedPixelCNN, RunConfig, dict]:
-    """Rebuild a prior; returns (model, config, checkpoint extras incl. 'vqvae_fingerprint')."""
-    ckpt = load_checkpoint(find_checkpoint(path, "prior"), kind="prior")
+def prior_fingerprint(prior: torch.nn.Module) -> str:
+    """Identifies a prior's weights, so samples cached on disk are re-drawn when the prior changes."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, tensor in sorted(prior.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def load_prior(path: str | Path, device: str | torch.device = "cpu") -> tuple[Prior, RunConfig, dict]:
+    """Rebuild a prior of the kind its checkpoint records; returns (model, config, checkpoint extras
+    incl. 'vqvae_fingerprint')."""
+    path = find_checkpoint(path, "prior")
+    ckpt = load_checkpoint(path, kind="prior")
     config = RunConfig.from_dict(ckpt["config"])
+    # Checkpoints from before the transformer prior record no kind: they hold a Gated PixelCNN.
+    kind = ckpt.get("prior_kind", "pixelcnn")
+    if kind != config.prior.kind:
+        raise CheckpointError(f"{path} records a {kind} prior but its config says prior.kind={config.prior.kind!r}")
     spec = PriorSpec(**{**ckpt["prior_spec"], "class_names": tuple(ckpt["prior_spec"]["class_names"])})
-    model = GatedPixelCNN(config.prior, spec, dropout=0.0)
+    model = build_prior(config.prior, spec, dropout=0.0)
     model.load_state_dict(ckpt["model_state"])
     return model.to(device).eval(), config, {"vqvae_fingerprint": ckpt.get("vqvae_fingerprint")}

@@ -1,7 +1,24 @@
 """The VQ-VAE and the priors over its codes."""
-from .pixelcnn import GatedPixelCNN, PriorSpec, sample_logits
+from __future__ import annotations
+
+from ..config import PriorConfig
+from .pixelcnn import GatedPixelCNN
+from .prior_common import PriorSpec, sample_full_pass, sample_logits
 from .quantizer import QuantizerOutput, VectorQuantizer, kmeans, nearest_codes, straight_through
+from .transformer_prior import TransformerPrior
 from .vqvae import VQVAE, VQVAEOutput
 
+Prior = GatedPixelCNN | TransformerPrior
+PRIOR_KINDS = {"pixelcnn": GatedPixelCNN, "transformer": TransformerPrior}
+
+
+def build_prior(config: PriorConfig, spec: PriorSpec, dropout: float = 0.0) -> Prior:
+    """The prior `config.kind` names, built from its config and spec (how checkpoints are rebuilt)."""
+    if config.kind not in PRIOR_KINDS:
+        raise ValueError(f"prior.kind={config.kind!r}; valid: {', '.join(PRIOR_KINDS)}")
+    return PRIOR_KINDS[config.kind](config, spec, dropout=dropout)
+
+
 __all__ = ["VQVAE", "VQVAEOutput", "VectorQuantizer", "QuantizerOutput", "nearest_codes", "straight_through",
-           "kmeans", "GatedPixelCNN", "PriorSpec", "sample_logits"]
+           "kmeans", "GatedPixelCNN", "TransformerPrior", "Prior", "PRIOR_KINDS", "build_prior", "PriorSpec",
+           "sample_logits", "sample_full_pass"]
