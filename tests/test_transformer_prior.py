@@ -153,3 +153,25 @@ def test_sample_command_with_guidance_and_top_p(transformer_run, tmp_path, train
     # trained_run's conditional prior was trained without label dropout: no unconditional mode
     with pytest.raises(ConfigError, match="label dropout"):
         api.sample(trained_run, out_dir=tmp_path, num_samples=2, guidance=2.0, device="cpu")
+
+
+def test_cached_samples_are_redrawn_when_the_prior_or_settings_change(transformer_run, tmp_path):
+    import shutil
+
+    source, _ = transformer_run
+    run = tmp_path / "run"
+    shutil.copytree(source, run)
+    prior, cfg, _ = load_prior(run)
+    first = api._cached_samples(run, cfg, prior, 8, "cpu")
+    stamp = (run / "samples.npy").stat().st_mtime_ns
+    assert torch.equal(api._cached_samples(run, cfg, prior, 8, "cpu"), first)
+    assert (run / "samples.npy").stat().st_mtime_ns == stamp  # same prior, same settings: reused
+    meta = json.loads((run / "samples.json").read_text())
+    (run / "samples.json").write_text(json.dumps({**meta, "prior_fingerprint": "another prior"}))
+    api._cached_samples(run, cfg, prior, 8, "cpu")
+    assert json.loads((run / "samples.json").read_text())["prior_fingerprint"] == meta["prior_fingerprint"]
+    assert (run / "samples.npy").stat().st_mtime_ns != stamp
+    stamp = (run / "samples.npy").stat().st_mtime_ns
+    cfg.sample.temperature = 0.7  # what a user changing sample settings gets: fresh samples
+    api._cached_samples(run, cfg, prior, 8, "cpu")
+    assert (run / "samples.npy").stat().st_mtime_ns != stamp

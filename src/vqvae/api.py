@@ -280,7 +280,8 @@ def _cached_samples(run_dir: Path, config: RunConfig, prior, n: int, dev) -> tor
     fresh = (npy.is_file() and all(meta.get(k) == v for k, v in wanted.items())
              and meta.get("num_samples", 0) >= n)
     if not fresh:
-        sample(run_dir, num_samples=max(n, s.num_samples), device=str(dev))
+        sample(run_dir, num_samples=max(n, s.num_samples), temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
+               guidance=s.guidance, seed=s.seed, device=str(dev))
     return torch.from_numpy(np.load(npy)[:n]).float() / 255
 
 

@@ -183,7 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", help="VQ-VAE checkpoint file or run folder")
     p.add_argument("--data", help="held-out images (default: the run's test split)")
     p.add_argument("--out", help="also write the metrics to this JSON file")
-    p.add_argument("--num-samples", type=int, help="samples to score (default: the run's sample.num_samples)")
+    p.add_argument("--num-samples", type=int, help="images per row of the calibrated sample score (default 1000; "
+                                                   "at most half the held-out images)")
     p.add_argument("--no-samples", action="store_true", help="skip sampling and sample-quality scores")
     _device_arg(p)
     p.set_defaults(func=cmd_evaluate)
