@@ -62,8 +62,9 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     gpu = args.device.startswith("cuda")
-    cases = [(f"mnist {kind}, 7x7 codes", "mnist", kind, 32, 7) for kind in ("transformer", "pixelcnn")] + \
-            [(f"celeba-hq-128 {kind}, 32x32 codes", "celeba-hq-128", kind, 64, 32) for kind in ("transformer", "pixelcnn")]
+    kinds = ("transformer", "pixelcnn")
+    cases = ([(f"mnist {kind}, 7x7 codes", "mnist", kind, 32, 7) for kind in kinds]
+             + [(f"celeba-hq-128 {kind}, 32x32 codes", "celeba-hq-128", kind, 64, 32) for kind in kinds])
     for name, preset, kind, codes, size in cases:
         if args.only and args.only not in name:
             continue

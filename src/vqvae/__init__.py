@@ -12,4 +12,5 @@ from .models import VQVAE, GatedPixelCNN, TransformerPrior
 
 __all__ = ["train_vqvae", "train_prior", "reconstruct", "encode", "decode", "evaluate", "sample", "run_pipeline",
            "load_vqvae", "load_prior", "load_config", "write_report", "RunConfig", "get_preset", "VQVAE",
-           "GatedPixelCNN", "TransformerPrior", "VQVAEError", "ConfigError", "DataError", "CheckpointError", "TrainingError"]
+           "GatedPixelCNN", "TransformerPrior", "VQVAEError", "ConfigError", "DataError", "CheckpointError",
+           "TrainingError"]

@@ -226,8 +226,8 @@ def evaluate(path: str | Path, data: str | None = None, out: str | Path | None =
     Always: reconstruction on held-out images (`data`, or the run's own test split). For a run
     folder with a prior: its held-out bits per code, and the calibrated sample score (`sample_quality`:
     Fréchet distance, precision, recall, confidence and class coverage of real held-out images,
-    reconstructions, samples and noise, at the same n), plus report.md/report.html. Writes the "evaluation" section of RUN/metrics.json, and `out`
-    as JSON if given.
+    reconstructions, samples and noise, at the same n), plus report.md/report.html. Writes the
+    "evaluation" section of RUN/metrics.json, and `out` as JSON if given.
     """
     from .data import Batches, TensorBatches
     from .training.prior_stage import encode_images
@@ -256,7 +256,8 @@ def evaluate(path: str | Path, data: str | None = None, out: str | Path | None =
         if samples:
             if train_set is None:
                 train_set, val_set, _ = load_splits(config.data)
-            result["samples"] = sample_quality(path, test_set, train_set, val_set, num_samples or SCORE_IMAGES, str(dev))
+            result["samples"] = sample_quality(path, test_set, train_set, val_set, num_samples or SCORE_IMAGES,
+                                               str(dev))
     if path.is_dir():
         update_metrics(path, "evaluation", result)
         if is_run:
@@ -360,11 +361,11 @@ def write_report(run_dir: str | Path) -> Path:
                          f"{r['confidence']:.3f} | {r['class_coverage']:.3f} | {r['classes_present']} |")
         c = sq.get("classifier", {})
         fid = sq.get("inception_fid", {})
+        fid_text = fid.get("fid") if fid.get("available") else f"unavailable ({fid.get('reason')})"
         lines += ["", f"Samples' Fréchet distance / reconstructions': {sq['samples_vs_reconstructions']:.2f}. "
                   f"n = {sq['n']} ({sq.get('heldout')}). Classifier: held-out accuracy {c.get('heldout_accuracy')} "
                   f"on {c.get('heldout_set')}, trained on {c.get('train_images')} images with augmentation. "
-                  f"Inception FID: {fid.get('fid') if fid.get('available') else 'unavailable (' + str(fid.get('reason')) + ')'}",
-                  ""]
+                  f"Inception FID: {fid_text}", ""]
     for title, name in (("Reconstructions (originals above, reconstructions below)", "reconstructions.png"),
                         ("Samples", "samples.png"), ("VQ-VAE training", "curves.png"),
                         ("Prior training", "prior_curves.png"), ("Codebook usage", "codebook_usage.png")):

@@ -36,7 +36,8 @@ class SelfAttention(nn.Module):
     def _heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
-        return tuple(t.view(B, T, self.num_heads, C // self.num_heads).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        hs = C // self.num_heads
+        return tuple(t.view(B, T, self.num_heads, hs).transpose(1, 2) for t in (q, k, v))  # each (B, nh, T, hs)
 
     def _merge(self, y: torch.Tensor) -> torch.Tensor:
         B, nh, T, hs = y.shape
