@@ -286,12 +286,21 @@ def _cached_samples(run_dir: Path, config: RunConfig, prior, n: int, dev) -> tor
     return torch.from_numpy(np.load(npy)[:n]).float() / 255
 
 
+def _in_fixed_random_order(data: ImageSet, count: int, seed: int = 0) -> torch.Tensor:
+    """`count` images of `data` as uint8, in a fixed random order: a dataset may be sorted by class
+    (the bundled MNIST images are), and its first half would then hold other classes than its second."""
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:count]
+    if data.in_memory:
+        return data.images[order]
+    return torch.stack([data[i][0] for i in order.tolist()])
+
+
 def sample_quality(run_dir: str | Path, heldout: ImageSet, train_set: ImageSet, val_set: ImageSet | None = None,
                    num_images: int = SCORE_IMAGES, device: str = "auto") -> dict:
     """The calibrated sample score of a run (see metrics/sample_quality.py) on `heldout` images.
 
-    `heldout` is split into two disjoint parts: the reference, and the real images that are
-    scored and reconstructed; n = min(num_images, half of heldout). The classifier trains on
+    `heldout`, in a fixed random order, is split into two disjoint parts: the reference, and the real
+    images that are scored and reconstructed; n = min(num_images, half of heldout). The classifier trains on
     `train_set` and reports its accuracy on `val_set` (else on `heldout`). `evaluate` passes the
     run's test split; tuning passes validation data.
     """
@@ -311,13 +320,13 @@ def sample_quality(run_dir: str | Path, heldout: ImageSet, train_set: ImageSet, 
     classifier, info = load_or_train_classifier(train_set.tensor(), train_set.labels, accuracy_set.tensor(),
                                                 accuracy_set.labels)
     info["heldout_set"] = accuracy_set.name
-    pool = heldout.tensor(2 * n).float() / 255
+    pool = _in_fixed_random_order(heldout, 2 * n).float() / 255
     reference, real = pool[:n], pool[n:2 * n]
     with torch.no_grad():
         reconstructions = torch.cat([vqvae(real[i:i + 500].to(dev)).reconstruction.float().clamp(0, 1).cpu()
                                      for i in range(0, n, 500)])
     scores = calibrated_scores(classifier, reference, real, reconstructions, samples)
-    scores["heldout"] = f"{heldout.name}: images 0..{n - 1} the reference, {n}..{2 * n - 1} the real row"
+    scores["heldout"] = f"{heldout.name}: {n} images the reference, {n} others the real row"
     scores["classifier"] = info
     scores["inception_fid"] = inception_fid(reference, samples)
     return scores
