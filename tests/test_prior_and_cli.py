@@ -31,10 +31,14 @@ def test_pipeline_writes_every_file(bar_folder, tmp_path, capsys):
     ev = metrics["evaluation"]
     assert ev["prior"]["test_bits_per_code"] > 0
     scores = ev["samples"]
-    for name in ("samples", "real_heldout", "noise"):
-        assert np.isfinite(scores[name]["frechet_distance"]) and 0 <= scores[name]["confidence"] <= 1
-    assert "classifier" in scores and "test_accuracy" in scores["classifier"]
-    assert np.load(run / "samples.npy").shape == (16, 1, 16, 16)
+    assert set(scores["rows"]) == {"real", "reconstructions", "samples", "noise"}
+    for row in scores["rows"].values():
+        assert np.isfinite(row["frechet_distance"]) and 0 <= row["confidence"] <= 1
+        assert 0 <= row["precision"] <= 1 and 0 <= row["recall"] <= 1
+    assert scores["n"] == 24  # half of the 48 held-out bar images: the other half is the reference
+    assert "heldout_accuracy" in scores["classifier"]
+    assert json.loads((run / "samples.json").read_text())["num_samples"] >= scores["n"]
+    assert np.load(run / "samples.npy").shape == (24, 1, 16, 16)  # evaluate drew the n = 24 it scores
     assert "samples.png" in (run / "report.md").read_text()
 
 

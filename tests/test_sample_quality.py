@@ -1,6 +1,7 @@
 import torch
 
-from vqvae.metrics.sample_quality import class_figures, frechet_distance, train_classifier
+from vqvae.metrics.sample_quality import (augment, calibrated_scores, class_figures, frechet_distance,
+                                          precision_recall, train_classifier)
 
 from conftest import bar_images
 
@@ -24,15 +25,63 @@ def test_class_figures():
     assert class_figures(torch.tensor([[1.0, 0.0]] * 3))["class_coverage"] == 0
 
 
-def test_classifier_learns_and_real_images_score_closer_than_noise():
+def test_precision_recall_sanity():
+    g = torch.Generator().manual_seed(0)
+    real = torch.randn(500, 8, generator=g)
+    same = precision_recall(real, real.clone())
+    assert same == {"precision": 1.0, "recall": 1.0}
+    other_draw = precision_recall(real, torch.randn(500, 8, generator=g))
+    assert other_draw["precision"] > 0.8 and other_draw["recall"] > 0.8
+    far = precision_recall(real, torch.randn(500, 8, generator=g) + 100)
+    assert far == {"precision": 0.0, "recall": 0.0}
+    # Malformed samples (half far off the real manifold) lower precision, not recall; samples
+    # covering half the modes lower recall, not precision.
+    half_bad = torch.cat([real[:250] + 0.01, torch.randn(250, 8, generator=g) + 100])
+    pr = precision_recall(real, half_bad)
+    assert 0.4 < pr["precision"] < 0.6 and pr["recall"] > 0.4
+    two_modes = torch.cat([torch.randn(250, 8, generator=g) - 20, torch.randn(250, 8, generator=g) + 20])
+    one_mode = torch.randn(500, 8, generator=g) - 20
+    pr = precision_recall(two_modes, one_mode)
+    assert pr["precision"] > 0.8 and 0.4 < pr["recall"] < 0.6
+
+
+def test_augment_keeps_shape_and_range_and_varies():
+    x = torch.rand(16, 1, 12, 12)
+    a = augment(x, torch.Generator().manual_seed(0))
+    b = augment(x, torch.Generator().manual_seed(1))
+    assert a.shape == x.shape and a.min() >= 0 and a.max() <= 1
+    assert not torch.equal(a, b)
+
+
+def test_calibrated_score_orders_real_reconstructions_and_noise():
     images, labels = bar_images(600)
     x = torch.from_numpy(images)[:, None]
     y = torch.from_numpy(labels)
     model, info = train_classifier(x[:400], y[:400], x[400:], y[400:], epochs=3)
-    assert info["test_accuracy"] > 0.95
-    from vqvae.metrics.sample_quality import score_samples
-
+    assert info["heldout_accuracy"] > 0.95
     real = x.float() / 255
-    scores = score_samples(model, real[400:500], real[:200], real[500:600])
-    assert scores["real_heldout"]["frechet_distance"] < scores["noise"]["frechet_distance"]
-    assert scores["samples"]["confidence"] > 0.9 and scores["samples"]["classes_present"] == 2
+    blurred = torch.nn.functional.avg_pool2d(real[500:600], 3, 1, 1)  # stand-in for imperfect reconstructions
+    scores = calibrated_scores(model, real[400:500], real[500:600], blurred, real[:100])
+    rows = scores["rows"]
+    assert scores["n"] == 100 and set(rows) == {"real", "reconstructions", "samples", "noise"}
+    assert rows["real"]["frechet_distance"] < rows["noise"]["frechet_distance"]
+    assert rows["reconstructions"]["frechet_distance"] < rows["noise"]["frechet_distance"]
+    assert rows["noise"]["precision"] < 0.1 < rows["real"]["precision"]
+    assert rows["samples"]["classes_present"] == 2
+    assert scores["samples_vs_reconstructions"] == round(
+        rows["samples"]["frechet_distance"] / rows["reconstructions"]["frechet_distance"], 3)
+
+
+def test_held_out_halves_are_drawn_in_a_fixed_random_order():
+    """A class-sorted held-out set (the bundled MNIST images are sorted) must not give the reference
+    one set of classes and the real row another."""
+    from vqvae.api import _in_fixed_random_order
+    from vqvae.data import ImageSet
+
+    labels = torch.arange(100) // 50  # 50 of class 0, then 50 of class 1
+    data = ImageSet("sorted", 2, 1, images=labels.to(torch.uint8)[:, None, None, None].expand(-1, 1, 2, 2).clone(),
+                    labels=labels)
+    picked = _in_fixed_random_order(data, 80)[:, 0, 0, 0]
+    assert torch.equal(picked, _in_fixed_random_order(data, 80)[:, 0, 0, 0])  # fixed
+    for half in (picked[:40], picked[40:]):
+        assert 10 < int(half.sum()) < 30  # both classes in each half

@@ -9,9 +9,9 @@ from .api import (decode, encode, evaluate, load_config, load_prior, load_vqvae,
 from .config import RunConfig, get_preset
 from .errors import CheckpointError, ConfigError, DataError, ExportError, TrainingError, VQVAEError
 from .export import export_folder, export_onnx
-from .models import VQVAE, GatedPixelCNN
+from .models import VQVAE, GatedPixelCNN, TransformerPrior
 
 __all__ = ["train_vqvae", "train_prior", "reconstruct", "encode", "decode", "evaluate", "sample", "run_pipeline",
            "load_vqvae", "load_prior", "load_config", "write_report", "RunConfig", "get_preset", "VQVAE",
-           "GatedPixelCNN", "VQVAEError", "ConfigError", "DataError", "CheckpointError", "TrainingError",
-           "export_folder", "export_onnx", "ExportError"]
+           "GatedPixelCNN", "TransformerPrior", "VQVAEError", "ConfigError", "DataError", "CheckpointError",
+           "TrainingError", "export_folder", "export_onnx", "ExportError"]

@@ -21,14 +21,15 @@ from .figures import plot_usage_histogram, save_grid, save_reconstruction_grid, 
 from .files import atomic_save_npy, atomic_write_text
 from .metrics.codebook import codebook_stats
 from .metrics.reconstruction import evaluate_reconstruction
+from .models import code_dtype
 from .models.pretrained import is_model_folder
-from .runs import check_output_path, codebook_fingerprint, load_prior, load_vqvae, read_metrics, update_metrics
+from .runs import check_output_path, codebook_fingerprint, load_prior, load_vqvae, prior_fingerprint, read_metrics, update_metrics
 from .training.distributed import is_main_process, resolve_device
 from .training.prior_stage import check_prior_matches, heldout_bits, train_prior
 from .training.vqvae_stage import TrainResult, train_vqvae
 
 __all__ = ["load_config", "train_vqvae", "train_prior", "reconstruct", "encode", "decode", "evaluate", "sample",
-           "run_pipeline", "load_vqvae", "load_prior", "write_report", "TrainResult"]
+           "run_pipeline", "load_vqvae", "load_prior", "write_report", "sample_quality", "TrainResult"]
 
 
 def _images(config: RunConfig, data: str | None) -> ImageSet:
@@ -188,10 +189,15 @@ def _class_labels(prior, class_: str | int | None, num_samples: int, device) -> 
 def sample(run_dir: str | Path, out_dir: str | Path | None = None, num_samples: int | None = None,
            batch_size: int | None = None, temperature: float | None = None, top_k: int | None = None,
            seed: int | None = None, class_: str | int | None = None, prior_path: str | Path | None = None,
-           vqvae_path: str | Path | None = None, device: str = "auto", name: str = "samples") -> dict:
+           vqvae_path: str | Path | None = None, device: str = "auto", name: str = "samples",
+           top_p: float | None = None, guidance: float | None = None) -> dict:
     """Draw new images: prior samples code maps (incrementally), the VQ-VAE decodes them.
 
-    Writes OUT/{name}.png (a grid), OUT/{name}.npy (uint8 (N, C, H, W)) and OUT/{name}_codes.npy.
+    Unset options come from the run's `sample` config. `guidance` (conditional priors trained with
+    label dropout): 0 = unconditional, 1 = conditional, > 1 = classifier-free guidance.
+    Writes OUT/{name}.png (a grid), OUT/{name}.npy (uint8 (N, C, H, W)), OUT/{name}_codes.npy, and
+    OUT/{name}.json: the settings and the prior's fingerprint, which `evaluate` checks before it
+    scores cached samples.
     """
     dev = resolve_device(device)
     run_dir = Path(run_dir)
@@ -200,9 +206,11 @@ def sample(run_dir: str | Path, out_dir: str | Path | None = None, num_samples: 
     check_prior_matches(prior, vqvae, extra["vqvae_fingerprint"])
     # The run's sample.* settings, with these arguments over them, checked like any config.
     asked = {"num_samples": num_samples, "batch_size": batch_size, "temperature": temperature, "top_k": top_k,
-             "seed": seed}
+             "top_p": top_p, "guidance": guidance, "seed": seed}
     s = apply_overrides(config, {f"sample.{k}": v for k, v in asked.items() if v is not None}).sample
-    n, batch, temperature, top_k, seed = s.num_samples, s.batch_size, s.temperature, s.top_k, s.seed
+    n, batch, temperature, top_k, top_p, guidance, seed = (s.num_samples, s.batch_size, s.temperature, s.top_k,
+                                                            s.top_p, s.guidance, s.seed)
+    _check_sampling_options(prior, temperature, top_k, top_p, guidance)
     labels, row = _class_labels(prior, class_, n, dev)
     n = len(labels) if labels is not None else n
     generator = torch.Generator(device=dev).manual_seed(seed)
@@ -211,18 +219,39 @@ def sample(run_dir: str | Path, out_dir: str | Path | None = None, num_samples: 
     for start in range(0, n, batch):
         b = min(batch, n - start)
         codes.append(prior.sample(b, labels[start:start + b] if labels is not None else None, temperature, top_k,
-                                  generator))
+                                  generator, top_p=top_p, guidance=guidance))
     codes = torch.cat(codes)
     sample_seconds = time.perf_counter() - t0
     out_dir = Path(out_dir or run_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     images = _decode_and_save(vqvae, codes, out_dir / f"{name}.npy")
-    np.save(out_dir / f"{name}_codes.npy", codes.cpu().to(torch.int16).numpy())
+    np.save(out_dir / f"{name}_codes.npy", codes.cpu().to(code_dtype(prior.spec.codebook_size)).numpy())
     shown = images[: (row * prior.spec.num_classes if row and labels is not None and class_ == "all" else 100)]
     grid = save_grid(shown, out_dir / f"{name}.png", nrow=row or 10)
-    return {"num_samples": n, "seconds": round(sample_seconds, 3), "samples_per_s": round(n / sample_seconds, 1),
-            "temperature": temperature, "top_k": top_k, "seed": seed, "grid": str(grid),
-            "class": None if class_ is None else str(class_)}
+    settings = {"prior_fingerprint": prior_fingerprint(prior), "num_samples": n, "temperature": temperature,
+                "top_k": top_k, "top_p": top_p, "guidance": guidance, "seed": seed,
+                "class": None if class_ is None else str(class_)}
+    atomic_write_text(out_dir / f"{name}.json", json.dumps(settings, indent=2) + "\n")
+    return {**settings, "seconds": round(sample_seconds, 3), "samples_per_s": round(n / sample_seconds, 1),
+            "grid": str(grid)}
+
+
+def _check_sampling_options(prior, temperature: float, top_k: int, top_p: float, guidance: float) -> None:
+    """One-line errors for sampling options before any work is done."""
+    if temperature <= 0:
+        raise ConfigError(f"temperature must be > 0, got {temperature}")
+    if top_k < 0:
+        raise ConfigError(f"top-k must be >= 0 (0 = off), got {top_k}")
+    if not 0 < top_p <= 1:
+        raise ConfigError(f"top-p must be in (0, 1] (1 = off), got {top_p}")
+    if guidance < 0:
+        raise ConfigError(f"guidance must be >= 0 (0 = unconditional, 1 = conditional), got {guidance}")
+    if guidance != 1 and not prior.conditional:
+        raise ConfigError("--guidance needs a class-conditional prior (train it with `train-prior --conditional "
+                          "--set prior.label_dropout=0.1`); this prior is unconditional")
+    if guidance != 1 and prior.null_class is None:
+        raise ConfigError("--guidance needs a prior trained with label dropout (`--set prior.label_dropout=0.1` on "
+                          "train-prior); this one has no unconditional mode")
 
 
 def evaluate(path: str | Path, data: str | None = None, out: str | Path | None = None, num_samples: int | None = None,
@@ -230,10 +259,10 @@ def evaluate(path: str | Path, data: str | None = None, out: str | Path | None =
     """Metrics for a checkpoint or a run folder.
 
     Always: reconstruction on held-out images (`data`, or the run's own test split). For a run
-    folder with a prior: its held-out bits per code, and sample quality (classifier Fréchet
-    distance, confidence, class coverage, with real held-out images and noise as references),
-    plus report.md/report.html. Writes the "evaluation" section of RUN/metrics.json, and `out`
-    as JSON if given.
+    folder with a prior: its held-out bits per code, and the calibrated sample score (`sample_quality`:
+    Fréchet distance, precision, recall, confidence and class coverage of real held-out images,
+    reconstructions, samples and noise, at the same n), plus report.md/report.html. Writes the
+    "evaluation" section of RUN/metrics.json, and `out` as JSON if given.
     """
     from .data import Batches, TensorBatches
     from .training.prior_stage import encode_images
@@ -248,9 +277,9 @@ def evaluate(path: str | Path, data: str | None = None, out: str | Path | None =
     if data:
         check_data_channels(data, config.data)
         test_set = load_dataset(data, config.data)
-        train_set = None
+        train_set = val_set = None
     else:
-        train_set, _, test_set = load_splits(config.data)
+        train_set, val_set, test_set = load_splits(config.data)
     result: dict = {"test_dataset": test_set.name,
                     "reconstruction": evaluate_reconstruction(model, Batches(test_set, 500, dev, shuffle=False).epoch(0))}
     is_run = path.is_dir() and any((path / "checkpoints" / f"prior-{w}.pt").is_file() for w in ("best", "last"))
@@ -265,7 +294,10 @@ def evaluate(path: str | Path, data: str | None = None, out: str | Path | None =
             bits = heldout_bits(prior, TensorBatches((codes, labels), 500, dev, shuffle=False))
             result["prior"] = {"test_bits_per_code": round(bits, 5), "test_codes": len(codes)}
         if samples:
-            result["samples"] = _sample_quality(path, config, train_set, test_set, num_samples, dev)
+            if train_set is None:
+                train_set, val_set, _ = load_splits(config.data)
+            result["samples"] = sample_quality(path, test_set, train_set, val_set, num_samples or SCORE_IMAGES,
+                                               str(dev))
     if path.is_dir() and not is_model_folder(path):  # a model folder is read-only: `out` takes the figures
         update_metrics(path, "evaluation", result)
         if is_run:
@@ -275,39 +307,68 @@ def evaluate(path: str | Path, data: str | None = None, out: str | Path | None =
     return result
 
 
-MIN_REFERENCE = 1000  # held-out images per half before the held-out split can be its own reference
+SCORE_IMAGES = 1000  # images per row of the calibrated sample score, where the held-out data allows
 
 
-def _sample_quality(run_dir: Path, config: RunConfig, train_set: ImageSet | None, test_set: ImageSet,
-                    num_samples: int | None, dev) -> dict:
-    from .metrics.sample_quality import inception_fid, load_or_train_classifier, score_samples
+def _cached_samples(run_dir: Path, config: RunConfig, prior, n: int, dev) -> torch.Tensor:
+    """RUN/samples.npy as float images, re-drawn unless RUN/samples.json shows they came from this
+    very prior (weights fingerprint) with the run's sample settings and at least n of them."""
+    s = config.sample
+    wanted = {"prior_fingerprint": prior_fingerprint(prior), "temperature": s.temperature, "top_k": s.top_k,
+              "top_p": s.top_p, "guidance": s.guidance, "seed": s.seed, "class": None}
+    npy, meta_path = run_dir / "samples.npy", run_dir / "samples.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    fresh = (npy.is_file() and all(meta.get(k) == v for k, v in wanted.items())
+             and meta.get("num_samples", 0) >= n)
+    if not fresh:
+        sample(run_dir, num_samples=max(n, s.num_samples), temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
+               guidance=s.guidance, seed=s.seed, device=str(dev))
+    return torch.from_numpy(np.load(npy)[:n]).float() / 255
 
-    if train_set is None:
-        train_set = load_splits(config.data).train
-    if train_set.labels is None or test_set.labels is None:
+
+def _in_fixed_random_order(data: ImageSet, count: int, seed: int = 0) -> torch.Tensor:
+    """`count` images of `data` as uint8, in a fixed random order: a dataset may be sorted by class
+    (the bundled MNIST images are), and its first half would then hold other classes than its second."""
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:count]
+    if data.in_memory:
+        return data.images[order]
+    return torch.stack([data[i][0] for i in order.tolist()])
+
+
+def sample_quality(run_dir: str | Path, heldout: ImageSet, train_set: ImageSet, val_set: ImageSet | None = None,
+                   num_images: int = SCORE_IMAGES, device: str = "auto") -> dict:
+    """The calibrated sample score of a run (see metrics/sample_quality.py) on `heldout` images.
+
+    `heldout`, in a fixed random order, is split into two disjoint parts: the reference, and the real
+    images that are scored and reconstructed; n = min(num_images, half of heldout). The classifier trains on
+    `train_set` and reports its accuracy on `val_set` (else on `heldout`). `evaluate` passes the
+    run's test split; tuning passes validation data.
+    """
+    from .metrics.sample_quality import calibrated_scores, inception_fid, load_or_train_classifier
+
+    dev = resolve_device(device)
+    run_dir = Path(run_dir)
+    if train_set.labels is None or heldout.labels is None:
         return {"skipped": "sample-quality scores need a labelled dataset to train their classifier"}
-    n = num_samples or config.sample.num_samples
-    samples_path = run_dir / "samples.npy"
-    existing = np.load(samples_path) if samples_path.is_file() else None
-    if existing is None or len(existing) < n:
-        sample(run_dir, num_samples=n, device=str(dev))
-        existing = np.load(samples_path)
-    fake = torch.from_numpy(existing[:n]).float() / 255
-    classifier, info = load_or_train_classifier(train_set.tensor(), train_set.labels, test_set.tensor(),
-                                                test_set.labels)
-    real = test_set.tensor().float() / 255
-    if len(real) >= 2 * MIN_REFERENCE:
-        # Disjoint halves of the held-out images: one is the reference, the other the "real" floor.
-        half = len(real) // 2
-        reference, floor, source = real[:half], real[half:], f"half of {test_set.name}"
-    else:
-        # Too few held-out images to split: the Fréchet distance is biased upwards at small N, and
-        # by a different amount for different sets. Compare against the (larger) training split.
-        reference, floor, source = train_set.tensor().float() / 255, real, f"{train_set.name} (training split)"
-    scores = score_samples(classifier, fake, reference, floor)
-    scores["reference"] = source
+    n = min(num_images, len(heldout) // 2)
+    if n < 10:
+        return {"skipped": f"{heldout.name} has {len(heldout)} images; the calibrated score needs at least 20"}
+    vqvae, _ = load_vqvae(run_dir, dev)
+    prior, config, _ = load_prior(run_dir, dev)
+    samples = _cached_samples(run_dir, config, prior, n, dev)
+    accuracy_set = val_set if val_set is not None and val_set.labels is not None and len(val_set) else heldout
+    classifier, info = load_or_train_classifier(train_set.tensor(), train_set.labels, accuracy_set.tensor(),
+                                                accuracy_set.labels)
+    info["heldout_set"] = accuracy_set.name
+    pool = _in_fixed_random_order(heldout, 2 * n).float() / 255
+    reference, real = pool[:n], pool[n:2 * n]
+    with torch.no_grad():
+        reconstructions = torch.cat([vqvae(real[i:i + 500].to(dev)).reconstruction.float().clamp(0, 1).cpu()
+                                     for i in range(0, n, 500)])
+    scores = calibrated_scores(classifier, reference, real, reconstructions, samples)
+    scores["heldout"] = f"{heldout.name}: {n} images the reference, {n} others the real row"
     scores["classifier"] = info
-    scores["inception_fid"] = inception_fid(reference, fake)
+    scores["inception_fid"] = inception_fid(reference, samples)
     return scores
 
 
@@ -336,16 +397,24 @@ def write_report(run_dir: str | Path) -> Path:
         lines += ["## Prior", "", f"- test negative log-likelihood: {prior['test_bits_per_code']:.4f} bits per code",
                   ""]
     sq = ev.get("samples", {})
-    if "samples" in sq:
-        lines += ["## Sample quality (classifier-feature Fréchet distance; lower is better)", "",
-                  "| images | Fréchet distance | confidence | class coverage | classes present |", "|---|---|---|---|---|"]
-        for name in ("real_heldout", "samples", "noise"):
-            r = sq[name]
-            lines.append(f"| {name} | {r['frechet_distance']:.3f} | {r['confidence']:.3f} | {r['class_coverage']:.3f} | "
-                         f"{r['classes_present']} |")
-        acc = sq.get("classifier", {}).get("test_accuracy")
-        lines += ["", f"Reference features: {sq.get('reference')}; {sq.get('num_scored')} images scored per row. "
-                  f"Classifier held-out accuracy: {acc}. Inception FID: {sq.get('inception_fid')}", ""]
+    if "rows" in sq:
+        lines += ["## Sample quality (calibrated; classifier features)", "",
+                  "Each row: n images scored against the same reference of n real held-out images. Real images "
+                  "and the VQ-VAE's reconstructions of them bound what samples can reach; noise shows the far end. "
+                  "Fréchet distance: lower is better; precision (no malformed images) and recall (no missing "
+                  f"modes): higher is better, k = {sq['k']} nearest neighbours.", "",
+                  "| images | Fréchet distance | precision | recall | confidence | class coverage | classes present |",
+                  "|---|---|---|---|---|---|---|"]
+        for name, r in sq["rows"].items():
+            lines.append(f"| {name} | {r['frechet_distance']:.3f} | {r['precision']:.3f} | {r['recall']:.3f} | "
+                         f"{r['confidence']:.3f} | {r['class_coverage']:.3f} | {r['classes_present']} |")
+        c = sq.get("classifier", {})
+        fid = sq.get("inception_fid", {})
+        fid_text = fid.get("fid") if fid.get("available") else f"unavailable ({fid.get('reason')})"
+        lines += ["", f"Samples' Fréchet distance / reconstructions': {sq['samples_vs_reconstructions']:.2f}. "
+                  f"n = {sq['n']} ({sq.get('heldout')}). Classifier: held-out accuracy {c.get('heldout_accuracy')} "
+                  f"on {c.get('heldout_set')}, trained on {c.get('train_images')} images with augmentation. "
+                  f"Inception FID: {fid_text}", ""]
     for title, name in (("Reconstructions (originals above, reconstructions below)", "reconstructions.png"),
                         ("Samples", "samples.png"), ("VQ-VAE training", "curves.png"),
                         ("Prior training", "prior_curves.png"), ("Codebook usage", "codebook_usage.png")):
@@ -428,10 +497,13 @@ def summary_text(run_dir: Path) -> str:
                      f"{rec['codes_used']} codes used, perplexity {rec['perplexity']}")
     if "test_bits_per_code" in prior:
         lines.append(f"  prior: {prior['test_bits_per_code']:.4f} bits per code on test codes")
-    if "samples" in sq:
-        lines.append(f"  samples: Fréchet {sq['samples']['frechet_distance']:.3f} (real held-out "
-                     f"{sq['real_heldout']['frechet_distance']:.3f}, noise {sq['noise']['frechet_distance']:.3f}), "
-                     f"confidence {sq['samples']['confidence']:.3f}, class coverage {sq['samples']['class_coverage']:.3f}")
+    if "rows" in sq:
+        r = sq["rows"]
+        lines.append(f"  samples (n={sq['n']}): Fréchet {r['samples']['frechet_distance']:.2f} = "
+                     f"{sq['samples_vs_reconstructions']:.2f}x the reconstructions' "
+                     f"{r['reconstructions']['frechet_distance']:.2f} (real {r['real']['frechet_distance']:.2f}, "
+                     f"noise {r['noise']['frechet_distance']:.0f}); precision {r['samples']['precision']:.3f}, "
+                     f"recall {r['samples']['recall']:.3f}, {r['samples']['classes_present']} classes present")
     if "pipeline" in m:
         lines.append(f"  timings: {m['pipeline']['timings']}")
     lines.append(f"  report: {run_dir / 'report.md'}")

@@ -156,7 +156,8 @@ def cmd_sample(args):
         check_output_path(args.out, folder=True)
     result = api.sample(args.run_dir, out_dir=args.out, num_samples=args.num_samples, batch_size=args.batch_size,
                         temperature=args.temperature, top_k=args.top_k, seed=args.seed, class_=args.class_,
-                        prior_path=args.prior, vqvae_path=args.vqvae, device=args.device)
+                        prior_path=args.prior, vqvae_path=args.vqvae, device=args.device, top_p=args.top_p,
+                        guidance=args.guidance)
     print(f"{result['num_samples']} samples in {result['seconds']} s ({result['samples_per_s']}/s): {result['grid']}")
 
 
@@ -186,7 +187,7 @@ def cmd_presets(args):
                   f"{cfg.model.hidden_channels} channels, {cfg.quantizer.codebook_size} codes ({cfg.quantizer.kind}, "
                   f"{cfg.quantizer.update}), "
                   f"{cfg.train.epochs} epochs, batch {cfg.train.batch_size}, lr {cfg.train.lr}; prior "
-                  f"{cfg.prior.num_layers}x{cfg.prior.hidden_channels}")
+                  f"{cfg.prior.kind} {cfg.prior.num_layers}x{cfg.prior.hidden_channels}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -205,7 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("train-prior", help="train a Gated PixelCNN prior on a run's codes", formatter_class=fmt)
+    p = sub.add_parser("train-prior", help="train a prior (prior.kind: pixelcnn or transformer) on a run's codes",
+                       formatter_class=fmt)
     p.add_argument("run_dir", help="run folder holding a trained VQ-VAE")
     p.add_argument("--conditional", action="store_true", help="condition on the dataset's class labels")
     p.add_argument("--resume", action="store_true", help="continue the prior from its last checkpoint")
@@ -239,7 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", help="VQ-VAE checkpoint file, run folder or model folder")
     p.add_argument("--data", help="held-out images (default: the run's test split)")
     p.add_argument("--out", help="also write the metrics to this JSON file")
-    p.add_argument("--num-samples", type=int, help="samples to score (default: the run's sample.num_samples)")
+    p.add_argument("--num-samples", type=int, help="images per row of the calibrated sample score (default 1000; "
+                                                   "at most half the held-out images)")
     p.add_argument("--no-samples", action="store_true", help="skip sampling and sample-quality scores")
     _device_arg(p)
     p.set_defaults(func=cmd_evaluate)
@@ -252,6 +255,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, help="softmax temperature > 0 (default: sample.temperature)")
     p.add_argument("--top-k", type=int, help="sample among the k likeliest codes; 0 = all (default: sample.top_k)")
     p.add_argument("--seed", type=int, help="random seed (default: sample.seed)")
+    p.add_argument("--top-p", type=float, help="sample among the fewest likeliest codes holding this probability "
+                                                "mass (nucleus); 1 = all (default: sample.top_p)")
+    p.add_argument("--guidance", type=float,
+                   help="classifier-free guidance for a conditional prior trained with prior.label_dropout > 0: "
+                        "0 = unconditional, 1 = conditional, > 1 = stronger class (default: sample.guidance)")
     p.add_argument("--class", dest="class_", help="class-conditional prior: a class index or name, or 'all'")
     p.add_argument("--prior", help="prior checkpoint or model folder (default: the run's)")
     p.add_argument("--vqvae", help="VQ-VAE checkpoint or model folder (default: the run's)")

@@ -20,7 +20,7 @@ import torch
 from .config import RunConfig, read_config_file
 from .errors import CheckpointError, ConfigError, OutputError
 from .files import atomic_write_text, remove_stale_temporaries
-from .models import VQVAE, GatedPixelCNN, PriorSpec
+from .models import VQVAE, Prior, PriorSpec, build_prior
 from .models.pretrained import is_model_folder, load_weights, read_model_folder, weights_file
 from .training.checkpoint import load_checkpoint
 
@@ -159,12 +159,28 @@ def codebook_fingerprint(model: VQVAE) -> str:
     return digest.hexdigest()[:16]
 
 
-def load_prior(path: str | Path, device: str | torch.device = "cpu") -> tuple[GatedPixelCNN, RunConfig, dict]:
-    """Rebuild a prior; returns (model, config, checkpoint extras incl. 'vqvae_fingerprint')."""
+def prior_fingerprint(prior: torch.nn.Module) -> str:
+    """Identifies a prior's weights, so samples cached on disk are re-drawn when the prior changes."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, tensor in sorted(prior.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def load_prior(path: str | Path, device: str | torch.device = "cpu") -> tuple[Prior, RunConfig, dict]:
+    """Rebuild a prior of the kind its checkpoint records; returns (model, config, checkpoint extras
+    incl. 'vqvae_fingerprint')."""
     source = find_checkpoint(path, "prior")
     ckpt = read_model(source, "prior")
     config = RunConfig.from_dict(ckpt["config"])
+    # Checkpoints from before the transformer prior record no kind: they hold a Gated PixelCNN.
+    kind = ckpt.get("prior_kind", "pixelcnn")
+    if kind != config.prior.kind:
+        raise CheckpointError(f"{path} records a {kind} prior but its config says prior.kind={config.prior.kind!r}")
     spec = PriorSpec(**{**ckpt["prior_spec"], "class_names": tuple(ckpt["prior_spec"]["class_names"])})
-    model = GatedPixelCNN(config.prior, spec, dropout=0.0)
+    model = build_prior(config.prior, spec, dropout=0.0)
     load_weights(model, ckpt["model_state"], source)
     return model.to(device).eval(), config, {"vqvae_fingerprint": ckpt.get("vqvae_fingerprint")}

@@ -10,7 +10,6 @@ is how the tests prove it equals the full pass.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -19,16 +18,10 @@ from torch import nn
 
 from ..config import PriorConfig
 from ..nn import GatedLayer
+from .prior_common import (PriorSpec, check_labels, check_sampling, class_table_size, guided_batch, mix_guidance,
+                           sample_logits)
 
-
-@dataclass
-class PriorSpec:
-    """What the prior is trained on; stored with it so a mismatched VQ-VAE is caught."""
-
-    codebook_size: int
-    latent_size: int
-    num_classes: int = 0
-    class_names: tuple[str, ...] = ()
+__all__ = ["GatedPixelCNN", "PriorSpec", "sample_logits"]  # PriorSpec and sample_logits: also imported from here
 
 
 class GatedPixelCNN(nn.Module):
@@ -37,7 +30,7 @@ class GatedPixelCNN(nn.Module):
         self.config = config
         self.spec = spec
         K, C = spec.codebook_size, config.hidden_channels
-        classes = spec.num_classes if config.conditional else 0
+        classes = class_table_size(spec.num_classes, config.conditional, config.label_dropout)
         self.embedding = nn.Embedding(K, C)
         self.layers = nn.ModuleList(
             [GatedLayer(C, config.first_kernel_size, first=True, num_classes=classes, dropout=dropout)]
@@ -50,16 +43,14 @@ class GatedPixelCNN(nn.Module):
     def conditional(self) -> bool:
         return self.config.conditional
 
-    def _labels(self, labels: torch.Tensor | None) -> torch.Tensor | None:
-        if not self.conditional:
-            return None
-        if labels is None:
-            raise ValueError("this prior is class-conditional: pass labels")
-        return labels
+    @property
+    def null_class(self) -> int | None:
+        """The label index meaning "no class" (learned with label dropout), or None."""
+        return self.spec.num_classes if self.conditional and self.config.label_dropout > 0 else None
 
     def forward(self, codes: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """codes: (B, H, W) int64 -> logits (B, K, H, W); logits at (i, j) see only earlier codes."""
-        labels = self._labels(labels)
+        labels = check_labels(self, labels)
         x = self.embedding(codes).permute(0, 3, 1, 2)  # (B, C, H, W)
         v, h = x, x
         for layer in self.layers:
@@ -83,7 +74,6 @@ class GatedPixelCNN(nn.Module):
         zero columns on the left, (B, H, pad + W, C), so the window a position reads is one
         slice, and each layer's step at a position is two small matrix products.
         """
-        labels = self._labels(labels)
         C = self.config.hidden_channels
         device, dtype = self.embedding.weight.device, self.embedding.weight.dtype
         pad = max(layer.h_width for layer in self.layers)
@@ -132,44 +122,20 @@ class GatedPixelCNN(nn.Module):
             out[:, :, i, j] = logits.float()
             return codes[:, i, j]
 
-        self._autoregress(B, H, W, labels, choose)
+        self._autoregress(B, H, W, check_labels(self, labels), choose)
         return out
 
     @torch.no_grad()
-    def sample(self, batch: int, labels: torch.Tensor | None = None, temperature: float = 1.0,
-               top_k: int = 0, generator: torch.Generator | None = None, size: int | None = None) -> torch.Tensor:
-        """Draw code maps (B, H, W) from the prior, incrementally."""
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        size = size or self.spec.latent_size
+    def sample(self, batch: int, labels: torch.Tensor | None = None, temperature: float = 1.0, top_k: int = 0,
+               generator: torch.Generator | None = None, top_p: float = 1.0, guidance: float = 1.0) -> torch.Tensor:
+        """Draw code maps (B, H, W) from the prior, incrementally. With `guidance` other than 1
+        (conditional priors trained with label dropout), the batch runs doubled: classes, then null."""
+        check_sampling(temperature, top_k, top_p)
+        size = self.spec.latent_size
+        run_labels, doubled = guided_batch(self, labels, guidance)
 
         def choose(logits, i, j):
-            return sample_logits(logits, temperature, top_k, generator)
+            codes = sample_logits(mix_guidance(logits, guidance, doubled), temperature, top_k, generator, top_p)
+            return torch.cat([codes, codes]) if doubled else codes
 
-        return self._autoregress(batch, size, size, labels, choose)
-
-    @torch.no_grad()
-    def sample_full_pass(self, batch: int, labels: torch.Tensor | None = None, temperature: float = 1.0,
-                         top_k: int = 0, generator: torch.Generator | None = None,
-                         max_positions: int | None = None) -> torch.Tensor:
-        """The seed's way: one full network pass per position. Kept as the benchmark baseline;
-        `max_positions` stops early (every pass costs the same, so a benchmark can time a few)."""
-        size = self.spec.latent_size
-        device = self.embedding.weight.device
-        codes = torch.zeros(batch, size, size, dtype=torch.long, device=device)
-        for position in range(size * size if max_positions is None else min(max_positions, size * size)):
-            i, j = divmod(position, size)
-            logits = self(codes, labels)[:, :, i, j]
-            codes[:, i, j] = sample_logits(logits, temperature, top_k, generator)
-        return codes
-
-
-def sample_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
-    """(B, K) logits -> (B,) sampled indices, with temperature and optional top-k truncation."""
-    logits = logits.float() / temperature
-    if top_k and top_k < logits.shape[1]:
-        kth = logits.topk(top_k, dim=1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = torch.softmax(logits, dim=1)
-    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+        return self._autoregress(2 * batch if doubled else batch, size, size, run_labels, choose)[:batch]

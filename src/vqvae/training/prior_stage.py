@@ -1,4 +1,4 @@
-"""Stage 2: encode the data once, train a Gated PixelCNN on the cached code maps.
+"""Stage 2: encode the data once, train a prior (Gated PixelCNN or transformer) on the cached code maps.
 
 The seed's source re-encodes every batch with the VQ-VAE on every prior epoch; the codes
 never change (the VQ-VAE is frozen), so here they are computed once, stored in RUN/codes/,
@@ -20,7 +20,7 @@ from ..data import Batches, ImageSet, Splits, TensorBatches, as_splits
 from ..errors import ConfigError, DataError
 from ..figures import plot_history
 from ..files import atomic_save_npy, atomic_write_text
-from ..models import VQVAE, GatedPixelCNN, PriorSpec, code_dtype
+from ..models import VQVAE, Prior, PriorSpec, build_prior, code_dtype
 from ..runs import codebook_fingerprint, load_vqvae, update_metrics
 from .distributed import DistContext, all_reduce_sum, barrier, setup
 from .loop import Stage, fit, require_finite, use_best_weights
@@ -88,13 +88,14 @@ class PriorStage(Stage):
     config_section = "prior_train"
     summary_keys = ("bits", "val_bits", "images_per_s")
 
-    def __init__(self, model: GatedPixelCNN, config: RunConfig, train_codes, train_labels, val_codes, val_labels,
+    def __init__(self, model: Prior, config: RunConfig, train_codes, train_labels, val_codes, val_labels,
                  ctx: DistContext, fingerprint: str):
         self.model = model
         self.train_cfg = config.prior_train
         self.config_dict = config.to_dict()
         self.ctx = ctx
         self.fingerprint = fingerprint
+        self.label_dropout = config.prior.label_dropout if model.conditional else 0.0
         labels = model.conditional
         self.batches = TensorBatches((train_codes, train_labels if labels else None), self.train_cfg.batch_size,
                                      ctx.device, ctx.rank, ctx.world, shuffle=True, seed=self.train_cfg.seed)
@@ -108,6 +109,10 @@ class PriorStage(Stage):
 
     def loss(self, model, batch):
         codes, labels = batch
+        if self.label_dropout and model.training:
+            # Classifier-free guidance: some maps train the unconditional prior, under the null class.
+            dropped = torch.rand(labels.shape, device=labels.device) < self.label_dropout
+            labels = labels.masked_fill(dropped, self.model.null_class)
         nats = F.cross_entropy(model(codes, labels).float(), codes)
         return nats, {"loss": nats}
 
@@ -138,13 +143,14 @@ class PriorStage(Stage):
 
     def checkpoint_extra(self) -> dict:
         spec = self.model.spec
-        return {"prior_spec": {"codebook_size": spec.codebook_size, "latent_size": spec.latent_size,
+        return {"prior_kind": self.model.config.kind,
+                "prior_spec": {"codebook_size": spec.codebook_size, "latent_size": spec.latent_size,
                                "num_classes": spec.num_classes, "class_names": list(spec.class_names)},
                 "vqvae_fingerprint": self.fingerprint}
 
 
 @torch.no_grad()
-def heldout_bits(model: GatedPixelCNN, batches: TensorBatches, max_batches: int = 0) -> float:
+def heldout_bits(model: Prior, batches: TensorBatches, max_batches: int = 0) -> float:
     """Mean negative log-likelihood in bits per code over all batches."""
     was_training = model.training
     model.eval()
@@ -198,7 +204,7 @@ def train_prior(config: RunConfig, run_dir: str | Path, resume: bool = False,
                      len(train_set.class_names) if config.prior.conditional else 0,
                      tuple(train_set.class_names) if config.prior.conditional else ())
     torch.manual_seed(config.prior_train.seed)
-    model = GatedPixelCNN(config.prior, spec, dropout=config.prior_train.dropout).to(ctx.device)
+    model = build_prior(config.prior, spec, dropout=config.prior_train.dropout).to(ctx.device)
     stage = PriorStage(model, config, train_codes, train_labels, val_codes, val_set.labels if val_set else None, ctx,
                        codebook_fingerprint(vqvae))
     if ctx.is_main:
@@ -207,7 +213,7 @@ def train_prior(config: RunConfig, run_dir: str | Path, resume: bool = False,
             print(f"prior: {len(train_codes)} training / {len(val_codes) if val_codes is not None else 0} validation "
                   f"code maps of "
                   f"{spec.latent_size}x{spec.latent_size}, {spec.codebook_size} codes; "
-                  f"{sum(p.numel() for p in model.parameters()):,} parameters"
+                  f"{config.prior.kind} prior, {sum(p.numel() for p in model.parameters()):,} parameters"
                   f"{'; conditional on ' + str(spec.num_classes) + ' classes' if spec.num_classes else ''}", flush=True)
     state = fit(stage, run_dir, ctx, resume=resume)
     use_best_weights(model, run_dir, "prior", ctx.device)
@@ -236,7 +242,7 @@ def train_prior(config: RunConfig, run_dir: str | Path, resume: bool = False,
     return TrainResult(run_dir, metrics, state.history, model)
 
 
-def check_prior_matches(prior: GatedPixelCNN, vqvae: VQVAE, prior_fingerprint: str | None) -> None:
+def check_prior_matches(prior: Prior, vqvae: VQVAE, prior_fingerprint: str | None) -> None:
     """Refuse a prior paired with a VQ-VAE whose codes it was not trained on."""
     if prior.spec.codebook_size != vqvae.codebook_size:
         raise ConfigError(f"the prior models {prior.spec.codebook_size} codes but the VQ-VAE has "

@@ -1,0 +1,121 @@
+"""What every prior over code maps shares: its spec, how logits become codes, guidance.
+
+Both prior kinds (`GatedPixelCNN`, `TransformerPrior`) offer the same small interface, so the
+training stage, the API and the benchmarks never ask which one they hold:
+
+    forward(codes (B, h, w), labels (B,) | None) -> logits (B, K, h, w)   # causal in raster order
+    sample(batch, labels, temperature, top_k, top_p, guidance, generator) -> codes (B, h, w)
+    teacher_forced_logits(codes, labels) -> logits   # the incremental sampler's path, for tests
+    spec, config, conditional, null_class
+
+Classifier-free guidance (Ho & Salimans 2022) mixes the conditional and unconditional logits
+of one network: logits = uncond + guidance * (cond - uncond), so guidance 0 is the
+unconditional prior, 1 the plain conditional one, and > 1 sharpens towards the class. The
+unconditional logits come from an extra "null" class index (`spec.num_classes`), which the
+prior learns when its labels are dropped during training (`prior.label_dropout`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class PriorSpec:
+    """What the prior is trained on; stored with it so a mismatched VQ-VAE is caught."""
+
+    codebook_size: int
+    latent_size: int
+    num_classes: int = 0
+    class_names: tuple[str, ...] = ()
+
+
+def class_table_size(num_classes: int, conditional: bool, label_dropout: float) -> int:
+    """Rows of a class-embedding table: one per class, plus the null class when labels are dropped
+    in training (0 = an unconditional prior has no table)."""
+    if not conditional:
+        return 0
+    return num_classes + (1 if label_dropout > 0 else 0)
+
+
+def check_labels(prior, labels: torch.Tensor | None) -> torch.Tensor | None:
+    """The labels a prior's forward pass reads: None for an unconditional prior."""
+    if not prior.conditional:
+        return None
+    if labels is None:
+        raise ValueError("this prior is class-conditional: pass labels")
+    return labels
+
+
+def guided_batch(prior, labels: torch.Tensor | None, guidance: float) -> tuple[torch.Tensor | None, bool]:
+    """Labels for one sampling pass, and whether they are doubled: with guidance other than 1, the
+    batch runs twice in one pass, first with the classes, then with the null class."""
+    if guidance == 1.0 or not prior.conditional:
+        return check_labels(prior, labels), False
+    if prior.null_class is None:
+        raise ValueError("guidance needs a prior trained with label dropout (prior.label_dropout > 0); this one "
+                         "was trained without it, so it has no unconditional mode")
+    labels = check_labels(prior, labels)
+    return torch.cat([labels, torch.full_like(labels, prior.null_class)]), True
+
+
+def mix_guidance(logits: torch.Tensor, guidance: float, doubled: bool) -> torch.Tensor:
+    """(2B, K) logits of a doubled batch -> (B, K) guided logits; a plain batch passes through."""
+    if not doubled:
+        return logits
+    cond, uncond = logits.float().chunk(2)
+    return uncond + guidance * (cond - uncond)
+
+
+def filter_top_p(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Keep, per row, the smallest set of likeliest codes whose probability reaches `top_p`
+    (nucleus sampling, Holtzman et al. 2020); the others get -inf. The likeliest code always stays."""
+    if top_p >= 1.0:
+        return logits
+    sorted_logits, order = logits.sort(dim=1, descending=True)
+    probs = torch.softmax(sorted_logits, dim=1)
+    mass_before = probs.cumsum(1) - probs  # mass of the strictly likelier codes
+    drop_sorted = mass_before >= top_p
+    drop = torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted)
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def check_sampling(temperature: float, top_k: int, top_p: float) -> None:
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if top_k < 0:
+        raise ValueError(f"top_k must be >= 0 (0 = off), got {top_k}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1] (1 = off), got {top_p}")
+
+
+def sample_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0,
+                  generator: torch.Generator | None = None, top_p: float = 1.0) -> torch.Tensor:
+    """(B, K) logits -> (B,) sampled indices, with temperature, then top-k, then top-p truncation."""
+    logits = logits.float() / temperature
+    if top_k and top_k < logits.shape[1]:
+        kth = logits.topk(top_k, dim=1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    logits = filter_top_p(logits, top_p)
+    probs = torch.softmax(logits, dim=1)
+    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+
+
+@torch.no_grad()
+def sample_full_pass(prior, batch: int, labels: torch.Tensor | None = None, temperature: float = 1.0,
+                     top_k: int = 0, generator: torch.Generator | None = None, max_positions: int | None = None,
+                     top_p: float = 1.0, guidance: float = 1.0) -> torch.Tensor:
+    """The seed's way to sample: one full network pass per position. Kept as the benchmark
+    baseline and as a reference the incremental samplers must match; `max_positions` stops early
+    (every pass costs the same, so a benchmark can time a few)."""
+    check_sampling(temperature, top_k, top_p)
+    size = prior.spec.latent_size
+    device = next(prior.parameters()).device
+    run_labels, doubled = guided_batch(prior, labels, guidance)
+    codes = torch.zeros(batch, size, size, dtype=torch.long, device=device)
+    for position in range(size * size if max_positions is None else min(max_positions, size * size)):
+        i, j = divmod(position, size)
+        logits = prior(torch.cat([codes, codes]) if doubled else codes, run_labels)[:, :, i, j]
+        codes[:, i, j] = sample_logits(mix_guidance(logits, guidance, doubled), temperature, top_k, generator, top_p)
+    return codes
