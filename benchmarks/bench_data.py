@@ -198,20 +198,26 @@ def main() -> None:
               "torch": torch.__version__, "threads": torch.get_num_threads(), "args": vars(args)}
     if torch.cuda.is_available() and report["device"].startswith("cuda"):
         report["gpu"] = torch.cuda.get_device_name()
+    out = Path(args.out) if args.out else HERE / "results" / f"{stamp}-data.json"
+
+    def save() -> None:  # after every section, so a run cut short keeps what it measured
+        out.write_text(json.dumps(report, indent=2) + "\n")
+
     with tempfile.TemporaryDirectory(prefix="bench-data-") as tmp:
         work = Path(tmp)
         report["data_path"] = data_path(args, root, work)
         print(json.dumps(report["data_path"], indent=2), flush=True)
+        save()
         report["throughput"] = []
         for preset in ([] if args.skip_training else [p for p in args.presets.split(",") if p]):
             t = time.perf_counter()
             report["throughput"].append(throughput(args, preset, root, work))
             report["throughput"][-1]["wall_s"] = round(time.perf_counter() - t, 1)
             print(json.dumps(report["throughput"][-1], indent=2), flush=True)
+            save()
         if not (args.skip_quality or args.skip_training):
             report["quality"] = quality(args, root, work, stamp)
-    out = Path(args.out) if args.out else HERE / "results" / f"{stamp}-data.json"
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    save()
     print(json.dumps({k: v for k, v in report.items() if k != "args"}, indent=2))
     print(f"wrote {out}")
 
