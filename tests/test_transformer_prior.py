@@ -148,7 +148,7 @@ def test_sample_command_with_guidance_and_top_p(transformer_run, tmp_path, train
                                   "--class", "all")]) == 0
     settings = json.loads((tmp_path / "samples.json").read_text())
     assert settings["guidance"] == 2.0 and settings["top_p"] == 0.9 and settings["num_samples"] == 6
-    with pytest.raises(ConfigError, match="top-p must be in"):
+    with pytest.raises(ConfigError, match=r"sample.top_p=1.5: must be in \(0, 1\]"):
         api.sample(run, out_dir=tmp_path, num_samples=2, top_p=1.5, device="cpu")
     # trained_run's conditional prior was trained without label dropout: no unconditional mode
     with pytest.raises(ConfigError, match="label dropout"):

@@ -210,7 +210,7 @@ def sample(run_dir: str | Path, out_dir: str | Path | None = None, num_samples: 
     s = apply_overrides(config, {f"sample.{k}": v for k, v in asked.items() if v is not None}).sample
     n, batch, temperature, top_k, top_p, guidance, seed = (s.num_samples, s.batch_size, s.temperature, s.top_k,
                                                             s.top_p, s.guidance, s.seed)
-    _check_sampling_options(prior, temperature, top_k, top_p, guidance)
+    _check_guidance(prior, guidance)
     labels, row = _class_labels(prior, class_, n, dev)
     n = len(labels) if labels is not None else n
     generator = torch.Generator(device=dev).manual_seed(seed)
@@ -236,16 +236,9 @@ def sample(run_dir: str | Path, out_dir: str | Path | None = None, num_samples: 
             "grid": str(grid)}
 
 
-def _check_sampling_options(prior, temperature: float, top_k: int, top_p: float, guidance: float) -> None:
-    """One-line errors for sampling options before any work is done."""
-    if temperature <= 0:
-        raise ConfigError(f"temperature must be > 0, got {temperature}")
-    if top_k < 0:
-        raise ConfigError(f"top-k must be >= 0 (0 = off), got {top_k}")
-    if not 0 < top_p <= 1:
-        raise ConfigError(f"top-p must be in (0, 1] (1 = off), got {top_p}")
-    if guidance < 0:
-        raise ConfigError(f"guidance must be >= 0 (0 = unconditional, 1 = conditional), got {guidance}")
+def _check_guidance(prior, guidance: float) -> None:
+    """Guidance needs a prior that has both a conditional and an unconditional mode (the
+    option ranges themselves are checked by the config rules)."""
     if guidance != 1 and not prior.conditional:
         raise ConfigError("--guidance needs a class-conditional prior (train it with `train-prior --conditional "
                           "--set prior.label_dropout=0.1`); this prior is unconditional")
