@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from test_training import memory_data
+from conftest import memory_data
 from vqvae import api
 from vqvae.config import QuantizerConfig, apply_overrides, fsq_levels, load_config
 from vqvae.errors import ConfigError
@@ -17,7 +17,7 @@ from vqvae.models import (VQVAE, FiniteScalarQuantizer, LookupFreeQuantizer, Res
 from vqvae.models.codebook_search import nearest_codes_fast
 from vqvae.models.lfq import lfq_entropies
 from vqvae.runs import load_vqvae
-from vqvae.training.checkpoint import save_checkpoint
+from vqvae.checkpoint import save_checkpoint
 from vqvae.training.loop import checkpoint_path
 
 # One tiny-preset override list per kind (tiny: 16x16 bars, 16 channels, 16 codes).
@@ -358,7 +358,7 @@ def test_rvq_replicas_stay_identical_under_two_gloo_processes(tiny_config, tmp_p
 
 
 def test_runs_saved_before_the_quantizer_family_still_resume(tiny_config, tmp_path):
-    from vqvae.training.vqvae_stage import check_resume_config
+    from vqvae.training.loop import check_resume_config
 
     old = tiny_config.to_dict()
     for name in ("kind", "distance", "lookup_dim", "gradient", "search_precision", "fsq_levels", "entropy_weight",

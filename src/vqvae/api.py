@@ -23,10 +23,12 @@ from .metrics.codebook import codebook_stats
 from .metrics.reconstruction import evaluate_reconstruction
 from .models import code_dtype
 from .models.pretrained import is_model_folder
-from .runs import check_output_path, codebook_fingerprint, load_prior, load_vqvae, prior_fingerprint, read_metrics, update_metrics
+from .runs import (check_output_path, check_prior_matches, codebook_fingerprint, load_prior, load_vqvae, prior_fingerprint,
+                   read_metrics, update_metrics)
 from .training.distributed import is_main_process, resolve_device
-from .training.prior_stage import check_prior_matches, heldout_bits, train_prior
-from .training.vqvae_stage import TrainResult, train_vqvae
+from .training.prior_stage import heldout_bits, train_prior
+from .training.loop import TrainResult
+from .training.vqvae_stage import train_vqvae
 
 __all__ = ["load_config", "train_vqvae", "train_prior", "reconstruct", "encode", "decode", "evaluate", "sample",
            "run_pipeline", "load_vqvae", "load_prior", "write_report", "sample_quality", "TrainResult"]
@@ -472,7 +474,7 @@ def run_pipeline(config: RunConfig, run_dir: str | Path, progress: bool = True) 
     sampled = sample(run_dir, device=config.train.device)
     timings["sample_s"] = round(time.perf_counter() - t, 1)
     t = time.perf_counter()
-    result = evaluate(run_dir, device=config.train.device)
+    evaluate(run_dir, device=config.train.device)
     timings["evaluate_s"] = round(time.perf_counter() - t, 1)
     update_metrics(run_dir, "pipeline", {"timings": timings, "sampling": sampled})
     if progress:

@@ -29,8 +29,8 @@ from .data import load_dataset, load_splits
 from .errors import DataError, ExportError
 from .models import VQVAE
 from .models.pretrained import is_model_folder, read_folder_config, write_model_folder
-from .runs import find_checkpoint, load_prior, load_vqvae, read_metrics, read_model, vqvae_from_checkpoint
-from .training.prior_stage import check_prior_matches
+from .runs import (check_prior_matches, find_checkpoint, load_prior, load_vqvae, read_metrics, read_model,
+                   vqvae_from_checkpoint)
 
 # The quantizer kinds whose export is verified. A new kind whose `codes` and `decode_indices`
 # trace cleanly only needs adding here; the on-the-spot check says whether it does.

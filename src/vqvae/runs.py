@@ -22,7 +22,7 @@ from .errors import CheckpointError, ConfigError, OutputError
 from .files import atomic_write_text, remove_stale_temporaries
 from .models import VQVAE, Prior, PriorSpec, build_prior
 from .models.pretrained import is_model_folder, load_weights, read_model_folder, weights_file
-from .training.checkpoint import load_checkpoint
+from .checkpoint import load_checkpoint
 
 # What a run writes into its own folder: no output option may name one of these.
 RUN_FILES = ("config.json", "metrics.json", "report.md", "report.html", "reconstructions.png", "curves.png",
@@ -184,3 +184,16 @@ def load_prior(path: str | Path, device: str | torch.device = "cpu") -> tuple[Pr
     model = build_prior(config.prior, spec, dropout=0.0)
     load_weights(model, ckpt["model_state"], source)
     return model.to(device).eval(), config, {"vqvae_fingerprint": ckpt.get("vqvae_fingerprint")}
+
+
+def check_prior_matches(prior: Prior, vqvae: VQVAE, prior_fingerprint: str | None) -> None:
+    """Refuse a prior paired with a VQ-VAE whose codes it was not trained on."""
+    if prior.spec.codebook_size != vqvae.codebook_size:
+        raise ConfigError(f"the prior models {prior.spec.codebook_size} codes but the VQ-VAE has "
+                          f"{vqvae.codebook_size}: they do not belong together")
+    if prior.spec.latent_size != vqvae.latent_size:
+        raise ConfigError(f"the prior models {prior.spec.latent_size}x{prior.spec.latent_size} code maps but the "
+                          f"VQ-VAE makes {vqvae.latent_size}x{vqvae.latent_size}")
+    if prior_fingerprint and prior_fingerprint != codebook_fingerprint(vqvae):
+        raise ConfigError("the prior was trained on the codes of a different VQ-VAE (codebook fingerprints differ); "
+                          "train a prior for this VQ-VAE with `vqvae train-prior`")

@@ -28,7 +28,7 @@ from PIL import Image
 from ..config import DataConfig
 from ..errors import DataError
 from .arrays import NUMPY_SUFFIXES, read_numpy, to_uint8
-from .cache import IMAGE_EXTENSIONS, FolderListing, cached_folder, decode_file, fit_image, list_folder, no_images_error
+from .cache import FolderListing, cached_folder, decode_file, fit_image, list_folder, no_images_error
 
 NAMED = ("mnist-5k", "mnist", "fashion-mnist", "cifar10")
 

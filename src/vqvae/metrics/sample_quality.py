@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..training.checkpoint import atomic_save
+from ..checkpoint import atomic_save
 
 FEATURE_DIM = 128
 

@@ -18,11 +18,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..config import TrainConfig
-from ..errors import CheckpointError, TrainingError
+from ..checkpoint import load_checkpoint, save_checkpoint
+from ..config import RunConfig, TrainConfig
+from ..errors import CheckpointError, ConfigError, TrainingError
 from ..files import TMP_SUFFIX
 from ..runs import remove_stale_files
-from .checkpoint import load_checkpoint, save_checkpoint
 from .distributed import DistContext, barrier
 
 
@@ -91,6 +91,34 @@ class Stage:
 
     def epoch_images(self, writer, epoch: int) -> None:
         pass
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    metrics: dict  # the "vqvae" section of metrics.json (empty on ranks other than 0)
+    history: list  # one dict per epoch
+    model: torch.nn.Module  # the trained model (this process's replica under torchrun)
+
+
+# What a run trains and is tested on: a resumed run keeps them (its metrics would otherwise
+# describe a mixture of two datasets).
+DATA_FIXED_ON_RESUME = ("dataset", "test_dataset", "test_fraction", "val_fraction", "image_size", "channels")
+
+
+def check_resume_config(run_dir: Path, kind: str, config: RunConfig, sections: tuple[str, ...]) -> None:
+    """A resumed run must build the same model it saved: compare the architecture sections."""
+    path = checkpoint_path(run_dir, kind, "last")
+    if not path.is_file():
+        return  # nothing to compare with; `fit` says what it does about that
+    # Rebuilt through RunConfig so fields added since the run was saved compare at their defaults.
+    saved = RunConfig.from_dict(load_checkpoint(path, kind=kind)["config"]).to_dict()
+    now = config.to_dict()
+    fields = [(s, k) for s in sections for k in now[s]] + [("data", k) for k in DATA_FIXED_ON_RESUME]
+    changed = [f"{s}.{k}: {saved[s].get(k)!r} -> {now[s][k]!r}" for s, k in fields if saved[s].get(k) != now[s][k]]
+    if changed:
+        raise ConfigError(f"cannot resume {run_dir} with a different model or data: {'; '.join(changed)}. "
+                          f"Only training settings (train.*, prior_train.*, sample.*) may change on resume")
 
 
 def amp_enabled(mode: str, device: torch.device) -> bool:

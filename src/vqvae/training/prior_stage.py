@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +22,7 @@ from ..files import atomic_save_npy, atomic_write_text
 from ..models import VQVAE, Prior, PriorSpec, build_prior, code_dtype
 from ..runs import codebook_fingerprint, load_vqvae, update_metrics
 from .distributed import DistContext, all_reduce_sum, barrier, setup
-from .loop import Stage, fit, require_finite, use_best_weights
-from .vqvae_stage import TrainResult, check_resume_config
+from .loop import Stage, TrainResult, check_resume_config, fit, require_finite, use_best_weights
 
 LN2 = math.log(2.0)
 
@@ -240,16 +238,3 @@ def train_prior(config: RunConfig, run_dir: str | Path, resume: bool = False,
     if ctx.is_main:
         require_finite("prior", {"bits_per_code": test_bits}, state, run_dir, "prior_train", config.prior_train.lr)
     return TrainResult(run_dir, metrics, state.history, model)
-
-
-def check_prior_matches(prior: Prior, vqvae: VQVAE, prior_fingerprint: str | None) -> None:
-    """Refuse a prior paired with a VQ-VAE whose codes it was not trained on."""
-    if prior.spec.codebook_size != vqvae.codebook_size:
-        raise ConfigError(f"the prior models {prior.spec.codebook_size} codes but the VQ-VAE has "
-                          f"{vqvae.codebook_size}: they do not belong together")
-    if prior.spec.latent_size != vqvae.latent_size:
-        raise ConfigError(f"the prior models {prior.spec.latent_size}x{prior.spec.latent_size} code maps but the "
-                          f"VQ-VAE makes {vqvae.latent_size}x{vqvae.latent_size}")
-    if prior_fingerprint and prior_fingerprint != codebook_fingerprint(vqvae):
-        raise ConfigError("the prior was trained on the codes of a different VQ-VAE (codebook fingerprints differ); "
-                          "train a prior for this VQ-VAE with `vqvae train-prior`")

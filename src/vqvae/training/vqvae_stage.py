@@ -2,22 +2,19 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ..config import RunConfig
 from ..data import Batches, ImageSet, Splits, as_splits
-from ..errors import ConfigError
 from ..figures import plot_history, save_reconstruction_grid, spread_indices
 from ..metrics.codebook import codebook_stats
 from ..metrics.reconstruction import evaluate_reconstruction
 from ..models import VQVAE
 from ..runs import update_metrics
-from .checkpoint import load_checkpoint
 from .distributed import DistContext, all_reduce_sum, barrier, setup
-from .loop import Stage, checkpoint_path, fit, require_finite, use_best_weights
+from .loop import Stage, TrainResult, check_resume_config, fit, require_finite, use_best_weights
 
 TERMS = ("loss", "recon")  # then the quantizer's own named terms (vq: codebook, commitment)
 
@@ -109,39 +106,11 @@ class VQVAEStage(Stage):
         writer.add_image("reconstructions", make_grid(torch.cat([x, x_hat]).cpu(), nrow=16), epoch)
 
 
-@dataclass
-class TrainResult:
-    run_dir: Path
-    metrics: dict  # the "vqvae" section of metrics.json (empty on ranks other than 0)
-    history: list  # one dict per epoch
-    model: torch.nn.Module  # the trained model (this process's replica under torchrun)
-
-
 def build_vqvae(config: RunConfig, device: torch.device) -> VQVAE:
     model = VQVAE(config.model, config.quantizer).to(device)
     if config.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
-
-
-# What a run trains and is tested on: a resumed run keeps them (its metrics would otherwise
-# describe a mixture of two datasets).
-DATA_FIXED_ON_RESUME = ("dataset", "test_dataset", "test_fraction", "val_fraction", "image_size", "channels")
-
-
-def check_resume_config(run_dir: Path, kind: str, config: RunConfig, sections: tuple[str, ...]) -> None:
-    """A resumed run must build the same model it saved: compare the architecture sections."""
-    path = checkpoint_path(run_dir, kind, "last")
-    if not path.is_file():
-        return  # nothing to compare with; `fit` says what it does about that
-    # Rebuilt through RunConfig so fields added since the run was saved compare at their defaults.
-    saved = RunConfig.from_dict(load_checkpoint(path, kind=kind)["config"]).to_dict()
-    now = config.to_dict()
-    fields = [(s, k) for s in sections for k in now[s]] + [("data", k) for k in DATA_FIXED_ON_RESUME]
-    changed = [f"{s}.{k}: {saved[s].get(k)!r} -> {now[s][k]!r}" for s, k in fields if saved[s].get(k) != now[s][k]]
-    if changed:
-        raise ConfigError(f"cannot resume {run_dir} with a different model or data: {'; '.join(changed)}. "
-                          f"Only training settings (train.*, prior_train.*, sample.*) may change on resume")
 
 
 def train_vqvae(config: RunConfig, run_dir: str | Path, resume: bool = False,

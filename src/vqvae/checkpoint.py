@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from ..errors import CheckpointError
-from ..files import atomic_write_bytes, atomic_write_text  # noqa: F401  (atomic_write_text: re-exported)
+from .errors import CheckpointError
+from .files import atomic_write_bytes
 
 FORMAT = "vqvae-toolkit-checkpoint"
 VERSION = 1
