@@ -11,11 +11,11 @@ from vqvae.cli import main
 from vqvae.config import PriorConfig, load_config
 from vqvae.errors import ConfigError
 from vqvae.models import GatedPixelCNN, PriorSpec, TransformerPrior, sample_full_pass
-from vqvae.models import pixelcnn as pixelcnn_module
+from vqvae.models import prior_common
 from vqvae.models import transformer_prior as transformer_module
 from vqvae.models.prior_common import filter_top_p, mix_guidance
 from vqvae.runs import load_prior
-from vqvae.training.checkpoint import load_checkpoint
+from vqvae.checkpoint import load_checkpoint
 
 
 def transformer(conditional=False, label_dropout=0.0, size=5, codes=4, classes=3):
@@ -78,18 +78,18 @@ def test_guidance_mixes_logits():
     assert torch.allclose(mix_guidance(both, 3.0, True), uncond + 3 * (cond - uncond))
 
 
-@pytest.mark.parametrize("make,module", [(transformer, transformer_module), (pixelcnn, pixelcnn_module)])
-def test_guidance_zero_samples_from_the_unconditional_logits(make, module, monkeypatch):
+@pytest.mark.parametrize("make", [transformer, pixelcnn])
+def test_guidance_zero_samples_from_the_unconditional_logits(make, monkeypatch):
     """The logits the cached sampler draws from at guidance 0 are the null class's, for any class."""
     model = make(conditional=True, label_dropout=0.1)
     seen = []
-    original = module.sample_logits
+    original = prior_common.sample_logits  # both priors sample through AutoregressivePrior.sample
 
     def spy(logits, *args, **kwargs):
         seen.append(logits.clone())
         return original(logits, *args, **kwargs)
 
-    monkeypatch.setattr(module, "sample_logits", spy)
+    monkeypatch.setattr(prior_common, "sample_logits", spy)
     labels = torch.tensor([0, 1, 2])
     codes = model.sample(3, labels, guidance=0.0, generator=torch.Generator().manual_seed(0))
     guided = torch.stack(seen, 2).reshape(3, -1, 5, 5)  # (B, K, H, W) in raster order

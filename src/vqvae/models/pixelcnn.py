@@ -13,18 +13,16 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..config import PriorConfig
 from ..nn import GatedLayer
-from .prior_common import (PriorSpec, check_labels, check_sampling, class_table_size, guided_batch, mix_guidance,
-                           sample_logits)
+from .prior_common import AutoregressivePrior, PriorSpec, check_labels, class_table_size, sample_logits
 
 __all__ = ["GatedPixelCNN", "PriorSpec", "sample_logits"]  # PriorSpec and sample_logits: also imported from here
 
 
-class GatedPixelCNN(nn.Module):
+class GatedPixelCNN(AutoregressivePrior):
     def __init__(self, config: PriorConfig, spec: PriorSpec, dropout: float = 0.0):
         super().__init__()
         self.config = config
@@ -39,15 +37,6 @@ class GatedPixelCNN(nn.Module):
         head = config.head_channels or C
         self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(C, head, 1), nn.ReLU(), nn.Conv2d(head, K, 1))
 
-    @property
-    def conditional(self) -> bool:
-        return self.config.conditional
-
-    @property
-    def null_class(self) -> int | None:
-        """The label index meaning "no class" (learned with label dropout), or None."""
-        return self.spec.num_classes if self.conditional and self.config.label_dropout > 0 else None
-
     def forward(self, codes: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """codes: (B, H, W) int64 -> logits (B, K, H, W); logits at (i, j) see only earlier codes."""
         labels = check_labels(self, labels)
@@ -56,10 +45,6 @@ class GatedPixelCNN(nn.Module):
         for layer in self.layers:
             v, h = layer(v, h, labels)
         return self.head(h)
-
-    def loss(self, codes: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """Mean cross-entropy in nats per code."""
-        return F.cross_entropy(self(codes, labels).float(), codes)
 
     # ------------------------------------------------------------------ incremental path
     @torch.no_grad()
@@ -111,31 +96,3 @@ class GatedPixelCNN(nn.Module):
                 codes[:, i, j] = choose(logits, i, j)
                 embedded[:, i, col] = self.embedding(codes[:, i, j])
         return codes
-
-    @torch.no_grad()
-    def teacher_forced_logits(self, codes: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """The incremental path fed the given codes; equals forward(codes) up to float error."""
-        B, H, W = codes.shape
-        out = torch.zeros(B, self.spec.codebook_size, H, W, device=codes.device)
-
-        def choose(logits, i, j):
-            out[:, :, i, j] = logits.float()
-            return codes[:, i, j]
-
-        self._autoregress(B, H, W, check_labels(self, labels), choose)
-        return out
-
-    @torch.no_grad()
-    def sample(self, batch: int, labels: torch.Tensor | None = None, temperature: float = 1.0, top_k: int = 0,
-               generator: torch.Generator | None = None, top_p: float = 1.0, guidance: float = 1.0) -> torch.Tensor:
-        """Draw code maps (B, H, W) from the prior, incrementally. With `guidance` other than 1
-        (conditional priors trained with label dropout), the batch runs doubled: classes, then null."""
-        check_sampling(temperature, top_k, top_p)
-        size = self.spec.latent_size
-        run_labels, doubled = guided_batch(self, labels, guidance)
-
-        def choose(logits, i, j):
-            codes = sample_logits(mix_guidance(logits, guidance, doubled), temperature, top_k, generator, top_p)
-            return torch.cat([codes, codes]) if doubled else codes
-
-        return self._autoregress(2 * batch if doubled else batch, size, size, run_labels, choose)[:batch]

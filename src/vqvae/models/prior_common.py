@@ -19,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 
 @dataclass
@@ -119,3 +121,51 @@ def sample_full_pass(prior, batch: int, labels: torch.Tensor | None = None, temp
         logits = prior(torch.cat([codes, codes]) if doubled else codes, run_labels)[:, :, i, j]
         codes[:, i, j] = sample_logits(mix_guidance(logits, guidance, doubled), temperature, top_k, generator, top_p)
     return codes
+
+
+class AutoregressivePrior(nn.Module):
+    """What both priors share. A subclass sets `config` (PriorConfig) and `spec` (PriorSpec) and
+    implements `forward(codes, labels) -> logits (B, K, H, W)` (each position sees only earlier
+    codes) and `_autoregress(batch, height, width, labels, choose)`, which walks the positions in
+    raster order and asks `choose(logits (B, K), i, j)` for the code at each."""
+
+    @property
+    def conditional(self) -> bool:
+        return self.config.conditional
+
+    @property
+    def null_class(self) -> int | None:
+        """The label index meaning "no class" (learned with label dropout), or None."""
+        return self.spec.num_classes if self.conditional and self.config.label_dropout > 0 else None
+
+    def loss(self, codes: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean cross-entropy in nats per code."""
+        return F.cross_entropy(self(codes, labels).float(), codes)
+
+    @torch.no_grad()
+    def teacher_forced_logits(self, codes: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """The incremental (cached) path fed the given codes; equals forward(codes) up to float error."""
+        B, H, W = codes.shape
+        out = torch.zeros(B, self.spec.codebook_size, H, W, device=codes.device)
+
+        def choose(logits, i, j):
+            out[:, :, i, j] = logits.float()
+            return codes[:, i, j]
+
+        self._autoregress(B, H, W, check_labels(self, labels), choose)
+        return out
+
+    @torch.no_grad()
+    def sample(self, batch: int, labels: torch.Tensor | None = None, temperature: float = 1.0, top_k: int = 0,
+               generator: torch.Generator | None = None, top_p: float = 1.0, guidance: float = 1.0) -> torch.Tensor:
+        """Draw code maps (B, H, W) from the prior, one position at a time. With `guidance` other than 1
+        (conditional priors trained with label dropout), the batch runs doubled: classes, then null."""
+        check_sampling(temperature, top_k, top_p)
+        size = self.spec.latent_size
+        run_labels, doubled = guided_batch(self, labels, guidance)
+
+        def choose(logits, i, j):
+            codes = sample_logits(mix_guidance(logits, guidance, doubled), temperature, top_k, generator, top_p)
+            return torch.cat([codes, codes]) if doubled else codes
+
+        return self._autoregress(2 * batch if doubled else batch, size, size, run_labels, choose)[:batch]

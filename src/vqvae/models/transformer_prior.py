@@ -20,8 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import PriorConfig
-from .prior_common import (PriorSpec, check_labels, check_sampling, class_table_size, guided_batch, mix_guidance,
-                           sample_logits)
+from .prior_common import AutoregressivePrior, PriorSpec, check_labels, class_table_size
 
 
 class SelfAttention(nn.Module):
@@ -79,7 +78,7 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
-class TransformerPrior(nn.Module):
+class TransformerPrior(AutoregressivePrior):
     def __init__(self, config: PriorConfig, spec: PriorSpec, dropout: float = 0.0):
         super().__init__()
         if config.hidden_channels % config.num_heads:
@@ -107,15 +106,6 @@ class TransformerPrior(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    @property
-    def conditional(self) -> bool:
-        return self.config.conditional
-
-    @property
-    def null_class(self) -> int | None:
-        """The label index meaning "no class" (learned with label dropout), or None."""
-        return self.spec.num_classes if self.conditional and self.config.label_dropout > 0 else None
-
     def _start_tokens(self, batch: int, labels: torch.Tensor | None, device) -> torch.Tensor:
         index = labels if labels is not None else torch.zeros(batch, dtype=torch.long, device=device)
         return self.start(index)  # (B, C)
@@ -138,10 +128,6 @@ class TransformerPrior(nn.Module):
         logits = self.head(self.norm(x))  # (B, L, K)
         return logits.transpose(1, 2).reshape(B, -1, H, W)
 
-    def loss(self, codes: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """Mean cross-entropy in nats per code."""
-        return F.cross_entropy(self(codes, labels).float(), codes)
-
     # ------------------------------------------------------------------ cached path
     @torch.no_grad()
     def _autoregress(self, batch: int, height: int, width: int, labels: torch.Tensor | None, choose) -> torch.Tensor:
@@ -163,31 +149,3 @@ class TransformerPrior(nn.Module):
             codes[:, t] = choose(logits, *divmod(t, width))
             token = self.code_embedding(codes[:, t])
         return codes.view(batch, height, width)
-
-    @torch.no_grad()
-    def teacher_forced_logits(self, codes: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """The cached path fed the given codes; equals forward(codes) up to float error."""
-        B, H, W = codes.shape
-        out = torch.zeros(B, self.spec.codebook_size, H, W, device=codes.device)
-
-        def choose(logits, i, j):
-            out[:, :, i, j] = logits.float()
-            return codes[:, i, j]
-
-        self._autoregress(B, H, W, check_labels(self, labels), choose)
-        return out
-
-    @torch.no_grad()
-    def sample(self, batch: int, labels: torch.Tensor | None = None, temperature: float = 1.0, top_k: int = 0,
-               generator: torch.Generator | None = None, top_p: float = 1.0, guidance: float = 1.0) -> torch.Tensor:
-        """Draw code maps (B, H, W) from the prior with the KV cache. With `guidance` other than 1
-        (conditional priors trained with label dropout), the batch runs doubled: classes, then null."""
-        check_sampling(temperature, top_k, top_p)
-        size = self.spec.latent_size
-        run_labels, doubled = guided_batch(self, labels, guidance)
-
-        def choose(logits, i, j):
-            codes = sample_logits(mix_guidance(logits, guidance, doubled), temperature, top_k, generator, top_p)
-            return torch.cat([codes, codes]) if doubled else codes
-
-        return self._autoregress(2 * batch if doubled else batch, size, size, run_labels, choose)[:batch]
