@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 
 from vqvae.config import load_config
+from vqvae.data import ImageSet
 
 SIZE = 16
 
@@ -29,6 +30,15 @@ def orientation(images: torch.Tensor) -> torch.Tensor:
     """1 where an image (N, 1, H, W) looks like a vertical bar, 0 for horizontal."""
     x = images.float()[:, 0]
     return (x.mean(1).var(1) > x.mean(2).var(1)).long()
+
+
+def memory_data(n=160) -> tuple[ImageSet, ImageSet]:
+    """(train, test) in-memory sets of bar images: the first 32 are the test split."""
+    images, labels = bar_images(n)
+    t = torch.from_numpy(images)[:, None]
+    train = ImageSet("bars-train", SIZE, 1, images=t[32:], labels=torch.from_numpy(labels[32:]))
+    test = ImageSet("bars-test", SIZE, 1, images=t[:32], labels=torch.from_numpy(labels[:32]))
+    return train, test
 
 
 @pytest.fixture(scope="session")

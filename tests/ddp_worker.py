@@ -6,7 +6,7 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_training import memory_data  # noqa: E402
+from conftest import memory_data  # noqa: E402
 
 from vqvae import api  # noqa: E402
 from vqvae.config import RunConfig  # noqa: E402

@@ -12,24 +12,16 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import SIZE, bar_images, orientation, tiny_overrides
+from conftest import SIZE, bar_images, memory_data, orientation, tiny_overrides
 from vqvae import api
 from vqvae.cli import build_parser, main
 from vqvae.config import DataConfig, RunConfig, apply_overrides, load_config
 from vqvae.data import ImageSet, load_dataset, read_idx
 from vqvae.errors import ConfigError, DataError, TrainingError
 from vqvae.models import VQVAE
-from vqvae.runs import load_vqvae
-from vqvae.training.checkpoint import load_checkpoint, save_checkpoint
+from vqvae.checkpoint import load_checkpoint
 from vqvae.training.prior_stage import cached_codes
 
-
-def memory_data(n=160):
-    images, labels = bar_images(n)
-    t = torch.from_numpy(images)[:, None]
-    train = ImageSet("bars-train", SIZE, 1, images=t[32:], labels=torch.from_numpy(labels[32:]))
-    test = ImageSet("bars-test", SIZE, 1, images=t[:32], labels=torch.from_numpy(labels[:32]))
-    return train, test
 
 
 class Result(NamedTuple):

@@ -8,22 +8,14 @@ import time
 import pytest
 import torch
 
-from conftest import SIZE, bar_images, tiny_overrides
+from conftest import SIZE, memory_data, tiny_overrides
 from vqvae import api
-from vqvae.config import apply_overrides, load_config
-from vqvae.data import ImageSet
+from vqvae.config import apply_overrides
 from vqvae.errors import CheckpointError, ConfigError, TrainingError
 from vqvae.runs import load_vqvae
-from vqvae.training.checkpoint import load_checkpoint, save_checkpoint
+from vqvae.checkpoint import load_checkpoint, save_checkpoint
 from vqvae.training.vqvae_stage import VQVAEStage
 
-
-def memory_data(n=160):
-    images, labels = bar_images(n)
-    t = torch.from_numpy(images)[:, None]
-    train = ImageSet("bars-train", SIZE, 1, images=t[32:], labels=torch.from_numpy(labels[32:]))
-    test = ImageSet("bars-test", SIZE, 1, images=t[:32], labels=torch.from_numpy(labels[:32]))
-    return train, test
 
 
 def test_short_training_lowers_loss_and_writes_the_run_folder(tiny_config, tmp_path):
