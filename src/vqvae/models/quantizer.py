@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import QuantizerConfig
+from ..parallel import is_distributed
 
 
 def straight_through(inputs: torch.Tensor, quantized: torch.Tensor) -> torch.Tensor:
@@ -137,14 +138,10 @@ def code_dtype(codebook_size: int) -> torch.dtype:
     return torch.int16 if codebook_size <= 2 ** 15 else torch.int32
 
 
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
 def _global_rows(flat: torch.Tensor) -> torch.Tensor:
     """Every process's rows, concatenated in rank order: the global batch a single process
     would see, so initialisation and restarts pick from the same vectors either way."""
-    if not _distributed():
+    if not is_distributed():
         return flat
     sizes = [torch.zeros(1, dtype=torch.long, device=flat.device) for _ in range(dist.get_world_size())]
     dist.all_gather(sizes, torch.tensor([flat.shape[0]], device=flat.device))
@@ -266,7 +263,7 @@ class VectorQuantizer(nn.Module):
             centres = kmeans(flat, K, self.config.kmeans_iters)
         else:
             centres = flat[torch.randint(0, flat.shape[0], (K,), device=flat.device)]
-        if _distributed():
+        if is_distributed():
             dist.broadcast(centres, 0)
         self.codebook.data.copy_(centres)
         self.ema_embed_sum.copy_(centres)
@@ -279,12 +276,12 @@ class VectorQuantizer(nn.Module):
         counts = torch.bincount(indices, minlength=K).float()  # (K,)
         if self.config.update == "ema":
             sums = torch.zeros(K, flat.shape[1], device=flat.device).index_add_(0, indices, flat)
-            if _distributed():
+            if is_distributed():
                 stats = torch.cat([counts[:, None], sums], 1)
                 dist.all_reduce(stats)
                 counts, sums = stats[:, 0].contiguous(), stats[:, 1:].contiguous()
             self.ema_update(counts, sums)
-        elif _distributed():
+        elif is_distributed():
             dist.all_reduce(counts)
         self.steps_unused.add_(1)
         self.steps_unused.masked_fill_(counts > 0, 0)
@@ -314,7 +311,7 @@ class VectorQuantizer(nn.Module):
         # Re-seed from random encoder outputs of this (global) batch; rank 0's picks are shared.
         flat = _global_rows(flat)
         picks = flat[torch.randint(0, flat.shape[0], (n_dead,), device=flat.device)]
-        if _distributed():
+        if is_distributed():
             dist.broadcast(picks, 0)
         self.codebook.data[dead] = picks
         self.ema_embed_sum[dead] = picks

@@ -12,6 +12,7 @@ import torch
 import torch.distributed as dist
 
 from ..errors import ConfigError
+from ..parallel import is_distributed
 
 
 @dataclass
@@ -55,11 +56,6 @@ def setup(device_name: str = "auto") -> DistContext:
             torch.cuda.set_device(device)
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return DistContext(rank=rank, world=world, local_rank=local_rank, device=device)
-
-
-def is_distributed() -> bool:
-    """True inside a process group of more than one process (under torchrun)."""
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def is_main_process() -> bool:
