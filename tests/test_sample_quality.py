@@ -75,13 +75,13 @@ def test_calibrated_score_orders_real_reconstructions_and_noise():
 def test_held_out_halves_are_drawn_in_a_fixed_random_order():
     """A class-sorted held-out set (the bundled MNIST images are sorted) must not give the reference
     one set of classes and the real row another."""
-    from vqvae.api import _in_fixed_random_order
+    from vqvae.metrics.protocol import in_fixed_random_order
     from vqvae.data import ImageSet
 
     labels = torch.arange(100) // 50  # 50 of class 0, then 50 of class 1
     data = ImageSet("sorted", 2, 1, images=labels.to(torch.uint8)[:, None, None, None].expand(-1, 1, 2, 2).clone(),
                     labels=labels)
-    picked = _in_fixed_random_order(data, 80)[:, 0, 0, 0]
-    assert torch.equal(picked, _in_fixed_random_order(data, 80)[:, 0, 0, 0])  # fixed
+    picked = in_fixed_random_order(data, 80)[:, 0, 0, 0]
+    assert torch.equal(picked, in_fixed_random_order(data, 80)[:, 0, 0, 0])  # fixed
     for half in (picked[:40], picked[40:]):
         assert 10 < int(half.sum()) < 30  # both classes in each half

@@ -15,6 +15,7 @@ from vqvae.models import prior_common
 from vqvae.models import transformer_prior as transformer_module
 from vqvae.models.prior_common import filter_top_p, mix_guidance
 from vqvae.runs import load_prior
+from vqvae.sampling import cached_samples
 from vqvae.checkpoint import load_checkpoint
 
 
@@ -162,16 +163,16 @@ def test_cached_samples_are_redrawn_when_the_prior_or_settings_change(transforme
     run = tmp_path / "run"
     shutil.copytree(source, run)
     prior, cfg, _ = load_prior(run)
-    first = api._cached_samples(run, cfg, prior, 8, "cpu")
+    first = cached_samples(run, cfg, prior, 8, "cpu")
     stamp = (run / "samples.npy").stat().st_mtime_ns
-    assert torch.equal(api._cached_samples(run, cfg, prior, 8, "cpu"), first)
+    assert torch.equal(cached_samples(run, cfg, prior, 8, "cpu"), first)
     assert (run / "samples.npy").stat().st_mtime_ns == stamp  # same prior, same settings: reused
     meta = json.loads((run / "samples.json").read_text())
     (run / "samples.json").write_text(json.dumps({**meta, "prior_fingerprint": "another prior"}))
-    api._cached_samples(run, cfg, prior, 8, "cpu")
+    cached_samples(run, cfg, prior, 8, "cpu")
     assert json.loads((run / "samples.json").read_text())["prior_fingerprint"] == meta["prior_fingerprint"]
     assert (run / "samples.npy").stat().st_mtime_ns != stamp
     stamp = (run / "samples.npy").stat().st_mtime_ns
     cfg.sample.temperature = 0.7  # what a user changing sample settings gets: fresh samples
-    api._cached_samples(run, cfg, prior, 8, "cpu")
+    cached_samples(run, cfg, prior, 8, "cpu")
     assert (run / "samples.npy").stat().st_mtime_ns != stamp

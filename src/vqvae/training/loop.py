@@ -2,15 +2,22 @@
 
 It owns what is common: the optimiser and learning-rate schedule, bf16 autocast, DDP,
 the non-finite guard, progress bars, TensorBoard, checkpoints (last and best, atomic,
-mid-epoch if asked) and exact resume. A `Stage` supplies the model, its batches, its
-loss, its per-epoch statistics and its held-out evaluation.
+mid-epoch if asked) and exact resume. A `Stage` (the contract is written down once, below)
+supplies the model, its batches, its loss, its per-epoch statistics and its validation.
+
+`fit` reads top to bottom: restore (or start); for each epoch, for each step: forward,
+the non-finite check (stop, or skip the batch leaving every buffer as it was), backward,
+optimiser step, a periodic checkpoint; at the epoch's end: evaluate on validation, keep the
+best, save the last. The final test evaluation is the stage's, after `fit` returns.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import sys
 import time
+from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -44,53 +51,85 @@ class LoopState:
         return cls(**{k: v for k, v in loop.items() if k in known})
 
 
-class Stage:
-    """What a training stage provides to `fit`. Subclasses set the attributes in __init__."""
+class Stage(ABC):
+    """The Stage contract: what a training stage (training/vqvae_stage.py, training/prior_stage.py)
+    provides to `fit`. `fit` owns the optimiser, schedule, checkpoints and progress; a stage
+    owns its model, its data and what its figures mean.
 
-    kind: str  # "vqvae" or "prior": names checkpoints and metrics sections
+    Set in __init__ (or as class attributes):
+        kind: "vqvae" or "prior": names the checkpoints, progress bars and messages.
+        config_section: "train" or "prior_train": where a user changes this stage's settings
+            (messages tell them which option to set).
+        summary_keys: the history fields printed at each epoch end.
+        epoch_statistics: names of the tensor attributes holding the epoch's running
+            statistics (reset by `begin_epoch`): saved in mid-epoch checkpoints and put back on
+            resume, so a resumed epoch reports what an uninterrupted one would.
+        model: the module to train (its trainable parameters are the optimiser's).
+        batches: the training batches: `len(batches)` batches per epoch, and
+            `batches.epoch(epoch, skip)` yields epoch `epoch`'s batches after the first `skip`,
+            the same batches in the same order on every call (exact resume depends on it).
+        train_cfg: this stage's TrainConfig.
+        config_dict: the whole RunConfig as a dict, saved in every checkpoint.
+
+    Methods: `loss` and `evaluate` are required; the others have defaults that do nothing.
+    """
+
+    kind: str
+    config_section: str
+    summary_keys: tuple = ()
+    epoch_statistics: tuple = ()
     model: nn.Module
-    batches: object  # data.Batches
+    batches: object  # data.Batches or data.TensorBatches
     train_cfg: TrainConfig
-    config_dict: dict  # the whole RunConfig, saved in every checkpoint
-    config_section: str  # "train" or "prior_train": where a user changes this stage's settings
-    summary_keys: tuple = ()  # history fields printed at each epoch end
+    config_dict: dict
 
+    @abstractmethod
     def loss(self, model: nn.Module, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        raise NotImplementedError
+        """(the loss to minimise, its named terms). `model` is `self.model` or its DDP wrapper:
+        call that one, so gradients are synchronised."""
+
+    @abstractmethod
+    def evaluate(self) -> dict:
+        """Validation figures of `self.model` (in eval mode), on rank 0: 'val_loss' (lower is
+        better) chooses the best checkpoint; {} when the run has no validation split (then the
+        last checkpoint is the one kept)."""
 
     def begin_epoch(self) -> None:
-        pass
+        """Reset the per-epoch statistics (not called when resuming mid-epoch)."""
 
     def after_step(self, values: torch.Tensor) -> None:
-        """values: the step's loss terms (detached, fp32), stacked in the order `loss` returned them."""
-        pass
+        """After each optimiser step. values: the step's loss terms (detached, fp32), stacked in
+        the order `loss` returned them."""
+
+    def epoch_summary(self) -> dict:
+        """The epoch's training statistics for its history record. Called on every process (it
+        may all-reduce)."""
+        return {}
+
+    def postfix(self) -> dict:
+        """What the progress bar shows after the step count."""
+        return {}
+
+    def epoch_state(self) -> dict:
+        """The epoch's statistics so far, saved in a mid-epoch checkpoint ..."""
+        return {name: getattr(self, name) for name in self.epoch_statistics}
+
+    def load_epoch_state(self, state: dict) -> None:
+        """... and put back on resume ({} when the checkpoint was written at an epoch's end)."""
+        if state:
+            for name in self.epoch_statistics:
+                getattr(self, name).copy_(state[name])
+
+    def checkpoint_extra(self) -> dict:
+        """More plain values for every checkpoint (what is needed to rebuild the model)."""
+        return {}
 
     def compile(self, mode: str) -> None:
         """torch.compile what can be compiled (in place: state-dict keys stay the same)."""
         self.model.compile(mode=mode)
 
-    def epoch_summary(self) -> dict:
-        return {}
-
-    def postfix(self) -> dict:
-        return {}
-
-    def epoch_state(self) -> dict:
-        return {}
-
-    def load_epoch_state(self, state: dict) -> None:
-        pass
-
-    def evaluate(self) -> dict:
-        """Validation figures: 'val_loss' (lower is better) chooses the best checkpoint; {} when
-        the run has no validation split (then the last checkpoint is the one kept)."""
-        raise NotImplementedError
-
-    def checkpoint_extra(self) -> dict:
-        return {}
-
     def epoch_images(self, writer, epoch: int) -> None:
-        pass
+        """Images for TensorBoard at an epoch's end (rank 0, when tensorboard is installed)."""
 
 
 @dataclass
@@ -175,140 +214,69 @@ def _open_tensorboard(run_dir: Path, kind: str):
 
 
 def fit(stage: Stage, run_dir: Path, ctx: DistContext, resume: bool = False) -> LoopState:
-    cfg = stage.train_cfg
-    device = ctx.device
-    model = stage.model
-    params = [p for p in model.parameters() if p.requires_grad]
-    # On GPUs the fused kernel updates every parameter in one launch.
-    fused = {"fused": True} if device.type == "cuda" else {}
-    optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **fused) if cfg.weight_decay == 0 \
-        else torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
+    """Train `stage.model` for `stage.train_cfg.epochs` epochs (counting those a resumed run had
+    done), saving RUN/checkpoints/KIND-last.pt (and -best.pt) as it goes. Returns the loop state:
+    epochs, steps, best validation loss and one history record per epoch."""
+    cfg, device, model = stage.train_cfg, ctx.device, stage.model
     steps_per_epoch = len(stage.batches)
     total_steps = max(1, cfg.epochs * steps_per_epoch)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg, s, total_steps))
-    state = LoopState()
-
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = make_optimizer(params, cfg, device)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_steps))
     last_path = checkpoint_path(run_dir, stage.kind, "last")
-    killed_in_first_save = any(last_path.parent.glob(f".{stage.kind}-*.pt.*{TMP_SUFFIX}"))
-    barrier()  # every process has looked before rank 0 cleans up
-    if ctx.is_main:
-        remove_stale_files(run_dir)
-    if resume and not last_path.is_file() and killed_in_first_save:
-        # Killed while writing its first checkpoint: there is nothing to continue from.
-        if ctx.is_main:
-            print(f"{stage.kind}: no checkpoint in {last_path.parent} (the run was stopped while writing its first); "
-                  f"starting from the beginning", flush=True)
-        resume = False
-    if resume:
-        if not last_path.is_file():
-            raise CheckpointError(f"cannot resume: {last_path} does not exist (no {stage.kind} checkpoint in "
-                                  f"{run_dir}); run without --resume to start it")
-        ckpt = load_checkpoint(last_path, kind=stage.kind, map_location=device)
-        model.load_state_dict(ckpt["model_state"])
-        optimizer.load_state_dict(ckpt["optimizer_state"])
-        scheduler.load_state_dict(ckpt["scheduler_state"])
-        state = LoopState.from_dict(ckpt["loop"])
-        stage.load_epoch_state(ckpt.get("epoch_state", {}))
-        _set_rng_state(ckpt["rng"], device)
-        for note in _resumed_settings(cfg, ckpt["config"][stage.config_section], state, stage, optimizer, scheduler):
-            state.notes.append(note)
-            if ctx.is_main:
-                print(f"{stage.kind}: {note}", flush=True)
+
+    # Restore, or start.
+    if start_from_checkpoint(stage, run_dir, ctx, resume):
+        state = restore(stage, last_path, optimizer, scheduler, ctx)
     else:
+        state = LoopState()
         torch.manual_seed(cfg.seed)
-    scheduler.lr_lambdas[0] = lambda s: lr_factor(cfg, s, total_steps, state.schedule_start)
-    for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
-        group["lr"] = base * scheduler.lr_lambdas[0](scheduler.last_epoch)  # as LambdaLR computes it
+    use_schedule(optimizer, scheduler, lr_lambda(cfg, total_steps, state.schedule_start))
 
-    if cfg.compile:
-        stage.compile(cfg.compile_mode)
-    train_model: nn.Module = model
-    if ctx.distributed:
-        # Codebook statistics are all-reduced inside the quantizer, so buffers need no broadcast.
-        train_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
-    use_amp = amp_enabled(cfg.amp, device)
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_amp else contextlib.nullcontext
+    train_model = prepare_for_training(stage, ctx)
+    autocast = (functools.partial(torch.autocast, device.type, dtype=torch.bfloat16) if amp_enabled(cfg.amp, device)
+                else contextlib.nullcontext)
     writer = _open_tensorboard(run_dir, stage.kind) if ctx.is_main else None
-
-    def save(which: str, epoch_state: dict | None = None):
-        if not ctx.is_main:
-            return
-        save_checkpoint(
-            checkpoint_path(run_dir, stage.kind, which), stage.kind, stage.config_dict, model.state_dict(),
-            optimizer_state=optimizer.state_dict(), scheduler_state=scheduler.state_dict(),
-            rng=_rng_state(device), loop=asdict(state), epoch_state=epoch_state or {},
-            **stage.checkpoint_extra())
-
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover - tqdm is a dependency
-        tqdm = None
-
-    def nonfinite_message(step, epoch, batch, terms, bad) -> str:
-        names = [k for k, b in zip(terms, bad.tolist()) if b]
-        return (f"{stage.kind}: non-finite loss at step {step} (epoch {epoch + 1}, batch {batch}) in term(s) "
-                f"{', '.join(names)}")
-
-    def stop_advice(message: str) -> str:
-        kept = (f"The last good checkpoint is kept at {last_path}" if last_path.is_file()
-                else "No checkpoint had been written yet")
-        return (message + f". {kept}; lower the learning rate ({stage.config_section}.lr={cfg.lr:g}), or set "
-                f"{stage.config_section}.on_nonfinite=skip")
-
     # On CUDA in "stop" mode the check lags one step so the host never waits for the device.
-    lagged = device.type == "cuda" and cfg.on_nonfinite == "stop"
-    guard = _LaggedGuard(device, lambda step, epoch, batch, names, bad: TrainingError(
-        stop_advice(nonfinite_message(step, epoch, batch, dict.fromkeys(names), bad))))
+    lagged = LaggedCheck(stage, last_path) if device.type == "cuda" and cfg.on_nonfinite == "stop" else None
 
     model.train()
     while state.epoch < cfg.epochs:
-        epoch = state.epoch
-        skip = state.batch_in_epoch
-        if skip == 0:
+        epoch, first_batch = state.epoch, state.batch_in_epoch  # first_batch > 0: resumed mid-epoch
+        if first_batch == 0:
             stage.begin_epoch()
-        t0 = time.perf_counter()
-        images_seen = 0
-        skipped = 0
-        show = cfg.progress and ctx.is_main and tqdm is not None
-        bar = tqdm(total=steps_per_epoch, initial=skip, desc=f"{stage.kind} {epoch + 1}/{cfg.epochs}",
-                   leave=False, dynamic_ncols=True) if show else None
-        for batch in stage.batches.epoch(epoch, skip):
+        t0, images_seen, skipped = time.perf_counter(), 0, 0
+        bar = progress_bar(stage, ctx, epoch, steps_per_epoch, first_batch)
+        for batch in stage.batches.epoch(epoch, first_batch):
             # The forward pass itself changes state (EMA codebooks, usage counters, restarts):
             # a skipped batch must leave all of it as it was, so keep a copy to put back.
             before = _forward_state(model) if cfg.on_nonfinite == "skip" else None
-            try:
+            where = (state.step + 1, epoch, state.batch_in_epoch + 1)  # (step, epoch, batch) for messages
+            with out_of_memory_advice(stage, device):
                 with autocast():
                     loss, terms = stage.loss(train_model, batch)
                 values = torch.stack([t.detach().float() for t in terms.values()])
-                bad = (~torch.isfinite(values)).float()
-                if ctx.distributed:
-                    dist.all_reduce(bad)
-                if lagged:
-                    # Check the previous step's flag, copied to the host without blocking: its
-                    # kernels have usually finished while this step was being launched.
-                    guard.check()
-                    guard.record(bad, state.step + 1, epoch, state.batch_in_epoch + 1, list(terms))
+                bad = nonfinite_flags(values, ctx)
+                if lagged is not None:
+                    lagged.check()  # the previous step's flags, copied without blocking
+                    lagged.record(bad, where, list(terms))
                 elif bool(bad.any()):
-                    message = nonfinite_message(state.step + 1, epoch, state.batch_in_epoch + 1, terms, bad)
-                    if cfg.on_nonfinite == "skip":
-                        model.load_state_dict(before, strict=False)
-                        skipped += 1
-                        if ctx.is_main and skipped == 1:  # the first of the epoch; the count comes at its end
-                            (bar.write if bar is not None else _warn)(message + "; batch skipped")
-                        state.batch_in_epoch += 1
-                        optimizer.zero_grad(set_to_none=True)
-                        continue
-                    raise TrainingError(stop_advice(message))
+                    message = nonfinite_message(stage.kind, where, list(terms), bad)
+                    if cfg.on_nonfinite != "skip":
+                        raise stop_error(stage, last_path, message)
+                    model.load_state_dict(before, strict=False)
+                    optimizer.zero_grad(set_to_none=True)
+                    skipped += 1
+                    if ctx.is_main and skipped == 1:  # the first of the epoch; the count comes at its end
+                        (bar.write if bar is not None else _warn)(message + "; batch skipped")
+                    state.batch_in_epoch += 1
+                    continue
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
                 optimizer.step()
                 scheduler.step()
-            except torch.OutOfMemoryError:
-                raise TrainingError(f"out of memory on {device} with batch size {cfg.batch_size}: try "
-                                    f"--set {stage.config_section}.batch_size={max(1, cfg.batch_size // 2)}") from None
             state.step += 1
             state.batch_in_epoch += 1
             images_seen += batch[0].shape[0] * ctx.world
@@ -318,13 +286,18 @@ def fit(stage: Stage, run_dir: Path, ctx: DistContext, resume: bool = False) -> 
                 if state.step % 5 == 0:
                     bar.set_postfix(stage.postfix(), refresh=False)
             if writer is not None and state.step % 50 == 0:
-                for k, v in zip(terms, values.tolist()):
-                    writer.add_scalar(f"train_step/{k}", v, state.step)
+                for name, value in zip(terms, values.tolist()):
+                    writer.add_scalar(f"train_step/{name}", value, state.step)
+            # Periodic checkpoint, mid-epoch (the epoch's end writes its own).
             if cfg.checkpoint_every_steps and state.step % cfg.checkpoint_every_steps == 0 \
                     and state.batch_in_epoch < steps_per_epoch:
-                guard.check(final=True)  # never write weights a non-finite step has touched
-                save("last", stage.epoch_state())
-        guard.check(final=True)
+                if lagged is not None:
+                    lagged.check()  # never write weights a non-finite step has touched
+                save(stage, run_dir, "last", optimizer, scheduler, state, ctx, stage.epoch_state())
+
+        # End of epoch: evaluate on validation, keep the best, save.
+        if lagged is not None:
+            lagged.check()
         if bar is not None:
             bar.close()
         seconds = time.perf_counter() - t0
@@ -336,8 +309,8 @@ def fit(stage: Stage, run_dir: Path, ctx: DistContext, resume: bool = False) -> 
         if skipped:
             record["skipped_batches"] = skipped
             if ctx.is_main:
-                _warn(f"{stage.kind} epoch {epoch + 1}/{cfg.epochs}: {skipped} of {steps_per_epoch - skip} batches "
-                      f"skipped (non-finite loss)")
+                _warn(f"{stage.kind} epoch {epoch + 1}/{cfg.epochs}: {skipped} of {steps_per_epoch - first_batch} "
+                      f"batches skipped (non-finite loss)")
         record["seconds"] = round(seconds, 3)
         record["images_per_s"] = round(images_seen / seconds, 1) if seconds > 0 else None
         state.history.append(record)
@@ -347,23 +320,165 @@ def fit(stage: Stage, run_dir: Path, ctx: DistContext, resume: bool = False) -> 
         if improved:
             state.best = record["val_loss"]
         if cfg.keep_best and improved:
-            save("best")
-        save("last")
+            save(stage, run_dir, "best", optimizer, scheduler, state, ctx)
+        save(stage, run_dir, "last", optimizer, scheduler, state, ctx)
         if writer is not None:
-            for k, v in record.items():
-                if isinstance(v, (int, float)) and k != "epoch":
-                    writer.add_scalar(f"epoch/{k}", v, epoch + 1)
-            stage.epoch_images(writer, epoch + 1)
-            writer.flush()
+            log_epoch(writer, stage, record)
         if ctx.is_main and cfg.progress:
             shown = {k: v for k, v in record.items() if k in stage.summary_keys}
             print(f"{stage.kind} epoch {epoch + 1}/{cfg.epochs}: " +
                   " ".join(f"{k}={_fmt(v)}" for k, v in shown.items()), flush=True)
+
     if writer is not None:
         writer.close()
     if ctx.is_main and not cfg.keep_last and last_path.exists() and state.epoch >= cfg.epochs:
         last_path.unlink()
     return state
+
+
+def make_optimizer(params: list, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    """Adam, or AdamW when there is weight decay; on GPUs the fused kernel updates every
+    parameter in one launch."""
+    fused = {"fused": True} if device.type == "cuda" else {}
+    if cfg.weight_decay == 0:
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
+
+
+def lr_lambda(cfg: TrainConfig, total_steps: int, start: int = 0):
+    """The schedule as LambdaLR takes it: a plain function of the step count (LambdaLR would
+    save a callable object's attributes, a TrainConfig among them, into every checkpoint)."""
+    return lambda step: lr_factor(cfg, step, total_steps, start)
+
+
+def use_schedule(optimizer: torch.optim.Optimizer, scheduler, schedule) -> None:
+    """Make `schedule` the scheduler's, and set the current rate from it at the scheduler's
+    step, as LambdaLR computes it."""
+    scheduler.lr_lambdas[0] = schedule
+    for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
+        group["lr"] = base * schedule(scheduler.last_epoch)
+
+
+def start_from_checkpoint(stage: Stage, run_dir: Path, ctx: DistContext, resume: bool) -> bool:
+    """Whether `fit` continues from KIND-last.pt. Also removes the temporary files a killed
+    process left (rank 0), and raises when `resume` has nothing to continue from."""
+    last_path = checkpoint_path(run_dir, stage.kind, "last")
+    killed_in_first_save = any(last_path.parent.glob(f".{stage.kind}-*.pt.*{TMP_SUFFIX}"))
+    barrier()  # every process has looked before rank 0 cleans up
+    if ctx.is_main:
+        remove_stale_files(run_dir)
+    if not resume:
+        return False
+    if not last_path.is_file() and killed_in_first_save:
+        # Killed while writing its first checkpoint: there is nothing to continue from.
+        if ctx.is_main:
+            print(f"{stage.kind}: no checkpoint in {last_path.parent} (the run was stopped while writing its first); "
+                  f"starting from the beginning", flush=True)
+        return False
+    if not last_path.is_file():
+        raise CheckpointError(f"cannot resume: {last_path} does not exist (no {stage.kind} checkpoint in "
+                              f"{run_dir}); run without --resume to start it")
+    return True
+
+
+def restore(stage: Stage, path: Path, optimizer, scheduler, ctx: DistContext) -> LoopState:
+    """Put the model, optimiser, schedule, epoch statistics and random number generators back
+    as `path` saved them, then apply what this call changes (see `_resumed_settings`)."""
+    ckpt = load_checkpoint(path, kind=stage.kind, map_location=ctx.device)
+    stage.model.load_state_dict(ckpt["model_state"])
+    optimizer.load_state_dict(ckpt["optimizer_state"])
+    scheduler.load_state_dict(ckpt["scheduler_state"])
+    state = LoopState.from_dict(ckpt["loop"])
+    stage.load_epoch_state(ckpt.get("epoch_state", {}))
+    _set_rng_state(ckpt["rng"], ctx.device)
+    for note in _resumed_settings(stage.train_cfg, ckpt["config"][stage.config_section], state, stage, optimizer,
+                                  scheduler):
+        state.notes.append(note)
+        if ctx.is_main:
+            print(f"{stage.kind}: {note}", flush=True)
+    return state
+
+
+def prepare_for_training(stage: Stage, ctx: DistContext) -> nn.Module:
+    """The module the steps call: the stage's model, compiled if asked, wrapped in DDP under
+    torchrun (checkpoints always save the unwrapped model)."""
+    if stage.train_cfg.compile:
+        stage.compile(stage.train_cfg.compile_mode)
+    if not ctx.distributed:
+        return stage.model
+    device = ctx.device
+    # Codebook statistics are all-reduced inside the quantizer, so buffers need no broadcast.
+    return nn.parallel.DistributedDataParallel(
+        stage.model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
+
+
+def save(stage: Stage, run_dir: Path, which: str, optimizer, scheduler, state: LoopState, ctx: DistContext,
+         epoch_state: dict | None = None) -> None:
+    """RUN/checkpoints/KIND-WHICH.pt, atomically, on rank 0: everything an exact resume needs."""
+    if not ctx.is_main:
+        return
+    save_checkpoint(
+        checkpoint_path(run_dir, stage.kind, which), stage.kind, stage.config_dict, stage.model.state_dict(),
+        optimizer_state=optimizer.state_dict(), scheduler_state=scheduler.state_dict(),
+        rng=_rng_state(ctx.device), loop=asdict(state), epoch_state=epoch_state or {},
+        **stage.checkpoint_extra())
+
+
+def progress_bar(stage: Stage, ctx: DistContext, epoch: int, steps_per_epoch: int, done: int):
+    """A tqdm bar over the epoch's steps on rank 0 when progress is on, else None."""
+    if not (stage.train_cfg.progress and ctx.is_main):
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover - tqdm is a dependency
+        return None
+    return tqdm(total=steps_per_epoch, initial=done, desc=f"{stage.kind} {epoch + 1}/{stage.train_cfg.epochs}",
+                leave=False, dynamic_ncols=True)
+
+
+@contextlib.contextmanager
+def out_of_memory_advice(stage: Stage, device: torch.device):
+    """Turn running out of memory into an error that suggests a smaller batch."""
+    try:
+        yield
+    except torch.OutOfMemoryError:
+        batch_size = stage.train_cfg.batch_size
+        raise TrainingError(f"out of memory on {device} with batch size {batch_size}: try "
+                            f"--set {stage.config_section}.batch_size={max(1, batch_size // 2)}") from None
+
+
+def nonfinite_flags(values: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """1.0 for each loss term that is not finite, on any process (all processes then agree to
+    skip or stop)."""
+    bad = (~torch.isfinite(values)).float()
+    if ctx.distributed:
+        dist.all_reduce(bad)
+    return bad
+
+
+def nonfinite_message(kind: str, where: tuple[int, int, int], names: list[str], bad: torch.Tensor) -> str:
+    step, epoch, batch = where
+    terms = [name for name, b in zip(names, bad.tolist()) if b]
+    return f"{kind}: non-finite loss at step {step} (epoch {epoch + 1}, batch {batch}) in term(s) {', '.join(terms)}"
+
+
+def stop_error(stage: Stage, last_path: Path, message: str) -> TrainingError:
+    """The error that stops a run at a non-finite loss: what is kept, and what to change."""
+    kept = (f"The last good checkpoint is kept at {last_path}" if last_path.is_file()
+            else "No checkpoint had been written yet")
+    section = stage.config_section
+    return TrainingError(message + f". {kept}; lower the learning rate ({section}.lr={stage.train_cfg.lr:g}), or set "
+                         f"{section}.on_nonfinite=skip")
+
+
+def log_epoch(writer, stage: Stage, record: dict) -> None:
+    """An epoch's figures (and the stage's images) to TensorBoard."""
+    epoch = record["epoch"]
+    for k, v in record.items():
+        if isinstance(v, (int, float)) and k != "epoch":
+            writer.add_scalar(f"epoch/{k}", v, epoch)
+    stage.epoch_images(writer, epoch)
+    writer.flush()
 
 
 def _forward_state(model: nn.Module) -> dict:
@@ -436,28 +551,31 @@ def use_best_weights(model: nn.Module, run_dir: Path, kind: str, device: torch.d
     return True
 
 
-class _LaggedGuard:
-    """Holds one step's non-finite flags in pinned host memory until the next step checks them."""
+class LaggedCheck:
+    """The non-finite check one step late, for CUDA: a step's flags are copied to pinned host
+    memory without blocking, and read at the next step, by when its kernels have usually
+    finished; the host never waits for the device."""
 
-    def __init__(self, device: torch.device, make_error):
-        self.device, self.make_error = device, make_error
+    def __init__(self, stage: Stage, last_path: Path):
+        self.stage, self.last_path = stage, last_path
         self.pending = None
 
-    def record(self, bad: torch.Tensor, step: int, epoch: int, batch: int, names: list[str]) -> None:
+    def record(self, bad: torch.Tensor, where: tuple[int, int, int], names: list[str]) -> None:
         host = torch.empty(bad.shape, dtype=bad.dtype, pin_memory=True)
         host.copy_(bad, non_blocking=True)
         event = torch.cuda.Event()
         event.record()
-        self.pending = (host, event, step, epoch, batch, names)
+        self.pending = (host, event, where, names)
 
-    def check(self, final: bool = False) -> None:
+    def check(self) -> None:
+        """Raise the stop error if the recorded step had a non-finite loss term."""
         if self.pending is None:
             return
-        host, event, step, epoch, batch, names = self.pending
+        host, event, where, names = self.pending
         event.synchronize()
         self.pending = None
         if bool(host.any()):
-            raise self.make_error(step, epoch, batch, names, host)
+            raise stop_error(self.stage, self.last_path, nonfinite_message(self.stage.kind, where, names, host))
 
 
 def _fmt(v):

@@ -85,6 +85,7 @@ class PriorStage(Stage):
     kind = "prior"
     config_section = "prior_train"
     summary_keys = ("bits", "val_bits", "images_per_s")
+    epoch_statistics = ("nats_sum", "num_batches")  # set by begin_epoch
 
     def __init__(self, model: Prior, config: RunConfig, train_codes, train_labels, val_codes, val_labels,
                  ctx: DistContext, fingerprint: str):
@@ -124,14 +125,6 @@ class PriorStage(Stage):
 
     def postfix(self) -> dict:
         return {"bits/code": f"{(self.nats_sum / self.num_batches.clamp_min(1)).item() / LN2:.4f}"}
-
-    def epoch_state(self) -> dict:
-        return {"nats_sum": self.nats_sum, "num_batches": self.num_batches}
-
-    def load_epoch_state(self, state: dict) -> None:
-        if state:
-            self.nats_sum.copy_(state["nats_sum"])
-            self.num_batches.copy_(state["num_batches"])
 
     def evaluate(self) -> dict:
         if self.val_batches is None:

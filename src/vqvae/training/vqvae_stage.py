@@ -23,6 +23,7 @@ class VQVAEStage(Stage):
     kind = "vqvae"
     config_section = "train"
     summary_keys = ("loss", "recon", "codes_used", "perplexity", "val_mse", "val_codes_used", "images_per_s")
+    epoch_statistics = ("counts", "term_sums", "num_batches")  # set by begin_epoch
 
     def __init__(self, model: VQVAE, config: RunConfig, splits: Splits, ctx: DistContext):
         self.model = model
@@ -74,15 +75,6 @@ class VQVAEStage(Stage):
         if "commitment" in means:
             shown["commit"] = f"{means['commitment']:.4f}"
         return {**shown, "used": f"{int((self.counts > 0).sum())}/{self.counts.numel()}"}
-
-    def epoch_state(self) -> dict:
-        return {"counts": self.counts, "term_sums": self.term_sums, "num_batches": self.num_batches}
-
-    def load_epoch_state(self, state: dict) -> None:
-        if state:
-            self.counts.copy_(state["counts"])
-            self.term_sums.copy_(state["term_sums"])
-            self.num_batches.copy_(state["num_batches"])
 
     def evaluate(self) -> dict:
         if self.val_batches is None:

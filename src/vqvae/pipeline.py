@@ -1,0 +1,38 @@
+"""`vqvae run`: the whole job in one folder, each step the same function its own command calls."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from .config import RunConfig
+from .evaluation import evaluate
+from .report import summary_text
+from .runs import read_metrics, update_metrics
+from .sampling import sample
+from .training.distributed import is_main_process
+from .training.prior_stage import train_prior
+from .training.vqvae_stage import train_vqvae
+
+
+def run_pipeline(config: RunConfig, run_dir: str | Path, progress: bool = True) -> dict:
+    """The whole job: VQ-VAE, cached codes, prior, samples, evaluation and report, in one folder."""
+    run_dir = Path(run_dir)
+    timings = {}
+    t = time.perf_counter()
+    train_vqvae(config, run_dir)
+    timings["vqvae_s"] = round(time.perf_counter() - t, 1)
+    t = time.perf_counter()
+    train_prior(config, run_dir)
+    timings["prior_s"] = round(time.perf_counter() - t, 1)
+    if not is_main_process():
+        return {}  # under torchrun, sampling and evaluation are rank 0's
+    t = time.perf_counter()
+    sampled = sample(run_dir, device=config.train.device)
+    timings["sample_s"] = round(time.perf_counter() - t, 1)
+    t = time.perf_counter()
+    evaluate(run_dir, device=config.train.device)
+    timings["evaluate_s"] = round(time.perf_counter() - t, 1)
+    update_metrics(run_dir, "pipeline", {"timings": timings, "sampling": sampled})
+    if progress:
+        print(summary_text(run_dir), flush=True)
+    return read_metrics(run_dir)

@@ -1,0 +1,124 @@
+"""A run's report: RUN/report.md and RUN/report.html from metrics.json and the run's figures,
+and the few lines `vqvae run` prints at the end.
+
+The Markdown is the source; the HTML is that Markdown rendered by Python-Markdown (with its
+tables extension) inside a small page template, so every table and image of the Markdown
+appears in the page.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import markdown
+import numpy as np
+import torch
+
+from .figures import plot_usage_histogram
+from .runs import read_metrics
+
+# The figures a run may hold, in the order the report shows them.
+FIGURES = (("Reconstructions (originals above, reconstructions below)", "reconstructions.png"),
+           ("Samples", "samples.png"), ("VQ-VAE training", "curves.png"),
+           ("Prior training", "prior_curves.png"), ("Codebook usage", "codebook_usage.png"))
+
+HTML_PAGE = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>{title}</title>
+<style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}table{{border-collapse:collapse}}
+td,th{{padding:2px 8px;border-bottom:1px solid #ddd;text-align:left}}img{{max-width:100%;image-rendering:pixelated}}</style>
+</head>
+<body>
+{body}
+</body>
+</html>
+"""
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """RUN/report.md and RUN/report.html: metrics, reconstruction and sample grids, curves,
+    and a codebook-usage histogram (drawn here from the cached held-out codes)."""
+    run_dir = Path(run_dir)
+    metrics = read_metrics(run_dir)
+    codes_path = run_dir / "codes" / "test.npy"
+    if codes_path.is_file():
+        K = metrics.get("prior", {}).get("codebook_size") or int(np.load(codes_path).max()) + 1
+        plot_usage_histogram(torch.bincount(torch.from_numpy(np.load(codes_path).astype(np.int64)).flatten(),
+                                            minlength=K), run_dir / "codebook_usage.png", "held-out codebook usage")
+    md = report_markdown(run_dir, metrics)
+    (run_dir / "report.md").write_text(md + "\n")
+    (run_dir / "report.html").write_text(markdown_page(md, title=f"VQ-VAE run report: {run_dir.name}"))
+    return run_dir / "report.md"
+
+
+def markdown_page(md: str, title: str) -> str:
+    """A whole HTML page showing the Markdown `md`."""
+    # The report holds no HTML of its own: anything that looks like a tag (in a run or dataset
+    # name) is shown as text, not passed through by Markdown as markup.
+    body = markdown.markdown(md.replace("&", "&amp;").replace("<", "&lt;"), extensions=["tables"])
+    return HTML_PAGE.format(title=title.replace("&", "&amp;").replace("<", "&lt;"), body=body)
+
+
+def report_markdown(run_dir: Path, metrics: dict) -> str:
+    ev = metrics.get("evaluation", {})
+    rec = ev.get("reconstruction", {})
+    lines = [f"# VQ-VAE run report: {run_dir.name}", ""]
+    if rec:
+        lines += ["## Reconstruction (held-out)", "",
+                  f"- test set: {ev.get('test_dataset')} ({rec.get('num_images')} images)",
+                  f"- MSE {rec.get('mse', float('nan')):.5f} (clipped to [0, 1]: {rec.get('mse_clipped', float('nan')):.5f}), "
+                  f"PSNR {rec.get('psnr_db', float('nan')):.2f} dB",
+                  f"- codes used {rec.get('codes_used')} of {rec.get('codes_used', 0) + rec.get('dead_codes', 0)}, "
+                  f"perplexity {rec.get('perplexity')}", ""]
+    prior = ev.get("prior", {})
+    if "test_bits_per_code" in prior:
+        lines += ["## Prior", "", f"- test negative log-likelihood: {prior['test_bits_per_code']:.4f} bits per code",
+                  ""]
+    sq = ev.get("samples", {})
+    if "rows" in sq:
+        lines += ["## Sample quality (calibrated; classifier features)", "",
+                  "Each row: n images scored against the same reference of n real held-out images. Real images "
+                  "and the VQ-VAE's reconstructions of them bound what samples can reach; noise shows the far end. "
+                  "Fréchet distance: lower is better; precision (no malformed images) and recall (no missing "
+                  f"modes): higher is better, k = {sq['k']} nearest neighbours.", "",
+                  "| images | Fréchet distance | precision | recall | confidence | class coverage | classes present |",
+                  "|---|---|---|---|---|---|---|"]
+        for name, r in sq["rows"].items():
+            lines.append(f"| {name} | {r['frechet_distance']:.3f} | {r['precision']:.3f} | {r['recall']:.3f} | "
+                         f"{r['confidence']:.3f} | {r['class_coverage']:.3f} | {r['classes_present']} |")
+        c = sq.get("classifier", {})
+        fid = sq.get("inception_fid", {})
+        fid_text = fid.get("fid") if fid.get("available") else f"unavailable ({fid.get('reason')})"
+        lines += ["", f"Samples' Fréchet distance / reconstructions': {sq['samples_vs_reconstructions']:.2f}. "
+                  f"n = {sq['n']} ({sq.get('heldout')}). Classifier: held-out accuracy {c.get('heldout_accuracy')} "
+                  f"on {c.get('heldout_set')}, trained on {c.get('train_images')} images with augmentation. "
+                  f"Inception FID: {fid_text}", ""]
+    for title, name in FIGURES:
+        if (run_dir / name).is_file():
+            lines += [f"## {title}", "", f"![{title}]({name})", ""]
+    return "\n".join(lines)
+
+
+def summary_text(run_dir: Path) -> str:
+    """What `vqvae run` prints at the end: the run's headline figures from metrics.json."""
+    m = read_metrics(run_dir)
+    ev = m.get("evaluation", {})
+    rec, prior, sq = ev.get("reconstruction", {}), ev.get("prior", {}), ev.get("samples", {})
+    lines = [f"run folder: {run_dir}"]
+    if rec:
+        lines.append(f"  reconstruction: MSE {rec['mse_clipped']:.5f} (clipped), PSNR {rec['psnr_db']:.2f} dB, "
+                     f"{rec['codes_used']} codes used, perplexity {rec['perplexity']}")
+    if "test_bits_per_code" in prior:
+        lines.append(f"  prior: {prior['test_bits_per_code']:.4f} bits per code on test codes")
+    if "rows" in sq:
+        r = sq["rows"]
+        lines.append(f"  samples (n={sq['n']}): Fréchet {r['samples']['frechet_distance']:.2f} = "
+                     f"{sq['samples_vs_reconstructions']:.2f}x the reconstructions' "
+                     f"{r['reconstructions']['frechet_distance']:.2f} (real {r['real']['frechet_distance']:.2f}, "
+                     f"noise {r['noise']['frechet_distance']:.0f}); precision {r['samples']['precision']:.3f}, "
+                     f"recall {r['samples']['recall']:.3f}, {r['samples']['classes_present']} classes present")
+    if "pipeline" in m:
+        lines.append(f"  timings: {m['pipeline']['timings']}")
+    lines.append(f"  report: {run_dir / 'report.md'}")
+    return "\n".join(lines)

@@ -1,0 +1,134 @@
+"""Drawing images from a run: the prior samples code maps, the VQ-VAE decodes them.
+
+`sample` is what `vqvae sample` runs; `cached_samples` re-uses RUN/samples.npy for scoring
+when it came from the same prior with the run's own settings, and re-draws it otherwise.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import RunConfig, apply_overrides
+from .errors import ConfigError
+from .figures import save_grid
+from .files import atomic_write_text
+from .models import code_dtype
+from .runs import check_prior_matches, load_prior, load_vqvae, prior_fingerprint
+from .training.distributed import resolve_device
+
+
+@torch.no_grad()
+def decode_and_save(model, codes: torch.Tensor, npy_path: Path, batch: int = 500) -> torch.Tensor:
+    """Code maps -> images in [0, 1] on the CPU, also saved as uint8 (N, C, H, W) at `npy_path`."""
+    images = torch.cat([model.decode_indices(codes[i:i + batch]).float().clamp(0, 1).cpu()
+                        for i in range(0, len(codes), batch)])
+    np.save(npy_path, (images * 255).round().to(torch.uint8).numpy())
+    return images
+
+
+def class_labels(prior, class_: str | int | None, num_samples: int, device) -> tuple[torch.Tensor | None, int]:
+    """Labels for conditional sampling, and the grid's row length."""
+    spec = prior.spec
+    if class_ is None or class_ == "":
+        if prior.conditional:
+            return torch.arange(num_samples, device=device) % spec.num_classes, spec.num_classes
+        return None, 0
+    if not prior.conditional:
+        raise ConfigError("--class needs a class-conditional prior (train it with `train-prior --conditional`); "
+                          "this prior is unconditional")
+    if str(class_) == "all":
+        per_class = max(1, num_samples // spec.num_classes)
+        return torch.arange(spec.num_classes, device=device).repeat_interleave(per_class), per_class
+    names = list(spec.class_names)
+    if str(class_) in names:
+        index = names.index(str(class_))
+    else:
+        try:
+            index = int(class_)
+        except ValueError:
+            raise ConfigError(f"--class {class_!r} is not a class of this prior; classes: {', '.join(names)}") from None
+        if not 0 <= index < spec.num_classes:
+            raise ConfigError(f"--class {index} is out of range: this prior has classes 0..{spec.num_classes - 1} "
+                              f"({', '.join(names)})")
+    return torch.full((num_samples,), index, device=device), 0
+
+
+def check_guidance(prior, guidance: float) -> None:
+    """Guidance needs a prior that has both a conditional and an unconditional mode (the
+    option ranges themselves are checked by the config rules)."""
+    if guidance != 1 and not prior.conditional:
+        raise ConfigError("--guidance needs a class-conditional prior (train it with `train-prior --conditional "
+                          "--set prior.label_dropout=0.1`); this prior is unconditional")
+    if guidance != 1 and prior.null_class is None:
+        raise ConfigError("--guidance needs a prior trained with label dropout (`--set prior.label_dropout=0.1` on "
+                          "train-prior); this one has no unconditional mode")
+
+
+def sample(run_dir: str | Path, out_dir: str | Path | None = None, num_samples: int | None = None,
+           batch_size: int | None = None, temperature: float | None = None, top_k: int | None = None,
+           seed: int | None = None, class_: str | int | None = None, prior_path: str | Path | None = None,
+           vqvae_path: str | Path | None = None, device: str = "auto", name: str = "samples",
+           top_p: float | None = None, guidance: float | None = None) -> dict:
+    """Draw new images: prior samples code maps (incrementally), the VQ-VAE decodes them.
+
+    Unset options come from the run's `sample` config. `guidance` (conditional priors trained with
+    label dropout): 0 = unconditional, 1 = conditional, > 1 = classifier-free guidance.
+    Writes OUT/{name}.png (a grid), OUT/{name}.npy (uint8 (N, C, H, W)), OUT/{name}_codes.npy, and
+    OUT/{name}.json: the settings and the prior's fingerprint, which `evaluate` checks before it
+    scores cached samples.
+    """
+    dev = resolve_device(device)
+    run_dir = Path(run_dir)
+    prior, config, extra = load_prior(prior_path or run_dir, dev)
+    vqvae, _ = load_vqvae(vqvae_path or run_dir, dev)
+    check_prior_matches(prior, vqvae, extra["vqvae_fingerprint"])
+    # The run's sample.* settings, with these arguments over them, checked like any config.
+    asked = {"num_samples": num_samples, "batch_size": batch_size, "temperature": temperature, "top_k": top_k,
+             "top_p": top_p, "guidance": guidance, "seed": seed}
+    s = apply_overrides(config, {f"sample.{k}": v for k, v in asked.items() if v is not None}).sample
+    n, batch, temperature, top_k, top_p, guidance, seed = (s.num_samples, s.batch_size, s.temperature, s.top_k,
+                                                            s.top_p, s.guidance, s.seed)
+    check_guidance(prior, guidance)
+    labels, row = class_labels(prior, class_, n, dev)
+    n = len(labels) if labels is not None else n
+    generator = torch.Generator(device=dev).manual_seed(seed)
+    t0 = time.perf_counter()
+    codes = []
+    for start in range(0, n, batch):
+        b = min(batch, n - start)
+        codes.append(prior.sample(b, labels[start:start + b] if labels is not None else None, temperature, top_k,
+                                  generator, top_p=top_p, guidance=guidance))
+    codes = torch.cat(codes)
+    sample_seconds = time.perf_counter() - t0
+    out_dir = Path(out_dir or run_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    images = decode_and_save(vqvae, codes, out_dir / f"{name}.npy")
+    np.save(out_dir / f"{name}_codes.npy", codes.cpu().to(code_dtype(prior.spec.codebook_size)).numpy())
+    shown = images[: (row * prior.spec.num_classes if row and labels is not None and class_ == "all" else 100)]
+    grid = save_grid(shown, out_dir / f"{name}.png", nrow=row or 10)
+    settings = {"prior_fingerprint": prior_fingerprint(prior), "num_samples": n, "temperature": temperature,
+                "top_k": top_k, "top_p": top_p, "guidance": guidance, "seed": seed,
+                "class": None if class_ is None else str(class_)}
+    atomic_write_text(out_dir / f"{name}.json", json.dumps(settings, indent=2) + "\n")
+    return {**settings, "seconds": round(sample_seconds, 3), "samples_per_s": round(n / sample_seconds, 1),
+            "grid": str(grid)}
+
+
+def cached_samples(run_dir: Path, config: RunConfig, prior, n: int, dev) -> torch.Tensor:
+    """RUN/samples.npy as float images, re-drawn unless RUN/samples.json shows they came from this
+    very prior (weights fingerprint) with the run's sample settings and at least n of them."""
+    s = config.sample
+    wanted = {"prior_fingerprint": prior_fingerprint(prior), "temperature": s.temperature, "top_k": s.top_k,
+              "top_p": s.top_p, "guidance": s.guidance, "seed": s.seed, "class": None}
+    npy, meta_path = run_dir / "samples.npy", run_dir / "samples.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    fresh = (npy.is_file() and all(meta.get(k) == v for k, v in wanted.items())
+             and meta.get("num_samples", 0) >= n)
+    if not fresh:
+        sample(run_dir, num_samples=max(n, s.num_samples), temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
+               guidance=s.guidance, seed=s.seed, device=str(dev))
+    return torch.from_numpy(np.load(npy)[:n]).float() / 255
