@@ -317,7 +317,7 @@ def test_help_states_each_default_once():
 
 # --------------------------------------------------------------------------- files and faults
 
-def test_truncated_idx_gz_is_a_data_error(tmp_path):
+def test_truncated_idx_gz_is_a_data_error(tmp_path, capsys):
     import gzip
 
     images = np.random.default_rng(0).integers(0, 255, (20, 28, 28)).astype(np.uint8)
@@ -329,6 +329,14 @@ def test_truncated_idx_gz_is_a_data_error(tmp_path):
         read_idx(tmp_path / "t10k-images-idx3-ubyte.gz")
     with pytest.raises(DataError, match="truncated or damaged"):
         load_dataset(str(tmp_path), DataConfig())
+    # The CLI reads the header first (to choose or check the preset): the same one-line error there,
+    # also when the cut comes before the end of the header (zeros compress to a few bytes).
+    with gzip.open(tmp_path / "t10k-images-idx3-ubyte.gz", "wb") as f:
+        f.write(bytes([0, 0, 8, 3, 0, 0, 0, 20, 0, 0, 0, 28, 0, 0, 0, 28]) + bytes(20 * 28 * 28))
+    data = (tmp_path / "t10k-images-idx3-ubyte.gz").read_bytes()
+    (tmp_path / "t10k-images-idx3-ubyte.gz").write_bytes(data[: len(data) // 2])
+    assert main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--preset", "tiny"]) == 2
+    assert "truncated or damaged" in capsys.readouterr().err
 
 
 def test_out_naming_a_file_or_an_unwritable_folder(bar_folder, trained_run, tmp_path, monkeypatch, capsys):

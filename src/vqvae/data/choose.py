@@ -14,6 +14,7 @@ import gzip
 import json
 import math
 import statistics
+import zlib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,8 +107,11 @@ def _idx_shape(folder: Path) -> tuple[int, int] | None:
     """(count, side) from the header of a folder's IDX image file, if it has one."""
     for path in sorted(folder.iterdir()):
         if "-images-idx" in path.name:
-            with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
-                header = f.read(16)
+            try:
+                with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+                    header = f.read(16)
+            except (OSError, EOFError, zlib.error) as e:  # EOFError: a truncated .gz
+                raise DataError(f"cannot read IDX file {path} (truncated or damaged?): {e}") from None
             if len(header) == 16 and header[3] == 3:
                 return int.from_bytes(header[4:8], "big"), int.from_bytes(header[8:12], "big")
     return None
