@@ -83,6 +83,24 @@ def test_preset_is_nearest_in_size_and_keeps_the_datas_channels(tmp_path, side, 
     assert choice.preset == preset and cfg.data.channels == channels == cfg.model.in_channels
 
 
+def test_unlabelled_data_gets_an_unconditional_prior_and_says_so(tmp_path, bar_folder):
+    """The mnist preset's prior is class-conditional; images without labels (no class folders)
+    get an unconditional one, chosen or named, in one printed line; labelled data keeps it."""
+    for i in range(3):
+        Image.new("L", (28, 28)).save(tmp_path / f"{i}.png")
+    for preset in (None, "mnist"):
+        choice = choose_preset(preset, [f"data.dataset={tmp_path}"])
+        assert "prior.conditional=false" in choice.overrides and "no class labels" in choice.message
+        assert load_config(choice.preset, choice.overrides).prior.conditional is False
+    assert get_preset("mnist").prior.conditional is True
+    labelled = choose_preset("mnist", [f"data.dataset={bar_folder}"])
+    assert "prior.conditional=false" not in labelled.overrides and labelled.message == ""
+    assert "prior.conditional=false" not in choose_preset(None, []).overrides  # mnist-5k has labels
+    # Asked for explicitly, it is kept (and training the prior says what is missing).
+    asked = choose_preset("mnist", [f"data.dataset={tmp_path}", "prior.conditional=true"])
+    assert "prior.conditional=false" not in asked.overrides
+
+
 def test_named_datasets_map_to_their_preset():
     assert choose_preset(None, []).preset == "mnist"  # the default data, mnist-5k
     assert choose_preset(None, ["data.dataset=fashion-mnist"]).preset == "mnist"

@@ -157,3 +157,18 @@ def test_bad_files_give_clear_errors(trained_run, tmp_path, bar_folder):
     r = run_cli_subprocess("train", "--preset", "mnist", "--set", "data.image_size=32", "data.channels=3",
                            "--out", tmp_path / "y")
     assert r.returncode == 2 and "28x28 images with 1 channel(s), but the config expects 32x32" in r.stderr
+
+
+def test_pipeline_with_a_conditional_prior_on_unlabelled_images_stops_before_training(tmp_path):
+    from PIL import Image
+
+    from vqvae.cli import main
+
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for i in range(12):
+        Image.fromarray(np.full((16, 16), 20 * i, np.uint8)).save(flat / f"{i}.png")
+    run = tmp_path / "run"
+    assert main(["pipeline", "--preset", "tiny", "--data", str(flat), "--out", str(run),
+                 "--set", "data.num_workers=0", "data.image_size=16", "prior.conditional=true"]) == 2
+    assert not (run / "checkpoints").exists() or not any((run / "checkpoints").iterdir())

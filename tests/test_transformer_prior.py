@@ -176,3 +176,20 @@ def test_cached_samples_are_redrawn_when_the_prior_or_settings_change(transforme
     cfg.sample.temperature = 0.7  # what a user changing sample settings gets: fresh samples
     cached_samples(run, cfg, prior, 8, "cpu")
     assert (run / "samples.npy").stat().st_mtime_ns != stamp
+
+
+def test_a_presets_guidance_leaves_priors_without_a_null_class_unguided(trained_run, tmp_path):
+    """The mnist preset samples with guidance 1.5; a prior that cannot be guided (unconditional, or
+    trained without label dropout) samples unguided under that setting instead of failing, while an
+    explicit --guidance on it stays an error."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    prior, cfg, _ = load_prior(run)
+    assert prior.null_class is None
+    cfg.sample.guidance = 1.5
+    images = cached_samples(run, cfg, prior, 4, "cpu")
+    assert images.shape[0] == 4 and json.loads((run / "samples.json").read_text())["guidance"] == 1.0
+    with pytest.raises(ConfigError, match="label dropout"):
+        api.sample(run, out_dir=tmp_path / "s", num_samples=2, guidance=1.5, device="cpu")

@@ -5,6 +5,8 @@ import time
 from pathlib import Path
 
 from .config import RunConfig
+from .data import describe_data
+from .errors import DataError
 from .evaluation import evaluate
 from .report import summary_text
 from .runs import read_metrics, update_metrics
@@ -17,6 +19,11 @@ from .training.vqvae_stage import train_vqvae
 def run_pipeline(config: RunConfig, run_dir: str | Path, progress: bool = True) -> dict:
     """The whole job: VQ-VAE, cached codes, prior, samples, evaluation and report, in one folder."""
     run_dir = Path(run_dir)
+    summary = describe_data(config.data.dataset, config.data)
+    if config.prior.conditional and summary is not None and not summary.labelled:
+        # Said before the VQ-VAE trains, not after.
+        raise DataError(f"prior.conditional=true needs class labels, and {summary.spec} has none ({summary.detail}); "
+                        f"set prior.conditional=false, or put the images in one subfolder per class")
     timings = {}
     t = time.perf_counter()
     train_vqvae(config, run_dir)

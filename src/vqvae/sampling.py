@@ -68,6 +68,13 @@ def check_guidance(prior, guidance: float) -> None:
                           "train-prior); this one has no unconditional mode")
 
 
+def effective_guidance(prior, configured: float) -> float:
+    """The guidance a run's `sample.guidance` gives this prior: itself for a conditional prior with
+    a null class, else 1 (no guidance), so a preset's guidance never stops an unconditional prior
+    from sampling. An explicit --guidance is checked instead (`check_guidance`)."""
+    return configured if prior.conditional and prior.null_class is not None else 1.0
+
+
 def sample(run_dir: str | Path, out_dir: str | Path | None = None, num_samples: int | None = None,
            batch_size: int | None = None, temperature: float | None = None, top_k: int | None = None,
            seed: int | None = None, class_: str | int | None = None, prior_path: str | Path | None = None,
@@ -90,8 +97,9 @@ def sample(run_dir: str | Path, out_dir: str | Path | None = None, num_samples: 
     asked = {"num_samples": num_samples, "batch_size": batch_size, "temperature": temperature, "top_k": top_k,
              "top_p": top_p, "guidance": guidance, "seed": seed}
     s = apply_overrides(config, {f"sample.{k}": v for k, v in asked.items() if v is not None}).sample
-    n, batch, temperature, top_k, top_p, guidance, seed = (s.num_samples, s.batch_size, s.temperature, s.top_k,
-                                                            s.top_p, s.guidance, s.seed)
+    n, batch, temperature, top_k, top_p, seed = s.num_samples, s.batch_size, s.temperature, s.top_k, s.top_p, s.seed
+    if guidance is None:  # the run's setting: it applies where the prior can be guided
+        guidance = effective_guidance(prior, s.guidance)
     check_guidance(prior, guidance)
     labels, row = class_labels(prior, class_, n, dev)
     n = len(labels) if labels is not None else n
@@ -123,12 +131,12 @@ def cached_samples(run_dir: Path, config: RunConfig, prior, n: int, dev) -> torc
     very prior (weights fingerprint) with the run's sample settings and at least n of them."""
     s = config.sample
     wanted = {"prior_fingerprint": prior_fingerprint(prior), "temperature": s.temperature, "top_k": s.top_k,
-              "top_p": s.top_p, "guidance": s.guidance, "seed": s.seed, "class": None}
+              "top_p": s.top_p, "guidance": effective_guidance(prior, s.guidance), "seed": s.seed, "class": None}
     npy, meta_path = run_dir / "samples.npy", run_dir / "samples.json"
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
     fresh = (npy.is_file() and all(meta.get(k) == v for k, v in wanted.items())
              and meta.get("num_samples", 0) >= n)
     if not fresh:
         sample(run_dir, num_samples=max(n, s.num_samples), temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
-               guidance=s.guidance, seed=s.seed, device=str(dev))
+               guidance=wanted["guidance"], seed=s.seed, device=str(dev))
     return torch.from_numpy(np.load(npy)[:n]).float() / 255

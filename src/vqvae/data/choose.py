@@ -42,6 +42,7 @@ class DataSummary:
     typical_size: int  # median shorter side, pixels
     channels: int  # 3 if any image is in colour
     detail: str  # what was found, in words
+    labelled: bool = False  # class labels come with the images (named datasets, class folders, label files)
 
     def __str__(self) -> str:
         return f"{self.spec}: {self.detail}"
@@ -100,7 +101,8 @@ def _scan_folder(folder: Path, cfg: DataConfig) -> DataSummary:
     modes = ", ".join(f"{m} ({n})" for m, n in sorted(scan["modes"].items(), key=lambda kv: -kv[1]))
     detail = (f"{scan['count']} images" + (f" in {scan['classes']} class folders" if scan["classes"] else "")
               + f", sizes {sizes}, modes {modes}" + (f", {scan['unreadable']} unreadable" if scan["unreadable"] else ""))
-    return DataSummary(str(folder), scan["count"], int(statistics.median(short)), channels, detail)
+    return DataSummary(str(folder), scan["count"], int(statistics.median(short)), channels, detail,
+                       labelled=bool(scan["classes"]))
 
 
 def _idx_shape(folder: Path) -> tuple[int, int] | None:
@@ -125,17 +127,20 @@ def describe_data(spec: str, cfg: DataConfig | None = None) -> DataSummary | Non
     if spec in NAMED_DATA:
         count, side, channels = NAMED_DATA[spec]
         return DataSummary(spec, count, side, channels,
-                           f"named dataset, {count} {side}x{side} {'colour' if channels == 3 else 'grey'} images")
+                           f"named dataset, {count} {side}x{side} {'colour' if channels == 3 else 'grey'} images",
+                           labelled=True)
     path = Path(spec).expanduser()
     if path.is_file() and path.suffix.lower() in NUMPY_SUFFIXES:
         images, labels, described = read_numpy(path)
         n, c, h, w = images.shape
         return DataSummary(spec, n, min(h, w), c, f"{n} {h}x{w}x{c} {images.dtype} images"
-                           + (", labelled" if labels is not None else ""))
+                           + (", labelled" if labels is not None else ""), labelled=labels is not None)
     if path.is_dir():
         idx = _idx_shape(path)
         if idx:
-            return DataSummary(spec, idx[0], idx[1], 1, f"IDX files, {idx[0]} {idx[1]}x{idx[1]} grey images")
+            labelled = any("-labels-idx" in p.name for p in path.iterdir())
+            return DataSummary(spec, idx[0], idx[1], 1, f"IDX files, {idx[0]} {idx[1]}x{idx[1]} grey images"
+                               + (", labelled" if labelled else ""), labelled=labelled)
         return _scan_folder(path, cfg)
     raise DataError(f"dataset {spec!r} is neither a known name ({', '.join(NAMED_DATA)}) nor an existing path")
 
@@ -173,15 +178,16 @@ def choose_preset(preset: str | None, overrides: list[str], config_file: str | N
     channels_set = any(k in settings for k in CHANNEL_KEYS)
     if preset is not None:
         spec = settings.get("data.dataset", get_preset(preset).data.dataset)
-        summary = describe_data(spec, scan_cfg) if not channels_set else None
+        summary = describe_data(spec, scan_cfg)
         expected = get_preset(preset).data.channels
-        if summary is not None and summary.channels != expected:
+        if summary is not None and summary.channels != expected and not channels_set:
             kind = {1: "grey (1 channel)", 3: "colour (3 channels)"}
             raise ConfigError(
                 f"preset {preset!r} is for {kind[expected]} images, but {summary.spec} holds {kind[summary.channels]} "
                 f"images ({summary.detail}); use --preset {nearest_preset(summary)} (or leave --preset out to choose "
                 f"one), or --set data.channels={expected} to convert the images")
-        return PresetChoice(preset, [], "")
+        unconditional, note = _unlabelled(preset, summary, settings)
+        return PresetChoice(preset, unconditional, note)
     spec = settings.get("data.dataset", DataConfig().dataset)
     summary = describe_data(spec, scan_cfg)
     name = nearest_preset(summary)
@@ -191,7 +197,18 @@ def choose_preset(preset: str | None, overrides: list[str], config_file: str | N
     message = (f"data {summary}; chose preset {name!r} ({shape}"
                + (f", channels set to {summary.channels}" if extra else "") + "); change with --preset NAME "
                "(`vqvae presets` lists them) or --set data.image_size=N data.channels=C")
-    return PresetChoice(name, extra, message)
+    unconditional, note = _unlabelled(name, summary, settings)
+    return PresetChoice(name, extra + unconditional, "\n".join(m for m in (message, note) if m))
+
+
+def _unlabelled(preset: str, summary: DataSummary | None, settings: dict[str, str]) -> tuple[list[str], str]:
+    """A preset whose prior is class-conditional, on data without labels: an unconditional prior,
+    said in one line (a user who set prior.conditional themselves gets what they asked for)."""
+    if (summary is None or summary.labelled or not get_preset(preset).prior.conditional
+            or "prior.conditional" in settings):
+        return [], ""
+    return ["prior.conditional=false"], (f"{summary.spec} has no class labels (no class subfolders or label file): "
+                                         f"the prior of preset {preset!r} is unconditional here (prior.conditional=false)")
 
 
 def check_data_channels(spec: str, cfg: DataConfig) -> None:

@@ -176,8 +176,9 @@ def train_prior(config: RunConfig, run_dir: str | Path, resume: bool = False,
     splits = as_splits(data, config.data)
     train_set, val_set, test_set = splits
     if config.prior.conditional and (train_set.labels is None or not train_set.class_names):
-        raise DataError(f"--conditional needs a labelled dataset; {train_set.name} has no labels "
-                        f"(use a named dataset or a folder with one subfolder per class)")
+        raise DataError(f"prior.conditional=true (--conditional, or the preset's) needs a labelled dataset; "
+                        f"{train_set.name} has no labels: set prior.conditional=false, or use a named dataset or "
+                        f"a folder with one subfolder per class")
     if config.prior.conditional and test_set.labels is None:
         raise DataError(f"--conditional needs labels on the test split too; {test_set.name} has none")
     split_names = {"train": train_set, "val": val_set, "test": test_set}
