@@ -36,9 +36,10 @@ import torch
 
 from vqvae import api
 from vqvae.config import RunConfig, load_config
-from vqvae.data import load_dataset, load_splits
+from vqvae.data import TensorBatches, load_dataset, load_splits
 from vqvae.metrics.protocol import score_samples
 from vqvae.runs import load_prior, load_vqvae, read_metrics
+from vqvae.training.prior_stage import heldout_bits
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_TEST = HERE.parent.parent / "shared" / "data" / "mnist"
@@ -165,6 +166,17 @@ def score(args, common: list[str]) -> dict:
             "scores": [validation_score(args.run, splits, **sampling) for sampling in sampling_settings(prior)]}
 
 
+def unconditional_bits(run: Path) -> float | None:
+    """A conditional prior trained with label dropout, read as an unconditional one (every label the
+    null class): its bits per code on the validation codes, comparable with an unconditional prior's."""
+    prior, _, _ = load_prior(run, torch.device("cpu"))
+    if not prior.conditional or prior.null_class is None:
+        return None
+    codes = torch.from_numpy(np.load(run / "codes" / "val.npy")).long()
+    null = torch.full((len(codes),), prior.null_class, dtype=torch.long)
+    return round(heldout_bits(prior, TensorBatches((codes, null), 500, torch.device("cpu"), shuffle=False)), 5)
+
+
 def demo(args, common: list[str]) -> dict:
     out: dict = {}
     t0 = time.perf_counter()
@@ -185,7 +197,9 @@ def demo(args, common: list[str]) -> dict:
     out["demo_vs_seed_reference_wall"] = round(out["demo_wall_s"] / out["seed_reference_wall_s"], 3)
     metrics = read_metrics(run)
     out["demo_timings"] = metrics["pipeline"]["timings"]
-    out["demo_prior"] = {k: metrics["prior"][k] for k in ("best_val_bits_per_code", "test_bits_per_code", "epochs")}
+    out["demo_prior"] = {k: metrics["prior"][k] for k in ("best_val_bits_per_code", "test_bits_per_code", "epochs",
+                                                          "conditional")}
+    out["demo_prior"]["val_bits_per_code_unconditional_mode"] = unconditional_bits(run)
     out["demo_report_score"] = score_row(metrics["evaluation"]["samples"])
     splits = load_splits(cfg.data)
     out["final_score_mnist_test"] = score_row(api.sample_quality(run, mnist_test(cfg, args.test), splits.train,
