@@ -179,7 +179,7 @@ def test_cached_samples_are_redrawn_when_the_prior_or_settings_change(transforme
 
 
 def test_a_presets_guidance_leaves_priors_without_a_null_class_unguided(trained_run, tmp_path):
-    """The mnist preset samples with guidance 1.5; a prior that cannot be guided (unconditional, or
+    """The mnist preset samples with guidance 2; a prior that cannot be guided (unconditional, or
     trained without label dropout) samples unguided under that setting instead of failing, while an
     explicit --guidance on it stays an error."""
     import shutil
