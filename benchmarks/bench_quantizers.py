@@ -14,8 +14,9 @@ k-means, dead-code restarts (after 20 unused steps instead of 100: a run here is
 - `vq+rotation`: the same with the rotation trick instead of the straight-through estimator;
 - `vq+cosine+lowdim`: l2-normalised codes searched in an 8-dim projection (ViT-VQGAN's recipe);
 - `fsq`: the FSQ paper's levels for the size ([6,5], [8,8,8], [7,5,5,5,5]: 30, 512, 4375 codes),
-  project_in standardised on the first batch (fsq_init=data, see models/fsq.py);
-- `fsq+pytorch-init`: the same with PyTorch's init of project_in (the reference implementations');
+  each channel standardised over the batch before the bound (fsq_normalise=batch, see models/fsq.py);
+- `fsq+init-only`: project_in standardised once, on the first batch (fsq_normalise=init);
+- `fsq+no-norm`: PyTorch's init and no normalisation (fsq_normalise=none: the reference code's);
 - `lfq`: 5, 9, 12 sign bits with the entropy penalty;
 - `rvq`: 3 residual levels of 8 or 16 codes (9 and 12 bits; no 5-bit row: 5 does not split in 3).
 
@@ -59,7 +60,8 @@ def variants(bits: int) -> dict[str, list[str]]:
             "vq+rotation": [f"quantizer.codebook_size={K}", *ROTATION],
             "vq+cosine+lowdim": [f"quantizer.codebook_size={K}", *COSINE_LOWDIM],
             "fsq": ["quantizer.kind=fsq", f"quantizer.codebook_size={K}"],
-            "fsq+pytorch-init": ["quantizer.kind=fsq", f"quantizer.codebook_size={K}", "quantizer.fsq_init=pytorch"],
+            "fsq+init-only": ["quantizer.kind=fsq", f"quantizer.codebook_size={K}", "quantizer.fsq_normalise=init"],
+            "fsq+no-norm": ["quantizer.kind=fsq", f"quantizer.codebook_size={K}", "quantizer.fsq_normalise=none"],
             "lfq": ["quantizer.kind=lfq", f"quantizer.codebook_size={K}"]}
     if bits % 3 == 0:
         rows["rvq"] = ["quantizer.kind=rvq", "quantizer.rvq_depth=3", f"quantizer.codebook_size={2 ** (bits // 3)}"]

@@ -4,7 +4,8 @@
 
 For one FSQ model (the bench_quantizers.py recipe) this reports, on the validation split, at
 initialisation and after training: per channel the mean and standard deviation of the pre-bound
-activation z (project_in's output, what tanh squashes), the fraction of positions in each of the
+activation z (project_in's output, standardised with the running statistics under
+fsq_normalise=batch: what tanh squashes), the fraction of positions in each of the
 channel's L levels and in its two outer levels, the distinct values per channel, and the distinct
 code tuples (the codes used). Training's per-epoch codes used (training and validation) come
 from the run's history.
@@ -31,7 +32,8 @@ def channel_report(model, images) -> dict:
     for start in range(0, len(images), 500):
         x = torch.stack([images[i][0] for i in range(start, min(start + 500, len(images)))]).float() / 255
         z = model.encode(x)
-        zs.append(q.project_in(z) if q.project_in is not None else z)
+        z = q.project_in(z) if q.project_in is not None else z
+        zs.append(q.standardise(z) if q.config.fsq_normalise == "batch" else z)  # eval: running statistics
     z = torch.cat(zs)  # (N, d, h, w) pre-bound
     digits = q.bound(z).round() + q._per_channel(q.levels // 2)  # 0..L-1 per channel (even L: offset built in)
     indices = q.codes_to_indices(q.quantize_latent(z))
@@ -74,10 +76,10 @@ def main() -> None:
                                 "train.device=cpu", "train.amp=off", "data.num_workers=0", *overrides])
     val = as_splits(data, cfg.data).val
     torch.manual_seed(cfg.train.seed)  # the same initial weights as the training run's
-    report = {"dataset": described, "overrides": overrides, "epochs": args.epochs,
+    report = {"dataset": described, "overrides": overrides, "fsq_normalise": cfg.quantizer.fsq_normalise, "epochs": args.epochs,
               "init": channel_report(VQVAE(cfg.model, cfg.quantizer), val)}
     print(json.dumps(report["init"]), flush=True)
-    if cfg.quantizer.fsq_init == "data":  # what training's first step does to project_in, on its first batch
+    if cfg.quantizer.fsq_normalise == "init":  # what training's first step does to project_in, on its first batch
         model = VQVAE(cfg.model, cfg.quantizer)
         first = torch.stack([as_splits(data, cfg.data).train[i][0] for i in range(cfg.train.batch_size)]).float() / 255
         model.quantizer._standardise_projection(model.encode(first))
