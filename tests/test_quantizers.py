@@ -52,6 +52,86 @@ def test_fsq_rounds_to_the_grid_and_indices_round_trip():
     assert q.bound(torch.zeros(1, 4, 1, 1)).abs().max() < 1e-6  # centred: 0 maps to 0
 
 
+def _levels_reached(q: FiniteScalarQuantizer, z: torch.Tensor) -> list[int]:
+    """Distinct levels each channel takes on z (pre-projection input), in eval mode."""
+    steps = q.quantize_latent(q.project_in(z)) * q._per_channel(q.levels // 2)
+    return [int(steps[:, c].unique().numel()) for c in range(steps.shape[1])]
+
+
+def test_fsq_data_init_puts_every_level_within_reach():
+    """Encoder outputs at init are small (std ~0.01-0.02 on MNIST); with PyTorch's init project_in
+    keeps them in tanh's centre cell, while fsq_normalise=init rescales it on the first training batch
+    to mean 0, std 1 per channel, where every level of every channel is reached."""
+    levels = [7, 5, 5, 5, 5]
+    config = dict(kind="fsq", codebook_size=4375, fsq_levels=levels)
+    torch.manual_seed(0)
+    z = 0.02 * torch.randn(32, 16, 7, 7) + 0.01 * torch.randn(1, 16, 1, 1)  # small, with an offset
+    plain = FiniteScalarQuantizer(16, QuantizerConfig(**config, fsq_normalise="none"))
+    plain(z)
+    assert max(_levels_reached(plain, z)) <= 2  # the centre cell and at most one neighbour
+    q = FiniteScalarQuantizer(16, QuantizerConfig(**config, fsq_normalise="init"))
+    assert not q.initialised
+    q.eval()(z)  # evaluation never initialises
+    assert not q.initialised
+    q.train()(z)
+    pre = q.project_in(z).detach()
+    torch.testing.assert_close(pre.mean((0, 2, 3)), torch.zeros(5), atol=1e-5, rtol=0)
+    torch.testing.assert_close(pre.std((0, 2, 3)), torch.ones(5), atol=1e-4, rtol=0)
+    assert _levels_reached(q, z) == levels
+    assert q(z).indices.unique().numel() > 500  # of 1,568 positions: no longer a handful of codes
+    weight = q.project_in.weight.detach().clone()
+    q(2 * z)  # only the first batch rescales
+    assert torch.equal(q.project_in.weight, weight)
+
+
+def test_fsq_data_init_survives_checkpoints_and_spares_old_ones():
+    config = QuantizerConfig(kind="fsq", codebook_size=64, fsq_normalise="init")
+    z = 0.02 * torch.randn(8, 16, 4, 4)
+    trained = FiniteScalarQuantizer(16, config)
+    trained(z)
+    fresh = FiniteScalarQuantizer(16, config)
+    fresh.load_state_dict(trained.state_dict())
+    fresh(5 * z)  # resumed: already initialised, not rescaled again
+    assert torch.equal(fresh.project_in.weight, trained.project_in.weight)
+    old = {k: v for k, v in trained.state_dict().items()
+           if k not in ("initialised", "running_mean", "running_var")}  # before fsq_normalise existed
+    legacy = FiniteScalarQuantizer(16, config)
+    legacy.load_state_dict(old)
+    legacy(5 * z)
+    assert torch.equal(legacy.project_in.weight, trained.project_in.weight)
+    assert FiniteScalarQuantizer(2, config).initialised  # no project_in: nothing to rescale
+    with pytest.raises(ConfigError, match="fsq_normalise='none' does not apply to quantizer.kind=vq"):
+        load_config("tiny", ["quantizer.fsq_normalise=none"])
+
+
+def test_fsq_batch_normalisation_keeps_saturating_channels_in_range():
+    """The CIFAR-10 failure: channels driven to |z| of 4-8, where tanh is flat, sit in one outer
+    level. fsq_normalise=batch standardises each channel over the batch (eval: running averages),
+    so every level of every channel is reached, and gradients reach z again."""
+    levels = [7, 5, 5, 5, 5]
+    torch.manual_seed(0)
+    z = torch.randn(32, 5, 7, 7) + torch.tensor([0.0, -8.0, 1.0, -6.0, 4.0]).view(1, -1, 1, 1)
+    plain = FiniteScalarQuantizer(5, QuantizerConfig(kind="fsq", codebook_size=4375, fsq_levels=levels,
+                                                     fsq_normalise="none"))
+    steps = plain.quantize_latent(z) * plain._per_channel(plain.levels // 2)
+    assert [steps[:, c].unique().numel() for c in (1, 3)] == [1, 1]  # stuck in an outer level
+    q = FiniteScalarQuantizer(5, QuantizerConfig(kind="fsq", codebook_size=4375, fsq_levels=levels))
+    assert q.project_in is None and q.config.fsq_normalise == "batch"
+    z.requires_grad_(True)
+    out = q(z)
+    pre = q.standardise(z.detach())
+    torch.testing.assert_close(pre.mean((0, 2, 3)), torch.zeros(5), atol=1e-5, rtol=0)
+    torch.testing.assert_close(pre.std((0, 2, 3), unbiased=False), torch.ones(5), atol=1e-4, rtol=0)
+    steps = q.quantize_latent(pre) * q._per_channel(q.levels // 2)
+    assert [steps[:, c].unique().numel() for c in range(5)] == levels
+    out.quantized.square().sum().backward()
+    assert z.grad[:, 1].abs().mean() > 1e-3  # plain tanh at z ~ -8 passes ~1e-6
+    for _ in range(150):  # running statistics converge to the data's: eval codes match training codes
+        q(z.detach())
+    train_indices = q(z.detach()).indices
+    assert (q.eval()(z.detach()).indices == train_indices).float().mean() > 0.99
+
+
 def test_fsq_levels_follow_the_paper_table_and_config_checks():
     assert fsq_levels(QuantizerConfig(kind="fsq", codebook_size=1024)) == [8, 5, 5, 5]
     assert fsq_levels(QuantizerConfig(kind="fsq", codebook_size=4096)) == [7, 5, 5, 5, 5]
@@ -343,16 +423,21 @@ def test_quantizer_uses_the_fast_search_when_asked():
     assert (q(z).indices == exact(z).indices).float().mean() > 0.95
 
 
-def test_rvq_replicas_stay_identical_under_two_gloo_processes(tiny_config, tmp_path):
-    """Every level's EMA statistics are all-reduced and its init/restarts broadcast, level by level."""
+@pytest.mark.parametrize("kind", ["rvq", "fsq"])
+def test_replicas_stay_identical_under_two_gloo_processes(kind, tiny_config, tmp_path):
+    """rvq: every level's EMA statistics are all-reduced and its init/restarts broadcast, level by
+    level; fsq: project_in's data-dependent init is taken over the global batch and broadcast."""
     from test_distributed import launch
 
-    cfg = apply_overrides(tiny_config, KINDS["rvq"] + ["train.epochs=1", "train.amp=off", "train.channels_last=false",
+    cfg = apply_overrides(tiny_config, KINDS[kind] + ["train.epochs=1", "train.amp=off", "train.channels_last=false",
                                                        "quantizer.restart_after_steps=2"])
     launch(cfg, tmp_path / "ddp", 2)
     rank0 = torch.load(tmp_path / "ddp" / "rank0.pt", weights_only=True)
     rank1 = torch.load(tmp_path / "ddp" / "rank1.pt", weights_only=True)
-    assert any(k.startswith("quantizer.levels.2.") for k in rank0["state"])
+    if kind == "rvq":
+        assert any(k.startswith("quantizer.levels.2.") for k in rank0["state"])
+    else:
+        assert rank0["state"]["quantizer.initialised"]
     for key, value in rank0["state"].items():
         assert torch.equal(value, rank1["state"][key]), f"replicas differ in {key}"
 
@@ -361,7 +446,7 @@ def test_runs_saved_before_the_quantizer_family_still_resume(tiny_config, tmp_pa
     from vqvae.training.loop import check_resume_config
 
     old = tiny_config.to_dict()
-    for name in ("kind", "distance", "lookup_dim", "gradient", "search_precision", "fsq_levels", "entropy_weight",
+    for name in ("kind", "distance", "lookup_dim", "gradient", "search_precision", "fsq_levels", "fsq_normalise", "entropy_weight",
                  "entropy_diversity", "entropy_temperature", "lfq_commitment_weight", "rvq_depth", "rvq_dropout"):
         del old["quantizer"][name]
     save_checkpoint(checkpoint_path(tmp_path, "vqvae", "last"), "vqvae", old, {})

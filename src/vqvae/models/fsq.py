@@ -5,7 +5,25 @@ The encoder output is mapped (a 1x1 convolution) to d = len(levels) channels; ch
 bounded to L_i values and rounded to the nearest integer (straight-through), then scaled into
 [-1, 1]. The codebook is implicit: the product of the per-channel grids, prod(L_i) codes, each
 an integer by mixed-radix enumeration. Nothing is learned in the quantizer itself, so there is
-no codebook loss, no commitment loss and no codebook state: no collapse to guard against.
+no codebook loss, no commitment loss and no codebook state.
+
+What can starve the implicit codebook is the scale of the bound's input. tanh's rounding cells
+for L levels end at z = atanh((k + 1/2) / ((L-1)/2)): for L = 5 at |z| = 0.26 and 0.97. Measured
+(benchmarks/diagnose_fsq.py, results/2026-11-27-cpu-fsq-diagnosis-*.json): with PyTorch's init
+the encoder and project_in shrink activations to a standard deviation of about 0.01, so at step 0
+every channel sits in its centre cell (4 of 4,375 codes on MNIST, 2 on CIFAR-10); and on CIFAR-10
+training then drove 3 of 5 channels to |z| of 4-8, where tanh's gradient is ~1e-6: those channels
+stay in one outer level for good (18 codes used after 15 epochs, with a one-time rescale at init).
+`fsq_normalise` (under `quantizer.`):
+- "batch" (default): each channel is standardised like batch normalisation without the affine
+  part: batch mean and variance in training (differentiated through, as in BN), running averages
+  (all-reduced under torchrun, so replicas agree) in evaluation. A channel then always has mean 0
+  and std 1 over a batch, where a Gaussian channel uses L = 5..8 levels at 98-99% of their
+  maximum entropy (log2 L); it cannot leave tanh's useful range.
+- "init": project_in is rescaled once, on the first training batch, to mean 0 and std 1 per
+  channel (the data-dependent init of weight normalisation, Salimans & Kingma 2016; VQ's k-means
+  init is the same idea). Enough on MNIST, not on CIFAR-10 (above).
+- "none": PyTorch's init, as the paper's code and lucidrains' FSQ (no normalisation there).
 """
 from __future__ import annotations
 
@@ -15,7 +33,14 @@ import torch
 from torch import nn
 
 from ..config import QuantizerConfig, fsq_levels
-from .quantizer import QuantizerOutput, count_codes, straight_through
+from ..parallel import is_distributed
+from .quantizer import QuantizerOutput, _global_rows, count_codes, straight_through
+
+# The pre-bound standard deviation fsq_normalise sets: a Gaussian channel then uses its levels at
+# 98.4-99.3% of the maximum entropy for L = 5..8 (0.79-0.85 at std 0.5, 0.91-0.93 at std 2).
+INIT_STD = 1.0
+RUNNING_MOMENTUM = 0.1  # weight of a new batch in the running statistics (BatchNorm's default)
+NORM_EPS = 1e-5
 
 
 class FiniteScalarQuantizer(nn.Module):
@@ -33,6 +58,54 @@ class FiniteScalarQuantizer(nn.Module):
         self.register_buffer("basis", torch.tensor(basis, dtype=torch.long), persistent=False)
         self.project_in = nn.Conv2d(code_dim, d, 1) if d != code_dim else None
         self.project_out = nn.Conv2d(d, code_dim, 1) if d != code_dim else None
+        # Saved with the weights, so a resumed run does not rescale project_in a second time.
+        needs_init = self.project_in is not None and config.fsq_normalise == "init"
+        self.register_buffer("initialised", torch.tensor(not needs_init))
+        self._ready: bool | None = None  # host-side mirror of `initialised`: no device sync per step
+        # fsq_normalise="batch": running statistics of the bound's input, for evaluation.
+        self.register_buffer("running_mean", torch.zeros(d))
+        self.register_buffer("running_var", torch.ones(d))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # FSQ checkpoints written before fsq_normalise existed hold trained weights: never rescale
+        # them, and evaluate them without normalisation (mean 0, var 1: the identity up to eps).
+        state_dict.setdefault(prefix + "initialised", torch.tensor(True))
+        state_dict.setdefault(prefix + "running_mean", torch.zeros_like(self.running_mean))
+        state_dict.setdefault(prefix + "running_var", torch.ones_like(self.running_var))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._ready = None
+
+    def standardise(self, z: torch.Tensor) -> torch.Tensor:
+        """fsq_normalise="batch": (B, d, H, W) -> per channel mean 0, std INIT_STD."""
+        if self.training:
+            mean, var = z.mean((0, 2, 3)), z.var((0, 2, 3), unbiased=False)  # (d,), differentiated through
+            with torch.no_grad():
+                stats = torch.stack([mean, var + mean ** 2]) * z[:, 0].numel()  # sums over positions
+                count = torch.tensor(float(z[:, 0].numel()), device=z.device)
+                if is_distributed():  # running statistics over the global batch: identical replicas
+                    torch.distributed.all_reduce(stats)
+                    torch.distributed.all_reduce(count)
+                global_mean = stats[0] / count
+                global_var = stats[1] / count - global_mean ** 2
+                self.running_mean.lerp_(global_mean, RUNNING_MOMENTUM)
+                self.running_var.lerp_(global_var, RUNNING_MOMENTUM)
+        else:
+            mean, var = self.running_mean, self.running_var
+        return (z - self._per_channel(mean)) * (INIT_STD / self._per_channel(var + NORM_EPS).sqrt())
+
+    @torch.no_grad()
+    def _standardise_projection(self, x: torch.Tensor) -> None:
+        """Rescale project_in so that its output on `x` (the first global training batch) has
+        mean 0 and std INIT_STD per channel: (Wx + b - mean) / std = (W / std) x + (b - mean) / std."""
+        z = self.project_in(x)  # (B, d, H, W)
+        flat = _global_rows(z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]))  # (positions, d)
+        mean, std = flat.mean(0), flat.std(0).clamp_min(1e-12) / INIT_STD
+        self.project_in.weight.div_(std.view(-1, 1, 1, 1))
+        self.project_in.bias.sub_(mean).div_(std)
+        if is_distributed():  # every replica starts from rank 0's numbers, bit for bit
+            torch.distributed.broadcast(self.project_in.weight, 0)
+            torch.distributed.broadcast(self.project_in.bias, 0)
+        self.initialised.fill_(True)
 
     @property
     def codebook_size(self) -> int:
@@ -85,8 +158,15 @@ class FiniteScalarQuantizer(nn.Module):
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
         with torch.autocast(z.device.type, enabled=False):  # grid arithmetic in fp32
             z = z.float()
+            if self.training and not self._ready:
+                self._ready = bool(self.initialised)
+                if not self._ready:
+                    self._standardise_projection(z)
+                    self._ready = True
             if self.project_in is not None:
                 z = self.project_in(z)
+            if self.config.fsq_normalise == "batch":
+                z = self.standardise(z)
             codes = self.quantize_latent(z)
             indices = self.codes_to_indices(codes.detach())
             out = self.project_out(codes) if self.project_out is not None else codes
