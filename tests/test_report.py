@@ -50,7 +50,7 @@ def fake_run(run, figures):
     run.mkdir()
     rows = {name: {"frechet_distance": fd, "precision": 0.5, "recall": 0.25, "confidence": 0.75,
                    "class_coverage": 0.875, "classes_present": 2} for name, fd in ROWS.items()}
-    metrics = {"prior": {"codebook_size": 8}, "evaluation": {
+    metrics = {"prior": {"codebook_size": 8, "conditional": True}, "evaluation": {
         "test_dataset": "bars", "reconstruction": {"num_images": 48, "mse": 0.01, "mse_clipped": 0.009,
                                                    "psnr_db": 20.5, "codes_used": 6, "dead_codes": 2,
                                                    "perplexity": 5.1},
@@ -59,6 +59,7 @@ def fake_run(run, figures):
                     "classifier": {"heldout_accuracy": 1.0, "heldout_set": "bars-val", "train_images": 100},
                     "inception_fid": {"available": False, "reason": "no weights"}}}}
     (run / "metrics.json").write_text(json.dumps(metrics))
+    (run / "samples.json").write_text(json.dumps({"temperature": 1.0, "top_k": 0, "top_p": 1.0, "guidance": 2.0}))
     for name in figures:
         save_grid(torch.zeros(4, 1, 8, 8), run / name, nrow=2)
     (run / "codes").mkdir()
@@ -85,7 +86,8 @@ def test_report_html_shows_every_table_row_and_image_of_the_markdown(tmp_path, f
     assert shown == [name for _, name in FIGURES if (run / name).is_file()]
     assert "codebook_usage.png" in shown and all(f"({src})" in md for src in shown)
     assert all(img["alt"] for img in page.images)
-    assert "## Prior" in md and "1.2345 bits per code" in "".join(page.text)
+    assert "## Prior" in md and "1.2345 bits per code given the class" in "".join(page.text)
+    assert "samples drawn with temperature 1.0, top_k 0, top_p 1.0, guidance 2.0" in md
     # A name that looks like markup is text, in the title and the heading.
     assert page.headings[0] == "VQ-VAE run report: run<b>&co"
     assert "<b>" not in (run / "report.html").read_text()

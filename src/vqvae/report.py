@@ -7,6 +7,7 @@ appears in the page.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import markdown
@@ -73,8 +74,12 @@ def report_markdown(run_dir: Path, metrics: dict) -> str:
                   f"perplexity {rec.get('perplexity')}", ""]
     prior = ev.get("prior", {})
     if "test_bits_per_code" in prior:
-        lines += ["## Prior", "", f"- test negative log-likelihood: {prior['test_bits_per_code']:.4f} bits per code",
-                  ""]
+        given = " given the class" if metrics.get("prior", {}).get("conditional") else ""
+        lines += ["## Prior", "", f"- test negative log-likelihood: {prior['test_bits_per_code']:.4f} bits per code{given}"]
+        drawn = _sample_settings(run_dir)
+        if drawn:
+            lines.append(f"- samples drawn with {drawn}")
+        lines.append("")
     sq = ev.get("samples", {})
     if "rows" in sq:
         lines += ["## Sample quality (calibrated; classifier features)", "",
@@ -98,6 +103,18 @@ def report_markdown(run_dir: Path, metrics: dict) -> str:
         if (run_dir / name).is_file():
             lines += [f"## {title}", "", f"![{title}]({name})", ""]
     return "\n".join(lines)
+
+
+def _sample_settings(run_dir: Path) -> str:
+    """The settings RUN/samples.json records for the run's samples, in words ("" if none)."""
+    try:
+        s = json.loads((run_dir / "samples.json").read_text())
+    except (OSError, ValueError):
+        return ""
+    if not isinstance(s, dict):
+        return ""
+    parts = [f"{key} {s[key]}" for key in ("temperature", "top_k", "top_p", "guidance") if key in s]
+    return ", ".join(parts)
 
 
 def summary_text(run_dir: Path) -> str:
