@@ -66,6 +66,12 @@ ABLATION = [
     ("pixelcnn 8x64 k3, 2 epochs, conditional, no shifted codes (18 epochs of unshifted maps)", PIXELCNN_8X64[:-1] + [
         "prior.train_shifts=0", "prior.first_kernel_size=3", "prior_train.dropout=0", "prior_train.epochs=18",
         "prior.conditional=true", "prior.label_dropout=0.1"]),
+    ("pixelcnn 8x64 k3, 2 epochs, conditional, lr 4e-3", PIXELCNN_8X64 + [
+        "prior.first_kernel_size=3", "prior_train.dropout=0", "prior_train.epochs=2", "prior.conditional=true",
+        "prior.label_dropout=0.1", "prior_train.lr=0.004"]),
+    ("pixelcnn 8x64 k3, 2 epochs, conditional, batch 64", PIXELCNN_8X64 + [
+        "prior.first_kernel_size=3", "prior_train.dropout=0", "prior_train.epochs=2", "prior.conditional=true",
+        "prior.label_dropout=0.1", "prior_train.batch_size=64"]),
     ("pixelcnn 8x64 k3, 2 epochs, conditional, dropout 0.1", PIXELCNN_8X64 + [
         "prior.first_kernel_size=3", "prior_train.dropout=0.1", "prior_train.epochs=2", "prior.conditional=true",
         "prior.label_dropout=0.1"]),
