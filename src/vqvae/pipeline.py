@@ -19,9 +19,10 @@ from .training.vqvae_stage import train_vqvae
 def run_pipeline(config: RunConfig, run_dir: str | Path, progress: bool = True) -> dict:
     """The whole job: VQ-VAE, cached codes, prior, samples, evaluation and report, in one folder."""
     run_dir = Path(run_dir)
-    summary = describe_data(config.data.dataset, config.data)
-    if config.prior.conditional and summary is not None and not summary.labelled:
-        # Said before the VQ-VAE trains, not after.
+    # Said before the VQ-VAE trains, not after; the data is described only when it matters (a
+    # .npy file is read whole to describe it).
+    summary = describe_data(config.data.dataset, config.data) if config.prior.conditional else None
+    if summary is not None and not summary.labelled:
         raise DataError(f"prior.conditional=true needs class labels, and {summary.spec} has none ({summary.detail}); "
                         f"set prior.conditional=false, or put the images in one subfolder per class")
     timings = {}
