@@ -1,25 +1,33 @@
-"""Nearest-code search at large codebooks: exact fp32 against TF32/bf16 shortlists re-checked in fp32.
+"""Nearest-code search at large codebooks: the fp32 search against the checked fp16 search.
 
-    python benchmarks/bench_codebook_search.py --device cuda          # about 30 s on an H100/H200
-    python benchmarks/bench_codebook_search.py --device cpu --quick   # a smoke run
+    python benchmarks/bench_codebook_search.py --device cuda          # about 1-2 minutes on an H100/H200
+    python benchmarks/bench_codebook_search.py --device cpu --quick   # a smoke run (no timings worth quoting)
 
-For K = 8,192 and 16,384 codes of 256 dims and 128 x 32 x 32 = 131,072 vectors, times (CUDA
-events, median of --reps after warm-up):
+For 128 x 32 x 32 = 131,072 vectors of 256 dims and K = 1,024 to 16,384 codes (and 64 dims at
+8,192), times in milliseconds (CUDA events, median of --reps after warm-up; the first call of the
+Triton kernel at each size also picks its tile shape):
 
-- `fp32`: today's search, `addmm` + argmin in full fp32 (TF32 off), in 65,536-row chunks;
-- `tf32+recheck`, `bf16+recheck`: the low-precision distance matmul, the best 4 candidates per
-  vector, and their exact fp32 distances (`vqvae.models.codebook_search`);
-- `matmul_tf32`, `matmul_bf16`: the bare (N, 256) x (256, K) matmul in that precision, the bound
-  any search built on it has on this card.
+- `fp32`: `addmm` + argmin in full fp32 (TF32 off), in 65,536-row chunks (`search_precision=fp32`);
+- `checked_triton`, `checked_torch`: the checked search (`vqvae.models.codebook_search`) with the
+  fused Triton kernel, or with a cuBLAS fp16 matmul (fp32 out) and two reductions; both include
+  the fp32 search of the ambiguous vectors. `checked_triton` is what `search_precision=fast` runs;
+- `best_two_triton`, `best_two_torch`: the same without the bound and the fp32 pass;
+- `matmul_fp16`: the bare (N, C) x (C, K) fp16 matmul with an fp32 output: the bound any search
+  built on it has on this card; `matmul_fp32`: the same in fp32;
+- `triton_tiles`: every tile shape the kernel's autotuner tries, timed one by one.
 
-Then the whole quantizer step a training run takes (`VectorQuantizer` in training mode, EMA
-updates: search, statistics, lookup) on (128, 256, 32, 32) encoder outputs with each
-`quantizer.search_precision`.
+Then the quantizer step a training run takes (`VectorQuantizer`, training mode, EMA updates:
+search, statistics, lookup) on (128, C, 32, 32) encoder outputs with each `search_precision`.
 
-And agreement with the fp32 search: the fraction of vectors given the same code, and whether every
-disagreement is a near-tie (the two codes' float64 distances within 1e-5 of ||z||^2 + ||e||^2, the
-size of fp32 rounding in ||e||^2 - 2 z.e). Two kinds of vectors: `gaussian` (z ~ N(0, 1), codes
-~ N(0, 1): many codes at similar distances) and `clustered` (z = a random code + N(0, 0.3^2)).
+Correctness, on two kinds of vectors: `gaussian` (z ~ N(0, 1), codes ~ N(0, 1): many codes at
+similar distances: the hard case) and `clustered` (z = a random code + N(0, 0.3^2), what a
+trained VQ-VAE's encoder gives):
+- `bound`: on the card's own fp16 matmul, the largest |d~ - d| over the margin (must be <= 1),
+  with d in float64, over the first 4,096 vectors and every code;
+- `ambiguous`: the fraction of vectors the margin could not decide (searched again in fp32);
+- `agree_fraction` with the fp32 search, and whether every disagreement is a near-tie (the two
+  codes' float64 distances within 1e-5 of ||z||^2 + max ||e||^2, the size of fp32 rounding in
+  ||e||^2 - 2 z.e); `decided_exact`: whether every decided vector got its float64 nearest code.
 Prints one JSON document (and writes it to --out).
 """
 from __future__ import annotations
@@ -33,7 +41,7 @@ from pathlib import Path
 import torch
 
 from vqvae.config import QuantizerConfig
-from vqvae.models.codebook_search import _tf32_matmul, nearest_codes_fast
+from vqvae.models.codebook_search import best_two_torch, checked_search, margins, to_half, triton_available
 from vqvae.models.quantizer import VectorQuantizer, nearest_codes
 
 
@@ -57,20 +65,53 @@ def timed(fn, device: torch.device, reps: int) -> float:
     return round(statistics.median(times), 3)
 
 
-def agreement(flat, codebook, chosen, reference) -> dict:
+def attempt(fn):
+    """fn(), or the error it raised as text: one failing variant must not lose the other figures."""
+    try:
+        return fn()
+    except Exception as error:  # noqa: BLE001 - reported in the JSON
+        return {"error": f"{type(error).__name__}: {error}"[:500]}
+
+
+def exact_nearest(flat: torch.Tensor, codebook: torch.Tensor, rows: int = 8192) -> torch.Tensor:
+    """float64 nearest codes, in chunks (the full (N, K) float64 matrix would not fit)."""
+    codebook = codebook.double()
+    out = []
+    for start in range(0, len(flat), rows):
+        out.append(torch.cdist(flat[start:start + rows].double(), codebook).argmin(1))
+    return torch.cat(out)
+
+
+def agreement(flat, codebook, chosen, reference, ambiguous) -> dict:
     differ = (chosen != reference).nonzero().flatten()
-    out = {"agree_fraction": round(1 - len(differ) / len(reference), 6), "disagreements": len(differ)}
+    decided = (~ambiguous).nonzero().flatten()
+    exact = exact_nearest(flat[decided], codebook)
+    out = {"ambiguous": round(float(ambiguous.float().mean()), 5),
+           "agree_fraction": round(1 - len(differ) / len(reference), 6), "disagreements": len(differ),
+           "decided_exact": bool(torch.equal(exact, chosen[decided]))}
     if len(differ):
         z = flat[differ].double()
         d_new = ((z - codebook[chosen[differ]].double()) ** 2).sum(1)
         d_ref = ((z - codebook[reference[differ]].double()) ** 2).sum(1)
         tolerance = 1e-5 * (z.pow(2).sum(1) + codebook.double().pow(2).sum(1).max())
         gap = (d_new - d_ref).abs()
-        out.update(all_near_ties=bool((gap <= tolerance).all()), max_gap=float(gap.max()),
-                   max_gap_over_tolerance=round(float((gap / tolerance).max()), 4))
+        out.update(all_near_ties=bool((gap <= tolerance).all()), max_gap_over_tolerance=round(float((gap / tolerance).max()), 4))
     else:
         out["all_near_ties"] = True
     return out
+
+
+def bound_check(flat, codebook, rows: int = 4096) -> float:
+    """max |d~ - d| / margin over `rows` vectors and every code, d~ from this device's fp16 matmul."""
+    z, codes = to_half(flat[:rows]), to_half(codebook)
+    code_norms = (codebook * codebook).sum(1)
+    alpha = -2.0 / (z.scale * codes.scale)
+    if flat.is_cuda:
+        low = torch.addmm(code_norms, z.values, codes.values.t(), alpha=alpha, out_dtype=torch.float32)
+    else:
+        low = torch.addmm(code_norms, z.values.float(), codes.values.float().t(), alpha=alpha)
+    exact = (codebook.double() ** 2).sum(1) - 2 * flat[:rows].double() @ codebook.double().t()
+    return round(float(((low.double() - exact).abs() / margins(z, codes, code_norms, alpha).double()[:, None]).max()), 4)
 
 
 def main() -> None:
@@ -78,42 +119,63 @@ def main() -> None:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--quick", action="store_true", help="small sizes (CPU smoke run)")
     parser.add_argument("--reps", type=int, default=10)
-    parser.add_argument("--candidates", type=int, default=4)
     parser.add_argument("--out", help="also write the JSON here")
     args = parser.parse_args()
     device = torch.device(args.device)
-    n, dim, sizes = (4096, 64, [512, 1024]) if args.quick else (128 * 32 * 32, 256, [8192, 16384])
+    cuda = device.type == "cuda"
+    use_triton = cuda and triton_available()
+    n, sizes = (4096, [(512, 64), (1024, 32)]) if args.quick else (
+        128 * 32 * 32, [(1024, 256), (4096, 256), (8192, 256), (16384, 256), (8192, 64)])
     g = torch.Generator(device=device).manual_seed(0)
-    results = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-               "torch": torch.__version__, "vectors": n, "dim": dim, "candidates": args.candidates, "runs": []}
-    for K in sizes:
+    results = {"device": torch.cuda.get_device_name(device) if cuda else "cpu", "torch": torch.__version__,
+               "triton": use_triton, "vectors": n, "runs": []}
+    for K, dim in sizes:
         codebook = torch.randn(K, dim, device=device, generator=g)
         data = {"gaussian": torch.randn(n, dim, device=device, generator=g),
                 "clustered": codebook[torch.randint(0, K, (n,), device=device, generator=g)]
                 + 0.3 * torch.randn(n, dim, device=device, generator=g)}
-        row = {"codes": K, "ms": {}, "agreement": {}}
-        flat = data["gaussian"]
-        row["ms"]["fp32"] = timed(lambda: nearest_codes(flat, codebook), device, args.reps)
-        for precision in ("tf32", "bf16"):
-            row["ms"][f"{precision}+recheck"] = timed(
-                lambda: nearest_codes_fast(flat, codebook, precision, args.candidates), device, args.reps)
-        with _tf32_matmul(device.type == "cuda"):
-            row["ms"]["matmul_tf32"] = timed(lambda: flat @ codebook.t(), device, args.reps)
-        low, low_codes = flat.bfloat16(), codebook.bfloat16()
-        row["ms"]["matmul_bf16"] = timed(lambda: low @ low_codes.t(), device, args.reps)
-        for name, vectors in data.items():
-            reference = nearest_codes(vectors, codebook)
-            for precision in ("tf32", "bf16"):
-                chosen = nearest_codes_fast(vectors, codebook, precision, args.candidates)
-                row["agreement"][f"{name}/{precision}"] = agreement(vectors, codebook, chosen, reference)
-        batch = flat.view(-1, 32 * 32 if not args.quick else 64, dim).transpose(1, 2)  # (B, C, h*w)
+        row = {"codes": K, "dim": dim, "ms": {}, "correctness": {}}
+        for name, flat in data.items():
+            ms = row["ms"][name] = {}
+            ms["fp32"] = timed(lambda: nearest_codes(flat, codebook), device, args.reps)
+            kernels = ["triton", "torch"] if use_triton else ["torch"]
+            for kernel in kernels:
+                ms[f"checked_{kernel}"] = attempt(lambda: timed(lambda: checked_search(flat, codebook, kernel), device,
+                                                               args.reps))
+            z, codes = to_half(flat), to_half(codebook)
+            norms = (codebook * codebook).sum(1)
+            alpha = -2.0 / (z.scale * codes.scale)
+            ms["best_two_torch"] = timed(lambda: best_two_torch(z, codes, norms, alpha), device, args.reps)
+            if use_triton:
+                from vqvae.models.codebook_search_triton import CONFIGS, best_two_triton
+
+                codes_t = codes.values.t().contiguous()
+                ms["best_two_triton"] = attempt(lambda: timed(lambda: best_two_triton(z.values, codes_t, norms, alpha),
+                                                              device, args.reps))
+                if name == "gaussian":
+                    ms["triton_tiles"] = {
+                        "x".join(str(v) for v in c.kwargs.values()) + f"/w{c.num_warps}/s{c.num_stages}":
+                            attempt(lambda: timed(lambda: best_two_triton(z.values, codes_t, norms, alpha,
+                                                                          config=dict(c.kwargs)), device, args.reps))
+                        for c in CONFIGS}
+            if cuda and name == "gaussian":
+                low, low_codes = z.values, codes.values.t()
+                ms["matmul_fp16"] = timed(lambda: torch.mm(low, low_codes, out_dtype=torch.float32), device, args.reps)
+                ms["matmul_fp32"] = timed(lambda: flat @ codebook.t(), device, args.reps)
+            reference = nearest_codes(flat, codebook)
+            for kernel in kernels:
+                found = attempt(lambda: checked_search(flat, codebook, kernel))
+                check = found if isinstance(found, dict) else agreement(flat, codebook, found[0], reference, found[1])
+                row["correctness"][f"{name}/{kernel}"] = check
+            row["correctness"][f"{name}/bound"] = attempt(lambda: bound_check(flat, codebook))
+        batch = data["clustered"].view(-1, 32 * 32 if not args.quick else 64, dim).transpose(1, 2)
         batch = batch.reshape(batch.shape[0], dim, *((32, 32) if not args.quick else (8, 8))).contiguous()
-        for precision in ("fp32", "tf32", "bf16"):
+        for precision in ("fp32", "fast"):
             quantizer = VectorQuantizer(dim, QuantizerConfig(codebook_size=K, update="ema", init="uniform",
                                                              search_precision=precision)).to(device).train()
             quantizer.codebook.data.copy_(codebook)
             quantizer.ema_embed_sum.copy_(codebook)
-            row["ms"][f"quantizer_step_{precision}"] = timed(lambda: quantizer(batch), device, args.reps)
+            row["ms"][f"quantizer_step_{precision}"] = attempt(lambda: timed(lambda: quantizer(batch), device, args.reps))
         results["runs"].append(row)
         print(json.dumps(row), flush=True)
     text = json.dumps(results, indent=2)

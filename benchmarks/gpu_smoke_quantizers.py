@@ -16,7 +16,7 @@ from vqvae.models import VQVAE
 KINDS = {
     "vq": [], "vq-cosine-lowdim-rotation": ["quantizer.distance=cosine", "quantizer.lookup_dim=8",
                                             "quantizer.gradient=rotation"],
-    "vq-tf32-search": ["quantizer.codebook_size=4096", "quantizer.search_precision=tf32"],
+    "vq-fast-search": ["quantizer.codebook_size=4096", "quantizer.search_precision=fast"],
     "fsq": ["quantizer.kind=fsq", "quantizer.codebook_size=4096"],
     "lfq": ["quantizer.kind=lfq", "quantizer.codebook_size=4096"],
     "rvq": ["quantizer.kind=rvq", "quantizer.rvq_depth=3", "quantizer.codebook_size=16", "quantizer.rvq_dropout=0.5"],

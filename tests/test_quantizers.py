@@ -14,7 +14,6 @@ from vqvae.config import QuantizerConfig, apply_overrides, fsq_levels, load_conf
 from vqvae.errors import ConfigError
 from vqvae.models import (VQVAE, FiniteScalarQuantizer, LookupFreeQuantizer, ResidualVectorQuantizer, VectorQuantizer,
                           nearest_codes, rotation_trick, straight_through)
-from vqvae.models.codebook_search import nearest_codes_fast
 from vqvae.models.lfq import lfq_entropies
 from vqvae.runs import load_vqvae
 from vqvae.checkpoint import save_checkpoint
@@ -384,43 +383,6 @@ def test_fsq_run_trains_a_prior_over_its_implicit_codebook(tiny_config, tmp_path
     api.train_vqvae(cfg, run, data=memory_data())
     prior = api.train_prior(cfg, run, data=memory_data())
     assert prior.metrics["codebook_size"] == 64 and math.isfinite(prior.metrics["test_bits_per_code"])
-
-
-# --------------------------------------------------------------------------- fast search
-
-def test_fast_search_disagrees_with_fp32_only_at_near_ties():
-    g = torch.Generator().manual_seed(0)
-    codebook = torch.randn(512, 32, generator=g)
-    codebook[256:] = codebook[:256] + 1e-4 * torch.randn(256, 32, generator=g)  # planted near-twins
-    flat = torch.randn(4000, 32, generator=g)
-    flat[:1000] = codebook[torch.randint(0, 512, (1000,), generator=g)] + 0.05 * torch.randn(1000, 32, generator=g)
-    reference = nearest_codes(flat, codebook)
-
-    def exact(indices):  # float64 squared distances of the chosen codes
-        return ((flat.double() - codebook.double()[indices]) ** 2).sum(1)
-
-    def tie_tolerance():  # what fp32 rounding of ||e||^2 - 2 z.e can reach
-        return 1e-5 * (flat.double().pow(2).sum(1) + codebook.double().pow(2).sum(1).max())
-
-    fast = nearest_codes_fast(flat, codebook, "bf16", candidates=4, chunk_size=1000)
-    differ = fast != reference
-    assert differ.float().mean() < 0.05
-    assert (exact(fast) - exact(reference)).abs()[differ].le(tie_tolerance()[differ]).all()
-    # Negative control: bf16 distances without the fp32 re-check pick codes that are clearly worse.
-    low = torch.addmm((codebook ** 2).sum(1).bfloat16(), flat.bfloat16(), codebook.bfloat16().t(), alpha=-2).argmin(1)
-    assert ((exact(low) - exact(reference)) > tie_tolerance()).any()
-    # One candidate is the plain low-precision argmin: also caught.
-    one = nearest_codes_fast(flat, codebook, "bf16", candidates=1)
-    assert ((exact(one) - exact(reference)) > tie_tolerance()).any()
-
-
-def test_quantizer_uses_the_fast_search_when_asked():
-    q = VectorQuantizer(32, QuantizerConfig(codebook_size=64, search_precision="bf16")).eval()
-    q.codebook.data = torch.randn(64, 32)
-    z = torch.randn(4, 32, 4, 4)
-    exact = VectorQuantizer(32, QuantizerConfig(codebook_size=64)).eval()
-    exact.codebook.data = q.codebook.data.clone()
-    assert (q(z).indices == exact(z).indices).float().mean() > 0.95
 
 
 @pytest.mark.parametrize("kind", ["rvq", "fsq"])

@@ -67,7 +67,8 @@ class QuantizerConfig:
     distance: str = "l2"  # vq: or "cosine": codes and encoder outputs l2-normalised (ViT-VQGAN)
     lookup_dim: int = 0  # vq: search codes in this many dims (linear down, back up after; ViT-VQGAN); 0 = code_dim
     gradient: str = "straight_through"  # vq/rvq: or "rotation", the rotation trick (Fifty et al., ICLR 2025)
-    # vq/rvq search: "fp32" exact; "tf32"/"bf16": fast matmul, then the best few candidates re-checked in fp32
+    # vq/rvq search: "fp32"; "fast": on CUDA with >= 1,024 codes, fp16 tensor-core distances with a proven
+    # error bound, fp32 for the vectors it cannot decide: fp32's codes except at fp32's own near-ties
     search_precision: str = "fp32"
     fsq_levels: list = field(default_factory=list)  # fsq: values per channel; [] = FSQ paper's for codebook_size
     # fsq: how project_in's output is scaled into tanh's range. "batch": each channel standardised (mean 0, std 1)
@@ -161,6 +162,10 @@ class RunConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "RunConfig":
         """Rebuild a saved config (config.json, a checkpoint's), checked like any other."""
+        quantizer = d.get("quantizer") if isinstance(d, dict) else None
+        if isinstance(quantizer, dict) and quantizer.get("search_precision") in ("tf32", "bf16"):
+            # Runs saved before the checked search: their TF32/bf16 shortlists are now the "fast" search.
+            d = {**d, "quantizer": {**quantizer, "search_precision": "fast"}}
         cfg = from_dict(cls, d)
         validate(cfg)
         return cfg
@@ -423,7 +428,7 @@ RULES: dict[str, Rule] = {
     "quantizer.kind": one_of(*QUANTIZER_KINDS),
     "quantizer.distance": one_of("l2", "cosine"),
     "quantizer.gradient": one_of("straight_through", "rotation"),
-    "quantizer.search_precision": one_of("fp32", "tf32", "bf16"),
+    "quantizer.search_precision": one_of("fp32", "fast"),
     "quantizer.lookup_dim": at_least(0),
     "quantizer.fsq_normalise": one_of("batch", "init", "none"),
     "quantizer.entropy_weight": at_least(0),

@@ -61,18 +61,19 @@ def apply_estimator(name: str, inputs: torch.Tensor, quantized: torch.Tensor) ->
 
 
 def nearest_codes(flat: torch.Tensor, codebook: torch.Tensor, chunk_size: int = 65536,
-                  precision: str = "fp32", candidates: int = 4) -> torch.Tensor:
+                  precision: str = "fp32") -> torch.Tensor:
     """Index of the nearest codebook row for each row of `flat` (squared L2).
 
     Uses ||z||^2 - 2 z.e + ||e||^2 as one matmul; ||z||^2 is the same for every code and is
     dropped. Memory is O(chunk * K), never the O(N * K * C) of broadcasting differences.
-    precision "tf32"/"bf16": see `codebook_search.nearest_codes_fast` (fast matmul, the best
-    `candidates` re-checked in fp32). flat: (N, C), codebook: (K, C) -> (N,) int64.
+    precision "fast": on CUDA at large codebooks, fp16 distances with a proven error bound and
+    fp32 where that bound cannot decide (`codebook_search`): the same codes as fp32 except at
+    fp32's own near-ties. flat: (N, C), codebook: (K, C) -> (N,) int64.
     """
-    if precision != "fp32":
+    if precision == "fast" and not torch.onnx.is_in_onnx_export():
         from .codebook_search import nearest_codes_fast
 
-        return nearest_codes_fast(flat, codebook, precision, candidates, chunk_size)
+        return nearest_codes_fast(flat, codebook, chunk_size)
     flat = flat.float()
     codebook = codebook.float()
     code_norms = (codebook * codebook).sum(1)  # (K,)

@@ -153,7 +153,9 @@ def check_resume_config(run_dir: Path, kind: str, config: RunConfig, sections: t
     # Rebuilt through RunConfig so fields added since the run was saved compare at their defaults.
     saved = RunConfig.from_dict(load_checkpoint(path, kind=kind)["config"]).to_dict()
     now = config.to_dict()
-    fields = [(s, k) for s in sections for k in now[s]] + [("data", k) for k in DATA_FIXED_ON_RESUME]
+    # quantizer.search_precision only changes how the same codes are found: free to change.
+    fields = [(s, k) for s in sections for k in now[s] if (s, k) != ("quantizer", "search_precision")]
+    fields += [("data", k) for k in DATA_FIXED_ON_RESUME]
     changed = [f"{s}.{k}: {saved[s].get(k)!r} -> {now[s][k]!r}" for s, k in fields if saved[s].get(k) != now[s][k]]
     if changed:
         raise ConfigError(f"cannot resume {run_dir} with a different model or data: {'; '.join(changed)}. "
