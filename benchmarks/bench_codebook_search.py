@@ -9,25 +9,31 @@ Triton kernel at each size also picks its tile shape):
 
 - `fp32`: `addmm` + argmin in full fp32 (TF32 off), in 65,536-row chunks (`search_precision=fp32`);
 - `checked_triton`, `checked_torch`: the checked search (`vqvae.models.codebook_search`) with the
-  fused Triton kernel, or with a cuBLAS fp16 matmul (fp32 out) and two reductions; both include
-  the fp32 search of the ambiguous vectors. `checked_triton` is what `search_precision=fast` runs;
-- `best_two_triton`, `best_two_torch`: the same without the bound and the fp32 pass;
+  fused Triton kernel, or with a cuBLAS fp16 matmul (fp32 out) and three reductions; both include
+  the fp32 work on the vectors the margin leaves open. `checked_triton` is what `search_precision=fast`
+  (the default) runs;
+- `best_three_triton`, `best_three_torch`: the distance pass alone (the three smallest per vector);
+- `to_half_triton`, `to_half_torch`: scaling and rounding the vectors, with the norms the bound needs;
 - `matmul_fp16`: the bare (N, C) x (C, K) fp16 matmul with an fp32 output: the bound any search
   built on it has on this card; `matmul_fp32`: the same in fp32;
 - `triton_tiles`: every tile shape the kernel's autotuner tries, timed one by one.
 
 Then the quantizer step a training run takes (`VectorQuantizer`, training mode, EMA updates:
-search, statistics, lookup) on (128, C, 32, 32) encoder outputs with each `search_precision`.
+search, statistics, lookup) on (128, C, 32, 32) encoder outputs with each `search_precision`, and a
+whole training step (bf16 forward, backward, Adam) of the celeba-hq-128 preset's model (32 x 32
+latents of 128 dims, batch 64) at 8,192 and 16,384 codes with each.
 
 Correctness, on two kinds of vectors: `gaussian` (z ~ N(0, 1), codes ~ N(0, 1): many codes at
 similar distances: the hard case) and `clustered` (z = a random code + N(0, 0.3^2), what a
 trained VQ-VAE's encoder gives):
 - `bound`: on the card's own fp16 matmul, the largest |d~ - d| over the margin (must be <= 1),
   with d in float64, over the first 4,096 vectors and every code;
-- `ambiguous`: the fraction of vectors the margin could not decide (searched again in fp32);
+- `two_candidates`: the fraction of vectors the margin left to two codes (compared in fp32), and
+  `fp32_search`: the fraction searched again with the full fp32 search;
 - `agree_fraction` with the fp32 search, and whether every disagreement is a near-tie (the two
   codes' float64 distances within 1e-5 of ||z||^2 + max ||e||^2, the size of fp32 rounding in
-  ||e||^2 - 2 z.e); `decided_exact`: whether every decided vector got its float64 nearest code.
+  ||e||^2 - 2 z.e); `decided_exact`: whether every vector not sent to the fp32 search got its
+  float64 nearest code.
 Prints one JSON document (and writes it to --out).
 """
 from __future__ import annotations
@@ -41,7 +47,8 @@ from pathlib import Path
 import torch
 
 from vqvae.config import QuantizerConfig
-from vqvae.models.codebook_search import best_two_torch, checked_search, margins, to_half, triton_available
+from vqvae.models.codebook_search import (BY_FP32_SEARCH, BY_TWO_CANDIDATES, best_three_torch, checked_search, margins,
+                                          power_of_two_scale, to_half, triton_available)
 from vqvae.models.quantizer import VectorQuantizer, nearest_codes
 
 
@@ -82,11 +89,12 @@ def exact_nearest(flat: torch.Tensor, codebook: torch.Tensor, rows: int = 8192) 
     return torch.cat(out)
 
 
-def agreement(flat, codebook, chosen, reference, ambiguous) -> dict:
+def agreement(flat, codebook, chosen, reference, how) -> dict:
     differ = (chosen != reference).nonzero().flatten()
-    decided = (~ambiguous).nonzero().flatten()
+    decided = (how != BY_FP32_SEARCH).nonzero().flatten()
     exact = exact_nearest(flat[decided], codebook)
-    out = {"ambiguous": round(float(ambiguous.float().mean()), 5),
+    out = {"two_candidates": round(float((how == BY_TWO_CANDIDATES).float().mean()), 5),
+           "fp32_search": round(float((how == BY_FP32_SEARCH).float().mean()), 5),
            "agree_fraction": round(1 - len(differ) / len(reference), 6), "disagreements": len(differ),
            "decided_exact": bool(torch.equal(exact, chosen[decided]))}
     if len(differ):
@@ -112,6 +120,31 @@ def bound_check(flat, codebook, rows: int = 4096) -> float:
         low = torch.addmm(code_norms, z.values.float(), codes.values.float().t(), alpha=alpha)
     exact = (codebook.double() ** 2).sum(1) - 2 * flat[:rows].double() @ codebook.double().t()
     return round(float(((low.double() - exact).abs() / margins(z, codes, code_norms, alpha).double()[:, None]).max()), 4)
+
+
+def train_step_ms(device: torch.device, codes: int, precision: str, reps: int, quick: bool) -> float:
+    """One training step (bf16 autocast forward, backward, Adam) of the celeba-hq-128 preset's model
+    (32 x 32 latents of 128 dims, batch 64) with `codes` codes and this search precision."""
+    from vqvae.config import load_config
+    from vqvae.models import VQVAE
+
+    cfg = load_config("celeba-hq-128" if not quick else "tiny",
+                      [f"quantizer.codebook_size={codes}", f"quantizer.search_precision={precision}",
+                       "quantizer.init=uniform"])
+    torch.manual_seed(0)
+    model = VQVAE(cfg.model, cfg.quantizer).to(device).train()
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    x = torch.rand(64 if not quick else 8, cfg.model.in_channels, cfg.model.image_size, cfg.model.image_size,
+                   device=device)
+
+    def step():
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            out = model(x)
+        optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        optimizer.step()
+
+    return timed(step, device, reps)
 
 
 def main() -> None:
@@ -145,17 +178,20 @@ def main() -> None:
             z, codes = to_half(flat), to_half(codebook)
             norms = (codebook * codebook).sum(1)
             alpha = -2.0 / (z.scale * codes.scale)
-            ms["best_two_torch"] = timed(lambda: best_two_torch(z, codes, norms, alpha), device, args.reps)
+            ms["to_half_torch"] = timed(lambda: to_half(flat), device, args.reps)
+            ms["best_three_torch"] = timed(lambda: best_three_torch(z, codes, norms, alpha), device, args.reps)
             if use_triton:
-                from vqvae.models.codebook_search_triton import CONFIGS, best_two_triton
+                from vqvae.models.codebook_search_triton import CONFIGS, best_three_triton, to_half_triton
 
                 codes_t = codes.values.t().contiguous()
-                ms["best_two_triton"] = attempt(lambda: timed(lambda: best_two_triton(z.values, codes_t, norms, alpha),
-                                                              device, args.reps))
+                ms["to_half_triton"] = attempt(lambda: timed(lambda: to_half_triton(flat, power_of_two_scale(flat)),
+                                                             device, args.reps))
+                ms["best_three_triton"] = attempt(lambda: timed(
+                    lambda: best_three_triton(z.values, codes_t, norms, alpha), device, args.reps))
                 if name == "gaussian":
                     ms["triton_tiles"] = {
                         "x".join(str(v) for v in c.kwargs.values()) + f"/w{c.num_warps}/s{c.num_stages}":
-                            attempt(lambda: timed(lambda: best_two_triton(z.values, codes_t, norms, alpha,
+                            attempt(lambda: timed(lambda: best_three_triton(z.values, codes_t, norms, alpha,
                                                                           config=dict(c.kwargs)), device, args.reps))
                         for c in CONFIGS}
             if cuda and name == "gaussian":
@@ -178,6 +214,11 @@ def main() -> None:
             row["ms"][f"quantizer_step_{precision}"] = attempt(lambda: timed(lambda: quantizer(batch), device, args.reps))
         results["runs"].append(row)
         print(json.dumps(row), flush=True)
+    # The whole training step of a model with 32 x 32 latents: how much of it the search is.
+    results["train_step_ms"] = {f"{codes} codes/{precision}": attempt(lambda: train_step_ms(device, codes, precision,
+                                                                                             args.reps, args.quick))
+                                for codes in ((8192, 16384) if not args.quick else (512,)) for precision in ("fp32", "fast")}
+    print(json.dumps(results["train_step_ms"]), flush=True)
     text = json.dumps(results, indent=2)
     print(text)
     if args.out:

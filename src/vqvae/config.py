@@ -67,9 +67,11 @@ class QuantizerConfig:
     distance: str = "l2"  # vq: or "cosine": codes and encoder outputs l2-normalised (ViT-VQGAN)
     lookup_dim: int = 0  # vq: search codes in this many dims (linear down, back up after; ViT-VQGAN); 0 = code_dim
     gradient: str = "straight_through"  # vq/rvq: or "rotation", the rotation trick (Fifty et al., ICLR 2025)
-    # vq/rvq search: "fp32"; "fast": on CUDA with >= 1,024 codes, fp16 tensor-core distances with a proven
-    # error bound, fp32 for the vectors it cannot decide: fp32's codes except at fp32's own near-ties
-    search_precision: str = "fp32"
+    # vq/rvq nearest-code search. "fast": on CUDA with >= 2,048 codes, fp16 tensor-core distances with a proven
+    # error bound and fp32 for the vectors it cannot decide: fp32's codes except at fp32's own near-ties, 2.9x
+    # faster at 8,192 codes on an H100; elsewhere the fp32 search. "fp32": always the fp32 search.
+    # (fsq and lfq have no codebook to search and ignore it.)
+    search_precision: str = "fast"
     fsq_levels: list = field(default_factory=list)  # fsq: values per channel; [] = FSQ paper's for codebook_size
     # fsq: how project_in's output is scaled into tanh's range. "batch": each channel standardised (mean 0, std 1)
     # with batch statistics in training, running averages in eval, so no channel can drift into tanh's flat
@@ -211,9 +213,11 @@ def fsq_levels(q: QuantizerConfig) -> list[int]:
 
 def _check_quantizer(q: QuantizerConfig) -> None:
     """Checks across quantizer fields (each field's own range is in RULES)."""
-    # Options of one kind set on another are mistakes: say so instead of ignoring them.
+    # Options of one kind set on another are mistakes: say so instead of ignoring them. (search_precision is
+    # not among them: both its values are harmless everywhere, and runs saved before "fast" became the
+    # default carry "fp32" on every kind.)
     vq_only = {"distance": "l2", "lookup_dim": 0}
-    codebook_only = {"gradient": "straight_through", "search_precision": "fp32"}
+    codebook_only = {"gradient": "straight_through"}
     unused = {**vq_only, **codebook_only} if q.kind in ("fsq", "lfq") else vq_only if q.kind == "rvq" else {}
     for name, default in unused.items():
         if getattr(q, name) != default:
