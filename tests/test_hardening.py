@@ -73,6 +73,7 @@ def test_skipped_batch_leaves_every_buffer_as_it_was(tiny_config, tmp_path, monk
     assert "non-finite loss at step 6" in capsys.readouterr().err
 
 
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # nor warn while drawing its non-finite reconstructions
 def test_diverged_run_does_not_exit_zero(bar_folder, tmp_path, capsys):
     run = tmp_path / "run"
     result = cli(capsys, "train", "--preset", "tiny", "--out", run, "--set", *tiny_overrides(bar_folder),

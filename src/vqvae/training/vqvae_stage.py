@@ -91,7 +91,8 @@ class VQVAEStage(Stage):
         x = x[:16]
         with torch.no_grad():
             self.model.eval()
-            x_hat = self.model(x).reconstruction.float().clamp(0, 1)
+            # nan_to_num: a diverging run's non-finite pixels show black instead of a numpy cast warning.
+            x_hat = self.model(x).reconstruction.float().nan_to_num(0.0, 0.0, 0.0).clamp(0, 1)
             self.model.train()
         from torchvision.utils import make_grid
 
