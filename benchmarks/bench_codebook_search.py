@@ -1,7 +1,8 @@
 """Nearest-code search at large codebooks: the fp32 search against the checked fp16 search.
 
-    python benchmarks/bench_codebook_search.py --device cuda          # about 1-2 minutes on an H100/H200
+    python benchmarks/bench_codebook_search.py --device cuda          # about 40 s on an H100
     python benchmarks/bench_codebook_search.py --device cpu --quick   # a smoke run (no timings worth quoting)
+    python benchmarks/bench_codebook_search.py --device cuda --crossover   # where `fast` starts to pay (1 minute)
 
 For 128 x 32 x 32 = 131,072 vectors of 256 dims and K = 1,024 to 16,384 codes (and 64 dims at
 8,192), times in milliseconds (CUDA events, median of --reps after warm-up; the first call of the
@@ -32,14 +33,17 @@ trained VQ-VAE's encoder gives):
   `fp32_search`: the fraction searched again with the full fp32 search;
 - `agree_fraction` with the fp32 search, and whether every disagreement is a near-tie (the two
   codes' float64 distances within 1e-5 of ||z||^2 + max ||e||^2, the size of fp32 rounding in
-  ||e||^2 - 2 z.e); `decided_exact`: whether every vector not sent to the fp32 search got its
-  float64 nearest code.
+  ||e||^2 - 2 z.e, and tighter than the search's own fp32 slack); `decided_exact`: whether every
+  vector not sent to the fp32 search got its float64 nearest code.
+- `accumulation_error_over_term` (CUDA): how much of the bound's allowance for fp32 sums the card's
+  tensor cores use, on inputs exact in fp16 (must be <= 1; round-to-nearest would use ~0.01).
 Prints one JSON document (and writes it to --out).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import time
 from pathlib import Path
@@ -48,8 +52,14 @@ import torch
 
 from vqvae.config import QuantizerConfig
 from vqvae.models.codebook_search import (BY_FP32_SEARCH, BY_TWO_CANDIDATES, best_three_torch, checked_search, margins,
-                                          power_of_two_scale, to_half, triton_available)
+                                          largest_entry, power_of_two_scale, to_half, triton_available)
 from vqvae.models.quantizer import VectorQuantizer, nearest_codes
+
+
+def triton_version() -> str:
+    import triton
+
+    return triton.__version__
 
 
 def timed(fn, device: torch.device, reps: int) -> float:
@@ -70,6 +80,11 @@ def timed(fn, device: torch.device, reps: int) -> float:
             fn()
             times.append(1000 * (time.perf_counter() - t))
     return round(statistics.median(times), 3)
+
+
+def half(x: torch.Tensor):
+    """x scaled and rounded as the checked search does."""
+    return to_half(x, power_of_two_scale(largest_entry(x)))
 
 
 def attempt(fn):
@@ -111,7 +126,7 @@ def agreement(flat, codebook, chosen, reference, how) -> dict:
 
 def bound_check(flat, codebook, rows: int = 4096) -> float:
     """max |d~ - d| / margin over `rows` vectors and every code, d~ from this device's fp16 matmul."""
-    z, codes = to_half(flat[:rows]), to_half(codebook)
+    z, codes = half(flat[:rows]), half(codebook)
     code_norms = (codebook * codebook).sum(1)
     alpha = -2.0 / (z.scale * codes.scale)
     if flat.is_cuda:
@@ -147,21 +162,85 @@ def train_step_ms(device: torch.device, codes: int, precision: str, reps: int, q
     return timed(step, device, reps)
 
 
+def accumulation_check(device: torch.device) -> dict:
+    """How much of the margin's accumulation term (2 C 2^-23 |z~| |e~|) the card's fp32 sums of fp16
+    products use, on inputs exact in fp16 (so rounding the inputs costs nothing): one large product
+    followed by many just under an ulp of it (a truncating adder drops them), and random ones.
+    Largest |d~ - d| over the term, for cuBLAS and for the Triton kernel's best distance."""
+    g = torch.Generator(device=device).manual_seed(2)
+    cases = {}
+    for dims in (256, 4096):
+        adversarial = torch.full((128, dims), 2.8125, device=device)
+        adversarial[:, 0] = 8192
+        cases[f"truncating, {dims} dims"] = (adversarial, adversarial[:64].clone())
+        cases[f"random, {dims} dims"] = tuple((torch.rand(n, dims, device=device, generator=g) * 2 - 1).mul(8192)
+                                              .half().float() for n in (128, 512))
+    out = {}
+    for name, (z, e) in cases.items():
+        zh, eh = half(z), half(e)
+        sq_norms = (e * e).sum(1)
+        alpha = -2.0 / (zh.scale * eh.scale)
+        exact = (e.double() ** 2).sum(1) - 2 * z.double() @ e.double().t()
+        term = abs(alpha) * z.shape[1] * 2 * 2.0 ** -23 * zh.norms.double()[:, None] * float(eh.norms.max())
+        low = torch.addmm(sq_norms, zh.values, eh.values.t(), alpha=alpha, out_dtype=torch.float32).double()
+        row = {"cublas": round(float(((low - exact).abs() / term).max()), 4)}
+        if triton_available():
+            from vqvae.models.codebook_search_triton import best_three_triton
+
+            found = best_three_triton(zh.values, eh.values.t().contiguous(), sq_norms, alpha)
+            row["triton"] = round(float(((found.best.double() - exact.min(1).values).abs() / term[:, 0]).max()), 4)
+        out[name] = row
+    return out
+
+
+def crossover(device: torch.device, reps: int, dims=(64, 256), sizes=(1024, 2048, 4096, 8192),
+              counts=(8192, 32768, 131072)) -> list[dict]:
+    """fp32 against the checked search over a grid of vectors x codes x dims (clustered vectors):
+    where `search_precision=fast` starts to pay (codebook_search.FAST_MIN_WORK)."""
+    g = torch.Generator(device=device).manual_seed(1)
+    rows = []
+    for dim in dims:
+        for K in sizes:
+            codebook = torch.randn(K, dim, device=device, generator=g)
+            for n in counts:
+                flat = codebook[torch.randint(0, K, (n,), device=device, generator=g)] + 0.3 * torch.randn(
+                    n, dim, device=device, generator=g)
+                fp32 = timed(lambda: nearest_codes(flat, codebook), device, reps)
+                fast = attempt(lambda: timed(lambda: checked_search(flat, codebook), device, reps))
+                rows.append({"vectors": n, "codes": K, "dim": dim, "work_log2": round(math.log2(n * K * dim), 1),
+                             "fp32_ms": fp32, "checked_ms": fast,
+                             "speedup": round(fp32 / fast, 2) if isinstance(fast, float) else None})
+                print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--quick", action="store_true", help="small sizes (CPU smoke run)")
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--out", help="also write the JSON here")
+    parser.add_argument("--crossover", action="store_true",
+                        help="only the grid of sizes that sets where the checked search starts to pay")
     args = parser.parse_args()
     device = torch.device(args.device)
+    if args.crossover:
+        results = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                   "torch": torch.__version__,
+                   "crossover": crossover(device, args.reps) if not args.quick else crossover(device, 1, (16,), (64,), (256,))}
+        if args.out:
+            Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+        return
     cuda = device.type == "cuda"
     use_triton = cuda and triton_available()
     n, sizes = (4096, [(512, 64), (1024, 32)]) if args.quick else (
         128 * 32 * 32, [(1024, 256), (4096, 256), (8192, 256), (16384, 256), (8192, 64)])
     g = torch.Generator(device=device).manual_seed(0)
     results = {"device": torch.cuda.get_device_name(device) if cuda else "cpu", "torch": torch.__version__,
-               "triton": use_triton, "vectors": n, "runs": []}
+               "triton": triton_version() if use_triton else None, "vectors": n, "runs": []}
+    if cuda:
+        results["accumulation_error_over_term"] = attempt(lambda: accumulation_check(device))
+        print(json.dumps(results["accumulation_error_over_term"]), flush=True)
     for K, dim in sizes:
         codebook = torch.randn(K, dim, device=device, generator=g)
         data = {"gaussian": torch.randn(n, dim, device=device, generator=g),
@@ -175,16 +254,16 @@ def main() -> None:
             for kernel in kernels:
                 ms[f"checked_{kernel}"] = attempt(lambda: timed(lambda: checked_search(flat, codebook, kernel), device,
                                                                args.reps))
-            z, codes = to_half(flat), to_half(codebook)
+            z, codes = half(flat), half(codebook)
             norms = (codebook * codebook).sum(1)
             alpha = -2.0 / (z.scale * codes.scale)
-            ms["to_half_torch"] = timed(lambda: to_half(flat), device, args.reps)
+            ms["to_half_torch"] = timed(lambda: half(flat), device, args.reps)
             ms["best_three_torch"] = timed(lambda: best_three_torch(z, codes, norms, alpha), device, args.reps)
             if use_triton:
                 from vqvae.models.codebook_search_triton import CONFIGS, best_three_triton, to_half_triton
 
                 codes_t = codes.values.t().contiguous()
-                ms["to_half_triton"] = attempt(lambda: timed(lambda: to_half_triton(flat, power_of_two_scale(flat)),
+                ms["to_half_triton"] = attempt(lambda: timed(lambda: to_half_triton(flat, power_of_two_scale(largest_entry(flat))),
                                                              device, args.reps))
                 ms["best_three_triton"] = attempt(lambda: timed(
                     lambda: best_three_triton(z.values, codes_t, norms, alpha), device, args.reps))

@@ -67,9 +67,10 @@ class QuantizerConfig:
     distance: str = "l2"  # vq: or "cosine": codes and encoder outputs l2-normalised (ViT-VQGAN)
     lookup_dim: int = 0  # vq: search codes in this many dims (linear down, back up after; ViT-VQGAN); 0 = code_dim
     gradient: str = "straight_through"  # vq/rvq: or "rotation", the rotation trick (Fifty et al., ICLR 2025)
-    # vq/rvq nearest-code search. "fast": on CUDA with >= 2,048 codes, fp16 tensor-core distances with a proven
-    # error bound and fp32 for the vectors it cannot decide: fp32's codes except at fp32's own near-ties, 3.8x
-    # faster at 8,192 codes on an H100; elsewhere the fp32 search. "fp32": always the fp32 search.
+    # vq/rvq nearest-code search. "fast": on CUDA with Triton, for searches of at least 2^35 multiply-adds
+    # (vectors x codes x dims), fp16 tensor-core distances with a proven error bound and fp32 for the vectors
+    # it cannot decide: fp32's codes except at fp32's own near-ties, 3.8x faster at 131,072 x 8,192 x 256 on
+    # an H100; elsewhere the fp32 search. "fp32": always the fp32 search.
     # (fsq and lfq have no codebook to search and ignore it.)
     search_precision: str = "fast"
     fsq_levels: list = field(default_factory=list)  # fsq: values per channel; [] = FSQ paper's for codebook_size

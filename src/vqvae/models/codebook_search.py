@@ -14,35 +14,43 @@ fp16 many times faster. Rounding the inputs to fp16 moves each distance by a bou
 3. The error of every d~_k is at most
        margin(z) = 2 (|r_z| |e~|max + |z~| |r_e|max + |r_z| |r_e|max + g |z~| |e~|max) + norm and sum rounding
    (Cauchy-Schwarz on z.e - z~.e~ = r_z.e~ + z~.r_e + r_z.r_e; g = 2 C 2^-23 bounds the fp32
-   accumulation, twice the worst case of a truncating adder). With threshold = 2 margin + slack,
-   where `slack` is twice the fp32 search's own rounding bound:
+   accumulation, twice the worst case of a truncating adder: tensor cores truncate their fp32 sums,
+   Fasi et al., "Numerical behavior of NVIDIA tensor cores", PeerJ CS 2021). With
+   threshold = 2 margin + slack, where `slack` is twice the fp32 search's own rounding bound:
    - runner-up more than `threshold` above the winner: the winner is the true nearest code, and
      also the fp32 search's choice;
    - else, third more than `threshold` above the winner: the nearest code is one of the first two,
      and their fp32 distances decide;
    - else (rare): the vector is searched again with the fp32 search.
 
-So the answer equals the fp32 search's except where the fp32 search itself cannot tell two codes
-apart (two codes within fp32 rounding of each other, which differently ordered fp32 sums may
-order differently). tests/test_codebook_search.py checks the bound and the agreement;
+So the answer equals the (IEEE) fp32 search's except where the fp32 search itself cannot tell two
+codes apart (two codes within fp32 rounding of each other, which differently ordered fp32 sums may
+order differently). The bound is proven for inputs whose largest entry lies in [2^-40, 2^40], with
+floors for what fp32 squares and products lose below its range; a batch outside that range (or
+with an inf or nan anywhere) gets the fp32 search. tests/test_codebook_search.py checks the bound and the agreement;
 benchmarks/bench_codebook_search.py times it against the bare matmul on a card.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from dataclasses import dataclass
 
 import torch
 
-# Below this many codes the fp32 matmul is short and the checked search's extra passes eat its gain
-# (H100, 131,072 vectors of 256 dims: about even at 1,024 codes (the search alone 1.16x faster, the
-# quantizer's step equal), 2.2x faster at 4,096; benchmarks/results/2026-11-27-h100-codebook-search-checked.json),
-# so smaller codebooks stay with the fp32 search.
-FAST_MIN_CODES = 2048
+# The fp32 search's matmul is N x K x C multiply-adds. Below FAST_MIN_WORK it is short and the checked
+# search's fixed cost (about 1.1 ms on an H100: kernel launches, small tensor ops, two waits for the GPU)
+# eats its gain. H100 grid (benchmarks/results/2026-11-27-h100-codebook-search-crossover.json): at 2^35
+# 1.0-1.6x faster than fp32, at 2^34 0.6-1.2x, at 2^36 1.7-2.3x, at 2^38 (131,072 x 8,192 x 256) 3.1x.
+FAST_MIN_WORK = 2 ** 35
 FP16_TOP = 2.0 ** 14  # scaled inputs stay below this: fp16 reaches 65,504, and sums of products are fp32
 FP32_UNIT = 2.0 ** -23  # one fp32 ulp at 1 (twice the unit roundoff: covers truncating hardware too)
-_HAS_OUT_DTYPE = hasattr(torch.ops.aten.addmm, "dtype")  # fp16 x fp16 -> fp32 addmm (CUDA, torch >= 2.8)
+SAFE_LARGEST = (2.0 ** -40, 2.0 ** 40)  # the largest |entry| of z and of the codes the bound is proven for
+SQUARE_FLOOR = 2.0 ** -62  # per entry: what an fp32 square may lose below fp32's range (squares < 2^-126)
+ABSOLUTE_FLOOR = 2.0 ** -125  # per term: what an fp32 product or sum may lose in the subnormal range
+# torch >= 2.8 has the `addmm.dtype` overload: fp16 x fp16 -> fp32 output (CUDA only).
+_HAS_OUT_DTYPE = hasattr(torch.ops.aten.addmm, "dtype")
 
 # How each vector's code was decided (`checked_search`'s second output).
 BY_MARGIN, BY_TWO_CANDIDATES, BY_FP32_SEARCH = 0, 1, 2
@@ -58,22 +66,33 @@ class Half:
     residual_norms: torch.Tensor  # (N,) fp32 |x * scale - fp16(x * scale)|
 
 
-def power_of_two_scale(x: torch.Tensor) -> float:
-    """A power of two that brings x's largest entry below FP16_TOP (1 if x is zero or not finite)."""
-    largest = float(torch.linalg.vector_norm(x, ord=math.inf)) if x.numel() else 0.0
+def largest_entry(x: torch.Tensor) -> float:
+    """max |x| (inf or nan if x has one; 0 if x is empty)."""
+    return largest_entries(x)[0]
+
+
+def largest_entries(*tensors: torch.Tensor) -> list[float]:
+    """max |x| of each tensor, read back from the GPU at once (one wait, not one per tensor)."""
+    values = [torch.linalg.vector_norm(x.float(), ord=math.inf) if x.numel() else x.new_zeros((), dtype=torch.float32)
+              for x in tensors]
+    return torch.stack(values).tolist()
+
+
+def power_of_two_scale(largest: float) -> float:
+    """A power of two that brings entries up to `largest` (finite, > 0) below FP16_TOP."""
     # frexp: largest = m 2^e with 0.5 <= m < 1, so largest * FP16_TOP / 2^e < FP16_TOP.
-    return FP16_TOP / 2.0 ** math.frexp(largest)[1] if 0 < largest < math.inf else 1.0
+    return FP16_TOP / 2.0 ** math.frexp(largest)[1]
 
 
-def to_half(x: torch.Tensor) -> Half:
-    """Scale x (N, C) by a power of two so its largest entry is below FP16_TOP, round to fp16, and
-    keep the norms of the rounded rows and of their rounding residuals (both in scaled units)."""
-    x = x.float()
-    scale = power_of_two_scale(x)
-    scaled = x * scale  # exact: a power of two
+def to_half(x: torch.Tensor, scale: float) -> Half:
+    """x (N, C) times `scale` (a power of two), rounded to fp16, with the norms of the rounded rows
+    and of their rounding residuals (both in scaled units; the residuals' with SQUARE_FLOOR per
+    entry, for squares that vanish in fp32)."""
+    scaled = x.float() * scale  # exact: a power of two
     values = scaled.half()
     rounded = values.float()
-    return Half(values, scale, rounded.norm(dim=1), (scaled - rounded).norm(dim=1))
+    floor = math.sqrt(x.shape[1]) * SQUARE_FLOOR
+    return Half(values, scale, rounded.norm(dim=1), (scaled - rounded).norm(dim=1) + floor)
 
 
 @dataclass
@@ -87,15 +106,15 @@ class BestThree:
     third: torch.Tensor  # (N,) fp32
 
 
-def best_three_torch(z: Half, codes: Half, code_norms: torch.Tensor, alpha: float) -> BestThree:
-    """d~ = code_norms + alpha * z.codes (fp16 products, fp32 sums) as a full (N, K) matrix, then
+def best_three_torch(z: Half, codes: Half, code_sq_norms: torch.Tensor, alpha: float) -> BestThree:
+    """d~ = code_sq_norms + alpha * z.codes (fp16 products, fp32 sums) as a full (N, K) matrix, then
     its three smallest entries per row. On CUDA the matmul runs on tensor cores with an fp32 output;
     elsewhere the same arithmetic is emulated in fp32 (exact products of fp16 values, fp32 sums)."""
     if z.values.is_cuda and _HAS_OUT_DTYPE:
-        distances = torch.addmm(code_norms, z.values, codes.values.t(), beta=1.0, alpha=alpha,
+        distances = torch.addmm(code_sq_norms, z.values, codes.values.t(), beta=1.0, alpha=alpha,
                                 out_dtype=torch.float32)
     else:  # torch before 2.8 (no fp32 output of fp16 matmuls), or no GPU: the same arithmetic in fp32
-        distances = torch.addmm(code_norms, z.values.float(), codes.values.float().t(), beta=1.0, alpha=alpha)
+        distances = torch.addmm(code_sq_norms, z.values.float(), codes.values.float().t(), beta=1.0, alpha=alpha)
     found = []
     for _ in range(3):
         value, index = distances.min(1)
@@ -104,101 +123,126 @@ def best_three_torch(z: Half, codes: Half, code_norms: torch.Tensor, alpha: floa
     return BestThree(found[0], found[1], found[2], found[3], found[4])
 
 
-def margins(z: Half, codes: Half, code_norms: torch.Tensor, alpha: float) -> torch.Tensor:
+def margins(z: Half, codes: Half, code_sq_norms: torch.Tensor, alpha: float) -> torch.Tensor:
     """(N,) an upper bound on |d~_k - d_k| for every code k, d_k = |e_k|^2 - 2 z.e_k in exact arithmetic.
-    All terms are in scaled units times |alpha| (= 2 / (scale_z scale_e)), the unscaled distances'."""
+    The dot product's terms are in scaled units, times |alpha| (= 2 / (scale_z scale_e)) to unscale."""
     dims = z.values.shape[1]
-    codes_norm, codes_residual = float(codes.norms.max()), float(codes.residual_norms.max())
-    rounding = (z.residual_norms * codes_norm + z.norms * codes_residual + z.residual_norms * codes_residual)
-    accumulation = dims * 2 * FP32_UNIT * z.norms * codes_norm
+    # 0-dim tensors, not Python floats: reading them would stall the GPU's queue once per call.
+    max_code_norm, max_code_residual = codes.norms.max(), codes.residual_norms.max()
+    rounding = (z.residual_norms * max_code_norm + z.norms * max_code_residual
+                + z.residual_norms * max_code_residual)
+    accumulation = dims * 2 * FP32_UNIT * z.norms * max_code_norm
     dot_error = abs(alpha) * (rounding + accumulation) * (1 + 2.0 ** -10)  # the bound's own fp32 rounding
-    # |e_k|^2 in fp32 (dims terms) and the final addmm rounding, both relative to |d~| at most.
-    largest_norm = float(code_norms.max())
-    sums = (dims + 2) * FP32_UNIT * (largest_norm + abs(alpha) * z.norms * codes_norm)
+    # |e_k|^2 in fp32 (dims terms) and the final add, relative to |d~|, plus what subnormals lose.
+    largest_sq_norm = code_sq_norms.max()
+    sums = (dims + 2) * (FP32_UNIT * (largest_sq_norm + abs(alpha) * z.norms * max_code_norm) + ABSOLUTE_FLOOR)
     return dot_error + sums
 
 
-def fp32_slack(z_norms: torch.Tensor, code_norms: torch.Tensor, dims: int) -> torch.Tensor:
+def fp32_slack(z_norms: torch.Tensor, code_sq_norms: torch.Tensor, dims: int) -> torch.Tensor:
     """(N,) twice the fp32 search's own worst rounding of a distance |e|^2 - 2 z.e: a winner ahead
-    by more than this is also the one the fp32 search picks. z_norms: (N,) |z| (or more), code_norms: (K,) |e_k|^2."""
-    largest = float(code_norms.max())
-    return 2 * (dims + 2) * FP32_UNIT * (largest + 2 * z_norms * math.sqrt(largest))
+    by more than this is also the one the fp32 search picks. z_norms: (N,) |z| (or more)."""
+    largest = code_sq_norms.max()
+    return 2 * (dims + 2) * (FP32_UNIT * (largest + 2 * z_norms * largest.sqrt()) + ABSOLUTE_FLOOR)
 
 
 def checked_search(flat: torch.Tensor, codebook: torch.Tensor, kernel: str = "auto",
                    chunk_size: int = 65536) -> tuple[torch.Tensor, torch.Tensor]:
     """Nearest code per row of `flat` (N, C) in `codebook` (K, C), equal to the fp32 search's
-    except at fp32 near-ties: (indices (N,) int64, how (N,) int8: BY_MARGIN, BY_TWO_CANDIDATES or
+    except at fp32 near-ties: (indices (N,) int64, route (N,) int8: BY_MARGIN, BY_TWO_CANDIDATES or
     BY_FP32_SEARCH). kernel: "triton" (fused, CUDA), "torch" (matmul, then reductions; `chunk_size`
-    rows at a time) or "auto" (triton where it runs)."""
+    rows at a time), or "auto" (triton where it runs; if it fails to compile there, a warning and the
+    fp32 search)."""
+    from .quantizer import nearest_codes
+
     requested, kernel = kernel, _choose_kernel(kernel, flat)
-    flat, codebook = flat.float(), codebook.float()
-    codes = to_half(codebook)
-    code_norms = (codebook * codebook).sum(1)  # fp32, unscaled
-    if kernel == "triton":
+    with torch.autocast(flat.device.type, enabled=False):
+        flat, codebook = flat.float(), codebook.float()
+        largest_z, largest_e = largest_entries(flat, codebook)
+        low, high = SAFE_LARGEST
+        # Outside the proven range (also: empty, all zero, inf or nan), or offsets past int32: fp32.
+        if not (low <= largest_z <= high and low <= largest_e <= high) or codebook.numel() >= 2 ** 31:
+            return nearest_codes(flat, codebook), _all_by_fp32(flat)
+        codes = to_half(codebook, power_of_two_scale(largest_e))
+        code_sq_norms = (codebook * codebook).sum(1)  # fp32, unscaled
+        z_scale = power_of_two_scale(largest_z)
+        if kernel == "triton":  # no (N, K) matrix: as many rows as keep the kernel's int32 offsets in range
+            chunk_size = (2 ** 31 - 1) // flat.shape[1]
         try:
-            found, threshold = _triton_pass(flat, codes, code_norms)
-        except Exception as error:  # noqa: BLE001 - a Triton that cannot compile here: use cuBLAS
-            if requested == "triton":
+            parts = [_fp16_pass(flat[start:start + chunk_size], z_scale, codes, code_sq_norms, kernel)
+                     for start in range(0, flat.shape[0], chunk_size)]
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except Exception as error:  # noqa: BLE001 - a Triton that cannot compile on this machine
+            if requested != "auto" or kernel != "triton":
                 raise
             _give_up_on_triton(error)
-            kernel = "torch"
-    if kernel == "torch":
-        parts = [_torch_pass(flat[start:start + chunk_size], codes, code_norms)
-                 for start in range(0, flat.shape[0], chunk_size)]
-        found = BestThree(*(torch.cat([getattr(p[0], f) for p in parts]) for f in BestThree.__dataclass_fields__))
-        threshold = torch.cat([p[1] for p in parts])
-    return decide(flat, codebook, code_norms, found, threshold)
+            return nearest_codes(flat, codebook), _all_by_fp32(flat)
+        found = BestThree(*(torch.cat([getattr(part[0], field.name) for part in parts])
+                            for field in dataclasses.fields(BestThree)))
+        threshold = torch.cat([part[1] for part in parts])
+        return decide(flat, codebook, code_sq_norms, found, threshold)
 
 
-def _torch_pass(z: torch.Tensor, codes: Half, code_norms: torch.Tensor) -> tuple[BestThree, torch.Tensor]:
-    half = to_half(z)
-    alpha = -2.0 / (half.scale * codes.scale)  # a power of two: undoes both scales exactly
-    found = best_three_torch(half, codes, code_norms, alpha)
-    z_norms = (half.norms + half.residual_norms) / half.scale  # >= |z| (triangle inequality)
-    return found, 2 * margins(half, codes, code_norms, alpha) + fp32_slack(z_norms, code_norms, z.shape[1])
+def _all_by_fp32(flat: torch.Tensor) -> torch.Tensor:
+    return torch.full((flat.shape[0],), BY_FP32_SEARCH, dtype=torch.int8, device=flat.device)
 
 
-def _triton_pass(flat: torch.Tensor, codes: Half, code_norms: torch.Tensor) -> tuple[BestThree, torch.Tensor]:
-    from .codebook_search_triton import best_three_triton, to_half_triton
+def _fp16_pass(z: torch.Tensor, scale: float, codes: Half, code_sq_norms: torch.Tensor,
+               kernel: str) -> tuple[BestThree, torch.Tensor]:
+    """Steps 1-3 of the module's docstring for a chunk of vectors: (their three smallest fp16
+    distances, the threshold their gaps must exceed)."""
+    alpha = -2.0 / (scale * codes.scale)  # a power of two: undoes both scales exactly
+    if kernel == "triton":
+        from .codebook_search_triton import best_three_triton, to_half_triton
 
-    half = to_half_triton(flat, power_of_two_scale(flat))
-    alpha = -2.0 / (half.scale * codes.scale)
-    found = best_three_triton(half.values, codes.values.t().contiguous(), code_norms, alpha)
-    z_norms = (half.norms + half.residual_norms) / half.scale
-    return found, 2 * margins(half, codes, code_norms, alpha) + fp32_slack(z_norms, code_norms, flat.shape[1])
+        half = to_half_triton(z, scale)
+        found = best_three_triton(half.values, codes.values.t().contiguous(), code_sq_norms, alpha)
+    else:
+        half = to_half(z, scale)
+        found = best_three_torch(half, codes, code_sq_norms, alpha)
+    z_norms = (half.norms + half.residual_norms) / scale  # >= |z| (triangle inequality)
+    return found, 2 * margins(half, codes, code_sq_norms, alpha) + fp32_slack(z_norms, code_sq_norms, z.shape[1])
 
 
-def decide(flat: torch.Tensor, codebook: torch.Tensor, code_norms: torch.Tensor, found: BestThree,
+def decide(flat: torch.Tensor, codebook: torch.Tensor, code_sq_norms: torch.Tensor, found: BestThree,
            threshold: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The margin's verdict per vector (see the module's docstring, step 3). Comparisons written
-    as `not (gap > threshold)` also send vectors with inf/nan distances to fp32."""
+    """The margin's verdict per vector (the module's docstring, step 3). Gaps are tested as
+    `not (gap > threshold)`, so vectors with inf/nan distances also go to the fp32 search."""
     from .quantizer import nearest_codes
 
     indices = found.index.clone()
-    how = torch.full_like(indices, BY_MARGIN, dtype=torch.int8)
-    two = ~((found.second - found.best) > threshold)
-    full = two & ~((found.third - found.best) > threshold)
-    two &= ~full
-    how[two], how[full] = BY_TWO_CANDIDATES, BY_FP32_SEARCH
-    rows = two.nonzero().flatten()
-    if len(rows):  # the nearer of two codes, on fp32 distances |e|^2 - 2 z.e
-        pair = torch.stack([found.index[rows], found.second_index[rows]], 1)  # (n, 2)
-        dots = torch.bmm(codebook[pair], flat[rows].unsqueeze(-1)).squeeze(-1)  # (n, 2)
-        nearer = (code_norms[pair] - 2 * dots).argmin(1, keepdim=True)
+    runner_up_close = ~((found.second - found.best) > threshold)
+    third_close = ~((found.third - found.best) > threshold)
+    route = torch.full_like(indices, BY_MARGIN, dtype=torch.int8)
+    route[runner_up_close] = BY_TWO_CANDIDATES
+    route[runner_up_close & third_close] = BY_FP32_SEARCH
+    open_rows = runner_up_close.nonzero().flatten()  # the one wait for the GPU when every vector is decided
+    if not len(open_rows):
+        return indices, route
+    by_fp32 = route[open_rows] == BY_FP32_SEARCH
+    rows = open_rows[~by_fp32]
+    if len(rows):
+        # The nearer of the two on fp32 distances |e|^2 - 2 z.e, summed elementwise (no TF32 matmul);
+        # the pair in index order, so an exact tie keeps the lower code, as the fp32 search's argmin does.
+        pair = torch.stack([found.index[rows], found.second_index[rows]], 1).sort(1).values  # (n, 2)
+        dots = (codebook[pair] * flat[rows, None]).sum(-1)  # (n, 2)
+        nearer = (code_sq_norms[pair] - 2 * dots).argmin(1, keepdim=True)
         indices[rows] = pair.gather(1, nearer).squeeze(1)
-    rows = full.nonzero().flatten()
+    rows = open_rows[by_fp32]
     if len(rows):
         indices[rows] = nearest_codes(flat[rows], codebook)
-    return indices, how
+    return indices, route
 
 
 def nearest_codes_fast(flat: torch.Tensor, codebook: torch.Tensor, chunk_size: int = 65536) -> torch.Tensor:
-    """`checked_search` on CUDA for codebooks of at least FAST_MIN_CODES codes; the fp32 search
-    elsewhere (a CPU has no fp16 matmul to gain from). flat: (N, C), codebook: (K, C) -> (N,) int64."""
+    """`checked_search` with the fused kernel on CUDA where the search is large enough to gain from it
+    (FAST_MIN_WORK); the fp32 search elsewhere: a CPU has no fp16 matmul to gain from, and without
+    Triton the (N, K) distance matrix costs what fp16 saves. flat: (N, C), codebook: (K, C) -> (N,) int64."""
     from .quantizer import nearest_codes
 
-    if not flat.is_cuda or codebook.shape[0] < FAST_MIN_CODES:
+    work = flat.shape[0] * codebook.shape[0] * codebook.shape[1]
+    if not flat.is_cuda or work < FAST_MIN_WORK or not triton_available():
         return nearest_codes(flat, codebook, chunk_size)
     return checked_search(flat, codebook, chunk_size=chunk_size)[0]
 
@@ -227,8 +271,8 @@ def _choose_kernel(kernel: str, flat: torch.Tensor) -> str:
 
 
 def _give_up_on_triton(error: Exception) -> None:
-    """Say once that the fused kernel failed here, and use the cuBLAS path from now on (same codes)."""
+    """Say once that the fused kernel failed here, and use the fp32 search from now on (same codes)."""
     global _TRITON
     _TRITON = False
     warnings.warn(f"the fused Triton nearest-code kernel failed ({type(error).__name__}: {error}); using the "
-                  f"cuBLAS fp16 path instead (the same codes, slower)", RuntimeWarning, stacklevel=3)
+                  f"fp32 search from now on (the same codes, slower)", RuntimeWarning, stacklevel=3)

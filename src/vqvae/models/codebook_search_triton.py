@@ -11,18 +11,20 @@ TRITON_INTERPRET=1 the same kernels run on the CPU, which is how the tests check
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import triton
 import triton.language as tl
 
-from .codebook_search import BestThree, Half
+from .codebook_search import SQUARE_FLOOR, BestThree, Half
 
 
 @triton.jit
 def to_half_kernel(x_ptr, out_ptr, norms_ptr, residual_ptr, scale, N, C,
                    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
     """x: (N, C) fp32 row-major -> out: (N, C) fp16(x * scale); norms, residual: (N,) fp32."""
-    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)  # callers keep N * C below 2^31
     row_ok = rows < N
     squares = tl.zeros([BLOCK_R], tl.float32)
     residual_squares = tl.zeros([BLOCK_R], tl.float32)
@@ -40,7 +42,7 @@ def to_half_kernel(x_ptr, out_ptr, norms_ptr, residual_ptr, scale, N, C,
 
 
 def to_half_triton(x: torch.Tensor, scale: float) -> Half:
-    """`codebook_search.to_half` in one kernel; `scale` from `codebook_search.power_of_two_scale`."""
+    """`codebook_search.to_half` in one kernel (the same values, norms and residual floor)."""
     x = x.float().contiguous()
     N, C = x.shape
     values = torch.empty(N, C, dtype=torch.float16, device=x.device)
@@ -48,15 +50,15 @@ def to_half_triton(x: torch.Tensor, scale: float) -> Half:
     residual = torch.empty_like(norms)
     block_c = min(128, triton.next_power_of_2(C))
     to_half_kernel[(triton.cdiv(N, 32),)](x, values, norms, residual, scale, N, C, BLOCK_R=32, BLOCK_C=block_c)
-    return Half(values, scale, norms, residual)
+    return Half(values, scale, norms, residual + math.sqrt(C) * SQUARE_FLOOR)
 
 
 @triton.jit
-def best_three_kernel(z_ptr, codes_ptr, norms_ptr, best_ptr, index_ptr, second_ptr, second_index_ptr, third_ptr,
+def best_three_kernel(z_ptr, codes_ptr, sq_norms_ptr, best_ptr, index_ptr, second_ptr, second_index_ptr, third_ptr,
                       alpha, M, K, C, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
     """One program: BLOCK_M vectors against all K codes, BLOCK_N codes at a time.
-    z: (M, C) fp16 row-major; codes: (C, K) fp16 row-major; norms: (K,) fp32."""
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    z: (M, C) fp16 row-major; codes: (C, K) fp16 row-major; sq_norms: (K,) fp32 |e_k|^2."""
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # callers keep M * C and C * K below 2^31
     row_ok = rows < M
     inf = float("inf")
     b1 = tl.full([BLOCK_M], inf, tl.float32)  # the three smallest so far, b1 <= b2 <= b3
@@ -75,8 +77,8 @@ def best_three_kernel(z_ptr, codes_ptr, norms_ptr, best_ptr, index_ptr, second_p
             e = tl.load(codes_ptr + dims[:, None] * K + cols[None, :], mask=dim_ok[:, None] & col_ok[None, :],
                         other=0.0)
             dots = tl.dot(z, e, dots)  # fp16 x fp16 -> fp32
-        norms = tl.load(norms_ptr + cols, mask=col_ok, other=inf)
-        d = norms[None, :] + alpha * dots  # codes past K: +inf
+        sq_norms = tl.load(sq_norms_ptr + cols, mask=col_ok, other=inf)
+        d = sq_norms[None, :] + alpha * dots  # codes past K: +inf
         # The tile's three smallest, t1 <= t2 <= t3 (j1, j2 their codes).
         t1 = tl.min(d, axis=1)
         j1 = tl.argmin(d, axis=1) + n0
@@ -111,7 +113,7 @@ def best_three_kernel(z_ptr, codes_ptr, norms_ptr, best_ptr, index_ptr, second_p
 
 # Tile shapes tried once per (K, C) on the card in use; the fastest is kept. On an H100 at 8,192 codes of
 # 256 dims: 128x128x32 (4 warps) 2.3 ms, against 1.9 ms for the bare fp16 matmul; 128x128x64 and
-# 64x128x64 within 7% of it, 64x256x64 1.5x slower. 128x256 and 256x128 tiles, tried in a first version
+# 64x128x64 within 8% of it, 64x256x64 1.5x slower. 128x256 and 256x128 tiles, tried in a first version
 # of the kernel, ran 3-4x slower than 128x128 (benchmarks/results/2026-11-27-h100-codebook-search-checked*.json).
 CONFIGS = [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_C": c}, num_warps=w, num_stages=s)
            for m, n, c, w, s in [(128, 128, 64, 8, 3), (128, 128, 32, 4, 4), (64, 128, 64, 4, 3),
@@ -119,15 +121,15 @@ CONFIGS = [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_C": c}, num_warps=w
 tuned_kernel = triton.autotune(CONFIGS, key=["K", "C"])(best_three_kernel)
 
 
-def best_three_triton(z: torch.Tensor, codes_t: torch.Tensor, code_norms: torch.Tensor, alpha: float,
+def best_three_triton(z: torch.Tensor, codes_t: torch.Tensor, code_sq_norms: torch.Tensor, alpha: float,
                       config: dict | None = None) -> BestThree:
-    """z: (N, C) fp16, codes_t: (C, K) fp16 contiguous, code_norms: (K,) fp32. `config` (BLOCK_M,
+    """z: (N, C) fp16, codes_t: (C, K) fp16 contiguous, code_sq_norms: (K,) fp32. `config` (BLOCK_M,
     BLOCK_N, BLOCK_C) skips the autotuning (the tests, under the interpreter)."""
     z = z.contiguous()
     (M, C), K = z.shape, codes_t.shape[1]
     best, second, third = (torch.empty(M, dtype=torch.float32, device=z.device) for _ in range(3))
     index, second_index = (torch.empty(M, dtype=torch.int32, device=z.device) for _ in range(2))
-    args = (z, codes_t, code_norms.float().contiguous(), best, index, second, second_index, third, alpha, M, K, C)
+    args = (z, codes_t, code_sq_norms.float().contiguous(), best, index, second, second_index, third, alpha, M, K, C)
     if config is None:
         tuned_kernel[lambda meta: (triton.cdiv(M, meta["BLOCK_M"]),)](*args)
     else:
