@@ -112,6 +112,18 @@ PRIOR = ["prior.kind=pixelcnn", "prior.num_layers=4", "prior.hidden_channels=32"
          "prior_train.amp=off", "prior_train.progress=false", "prior_train.device=cpu"]
 
 
+def prior_recipe(prior_epochs: int) -> dict:
+    """PRIOR over the `mnist` preset, resolved: the preset's prior settings that PRIOR leaves alone
+    (conditioning, learning rate, sampling guidance) change with the preset, so the file records them."""
+    import dataclasses
+
+    from vqvae.config import load_config
+
+    cfg = load_config("mnist", [*PRIOR, f"prior_train.epochs={prior_epochs}"])
+    return {"epochs": prior_epochs, "overrides": PRIOR, "resolved_prior": dataclasses.asdict(cfg.prior),
+            "resolved_prior_train": dataclasses.asdict(cfg.prior_train), "resolved_sample": dataclasses.asdict(cfg.sample)}
+
+
 def sample_score(run: Path, splits, num_images: int) -> dict:
     """The run's calibrated sample score, as `vqvae evaluate` computes it (`api.sample_quality` on the
     test split, the classifier trained on the training split and checked on validation), reduced to
@@ -217,7 +229,7 @@ def main() -> None:
     results = {"dataset": described, "epochs": args.epochs, "threads": args.threads,
                "recipe": "mnist preset (EMA decay 0.95, k-means init, Adam 2e-3 cosine, batch 128), "
                          "restarts after 20 unused steps, amp off", "extra_overrides": args.set,
-               "prior": {"epochs": args.prior_epochs, "overrides": PRIOR} if args.prior_epochs else None,
+               "prior": prior_recipe(args.prior_epochs) if args.prior_epochs else None,
                "sample_score": SAMPLE_SCORE.format(n=args.sample_score) if args.sample_score else None,
                "cpu_count": os.cpu_count(), "load_avg_1min_at_start": round(os.getloadavg()[0], 2),
                "started_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "rows": []}
