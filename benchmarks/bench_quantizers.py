@@ -114,7 +114,8 @@ PRIOR = ["prior.kind=pixelcnn", "prior.num_layers=4", "prior.hidden_channels=32"
 
 def prior_recipe(prior_epochs: int) -> dict:
     """PRIOR over the `mnist` preset, resolved: the preset's prior settings that PRIOR leaves alone
-    (conditioning, learning rate, sampling guidance) change with the preset, so the file records them."""
+    (conditioning, learning rate, sampling guidance) change with the preset, so the file records them
+    (before --set, which applies per row and is recorded beside them)."""
     import dataclasses
 
     from vqvae.config import load_config
@@ -150,8 +151,8 @@ def sample_score(run: Path, splits, num_images: int) -> dict:
 
 SAMPLE_SCORE = ("vqvae evaluate's calibrated score (api.sample_quality): the test split in a fixed random order, "
                 "{n} images the reference and {n} others the real row and the reconstructions' inputs; {n} samples of "
-                "the row's prior drawn with the preset's sample settings (class-conditional prior: labels 0..9 in "
-                "turn, guidance 2); features of the project's small classifier trained on the training split")
+                "the row's prior drawn with the preset's sample settings (each row's sample_score.sampling; a "
+                "class-conditional prior gets the classes in turn); features of the project's small classifier trained on the training split")
 
 
 def run_one(name: str, overrides: list[str], base: list[str], epochs: int, data, prior_epochs: int = 0,
