@@ -5,6 +5,8 @@
     # codebook usage at 2^12 with an honest budget, and a small prior per row (~25 minutes each):
     python benchmarks/bench_quantizers.py --dataset mnist --bits 12 --epochs 20 --prior-epochs 3
     python benchmarks/bench_quantizers.py --dataset cifar10 --bits 12 --epochs 20 --prior-epochs 3 --cifar-test 10000
+    # and each prior's samples scored as `vqvae evaluate` scores them (n = 1,000 test images):
+    python benchmarks/bench_quantizers.py --dataset mnist --bits 12 --epochs 15 --prior-epochs 2 --sample-score
 
 Every row trains the same encoder/decoder (the `mnist` preset's recipe: EMA codebooks seeded by
 k-means, dead-code restarts (after 20 unused steps instead of 100: a run here is ~70 steps), Adam 2e-3 with cosine decay, batch 128) with one quantizer, at about
@@ -29,7 +31,9 @@ split (what settings are tuned on; with 24,500 MNIST validation positions over 4
 code distribution cannot show every code, so compare rows, not the absolute figure), training
 images/s (training steps only), and with --prior-epochs the best validation bits per code of a
 small Gated PixelCNN (PRIOR, the same budget for every row; rvq rows have none: train-prior
-needs one index per position). Torch runs on one thread (--threads): on a shared 2-core machine two
+needs one index per position); with --sample-score, the calibrated sample score of that prior's
+samples (`sample_score`: the same call as `vqvae evaluate`, on the test split; the samples' Fréchet
+distance beside the reconstructions' and real images' on the same reference). Torch runs on one thread (--threads): on a shared 2-core machine two
 threads contend and run several times slower. Prints one JSON document (and writes --out).
 """
 from __future__ import annotations
@@ -108,7 +112,51 @@ PRIOR = ["prior.kind=pixelcnn", "prior.num_layers=4", "prior.hidden_channels=32"
          "prior_train.amp=off", "prior_train.progress=false", "prior_train.device=cpu"]
 
 
-def run_one(name: str, overrides: list[str], base: list[str], epochs: int, data, prior_epochs: int = 0) -> dict:
+def prior_recipe(prior_epochs: int) -> dict:
+    """PRIOR over the `mnist` preset, resolved: the preset's prior settings that PRIOR leaves alone
+    (conditioning, learning rate, sampling guidance) change with the preset, so the file records them
+    (before --set, which applies per row and is recorded beside them)."""
+    import dataclasses
+
+    from vqvae.config import load_config
+
+    cfg = load_config("mnist", [*PRIOR, f"prior_train.epochs={prior_epochs}"])
+    return {"epochs": prior_epochs, "overrides": PRIOR, "resolved_prior": dataclasses.asdict(cfg.prior),
+            "resolved_prior_train": dataclasses.asdict(cfg.prior_train), "resolved_sample": dataclasses.asdict(cfg.sample)}
+
+
+def sample_score(run: Path, splits, num_images: int) -> dict:
+    """The run's calibrated sample score, as `vqvae evaluate` computes it (`api.sample_quality` on the
+    test split, the classifier trained on the training split and checked on validation), reduced to
+    its headline figures: the Fréchet distance of each row (real, reconstructions, samples, noise)
+    to the same reference of n held-out images, and the samples' over the reconstructions'."""
+    from vqvae import api
+
+    t0 = time.perf_counter()
+    scores = api.sample_quality(run, splits.test, splits.train, splits.val, num_images, device="cpu")
+    if "rows" not in scores:
+        return {"sample_score": scores}  # e.g. {"skipped": "... needs a labelled dataset ..."}
+    rows = scores["rows"]
+    drawn = json.loads((run / "samples.json").read_text())  # the settings the samples were drawn with
+    return {"sample_score": {
+        "heldout": scores["heldout"], "n": scores["n"],
+        **{f"frechet_{k}": r["frechet_distance"] for k, r in rows.items()},
+        "samples_vs_reconstructions": scores["samples_vs_reconstructions"],
+        "precision_samples": rows["samples"]["precision"], "recall_samples": rows["samples"]["recall"],
+        "classes_present_samples": rows["samples"]["classes_present"],
+        "classifier_val_accuracy": scores["classifier"].get("heldout_accuracy"),
+        "sampling": {k: drawn[k] for k in ("temperature", "top_k", "top_p", "guidance", "seed")},
+        "wall_s": round(time.perf_counter() - t0, 1)}}
+
+
+SAMPLE_SCORE = ("vqvae evaluate's calibrated score (api.sample_quality): the test split in a fixed random order, "
+                "{n} images the reference and {n} others the real row and the reconstructions' inputs; {n} samples of "
+                "the row's prior drawn with the preset's sample settings (each row's sample_score.sampling; a "
+                "class-conditional prior gets the classes in turn); features of the project's small classifier trained on the training split")
+
+
+def run_one(name: str, overrides: list[str], base: list[str], epochs: int, data, prior_epochs: int = 0,
+            score_images: int = 0) -> dict:
     from vqvae import api
     from vqvae.config import load_config
     from vqvae.data import Batches, as_splits
@@ -136,6 +184,8 @@ def run_one(name: str, overrides: list[str], base: list[str], epochs: int, data,
             prior = {"prior_best_val_bits_per_code": round(pm["best_val_bits_per_code"], 4),
                      "prior_test_bits_per_code": round(pm["test_bits_per_code"], 4),
                      "prior_epochs": prior_epochs, "prior_wall_s": round(time.perf_counter() - t1, 1)}
+            if score_images:
+                prior.update(sample_score(Path(tmp) / "run", splits, score_images))
     m, test = result.metrics, result.metrics["test"]
     slots = model.quantizer.usage_size
     codes = model.codebook_size ** model.indices_per_position  # distinct code tuples a position can take
@@ -165,17 +215,23 @@ def main() -> None:
     parser.add_argument("--cifar-test", type=int, default=2000, help="test images (class-balanced)")
     parser.add_argument("--prior-epochs", type=int, default=0,
                         help="also train the small prior (PRIOR) this many epochs on each row's codes; 0 = no prior")
+    parser.add_argument("--sample-score", type=int, nargs="?", const=1000, default=0, metavar="N",
+                        help="with --prior-epochs: score N samples of each row's prior (default 1000) with the "
+                             "calibrated sample score of `vqvae evaluate`, on the test split")
     parser.add_argument("--set", nargs="*", default=[], help="config overrides for every row (after the recipe's)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", help="also write the JSON here")
     args = parser.parse_args()
+    if args.sample_score and not args.prior_epochs:
+        parser.error("--sample-score scores the prior's samples: it needs --prior-epochs N (N >= 1)")
     torch.set_num_threads(args.threads)
 
     base, data, described = load_data(args.dataset, args.mnist_test, args.cifar_root, args.cifar_train, args.cifar_test)
     results = {"dataset": described, "epochs": args.epochs, "threads": args.threads,
                "recipe": "mnist preset (EMA decay 0.95, k-means init, Adam 2e-3 cosine, batch 128), "
                          "restarts after 20 unused steps, amp off", "extra_overrides": args.set,
-               "prior": {"epochs": args.prior_epochs, "overrides": PRIOR} if args.prior_epochs else None,
+               "prior": prior_recipe(args.prior_epochs) if args.prior_epochs else None,
+               "sample_score": SAMPLE_SCORE.format(n=args.sample_score) if args.sample_score else None,
                "cpu_count": os.cpu_count(), "load_avg_1min_at_start": round(os.getloadavg()[0], 2),
                "started_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "rows": []}
     print(described, flush=True)
@@ -185,7 +241,8 @@ def main() -> None:
             if name not in rows:
                 continue
             overrides = rows[name]
-            row = run_one(name, [*overrides, *args.set], base, args.epochs, data, args.prior_epochs)
+            row = run_one(name, [*overrides, *args.set], base, args.epochs, data, args.prior_epochs,
+                          args.sample_score)
             row["target_bits"] = bits
             results["rows"].append(row)
             print(json.dumps(row), flush=True)
