@@ -50,7 +50,7 @@ import numpy as np
 import torch
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_MNIST_TEST = HERE.parent.parent.parent / "shared" / "data" / "mnist"  # ../shared from the checkout
+DEFAULT_MNIST_TEST = HERE.parent.parent / "shared" / "data" / "mnist"  # ../shared beside the checkout
 ROTATION = ["quantizer.gradient=rotation"]
 COSINE_LOWDIM = ["quantizer.distance=cosine", "quantizer.lookup_dim=8"]
 # The preset restarts codes unused for 100 steps; a 2-epoch run has about 70 steps, so here 20.
