@@ -33,8 +33,9 @@ from .runs import (check_prior_matches, find_checkpoint, load_prior, load_vqvae,
                    vqvae_from_checkpoint)
 
 # The quantizer kinds whose export is verified. A new kind whose `codes` and `decode_indices`
-# trace cleanly only needs adding here; the on-the-spot check says whether it does.
-ONNX_QUANTIZER_KINDS = ("vq",)
+# trace cleanly only needs adding here; the on-the-spot check says whether it does. (rvq's codes
+# have a depth axis, which the graphs' (batch, h, w) index maps do not carry.)
+ONNX_QUANTIZER_KINDS = ("vq", "fsq", "lfq")
 ONNX_OPSET = 17
 IMAGE_TOLERANCE = 1e-4  # largest |ONNX Runtime - PyTorch| per pixel accepted, images in [0, 1]
 # Two codes within this relative distance of an encoder output are a tie: float summation order
@@ -293,7 +294,10 @@ def verify_onnx(model: VQVAE, encoder_path: Path, decoder_path: Path, images: to
 
 def _distance_ties(model: VQVAE, images: torch.Tensor, want: torch.Tensor, got: torch.Tensor) -> torch.Tensor:
     """Where the two index maps differ, whether PyTorch's encoder output is equally far (within
-    TIE_TOLERANCE, relative) from both codes: either choice is then correct."""
+    TIE_TOLERANCE, relative) from both codes: either choice is then correct. fsq and lfq round each
+    channel on its own: no tie is allowed for them, every differing code counts as wrong."""
+    if quantizer_kind(model) != "vq":
+        return torch.zeros_like(want, dtype=torch.bool)
     codebook = model.quantizer.codebook.detach().float()  # (K, D)
     z = model.encode(images).float().permute(0, 2, 3, 1)  # (B, h, w, D)
     d_want = ((z - codebook[want]) ** 2).sum(-1)  # (B, h, w)
