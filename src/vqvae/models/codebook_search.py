@@ -9,8 +9,9 @@ fp16 many times faster. Rounding the inputs to fp16 moves each distance by a bou
    norms of the rows and of their rounding residuals r = x - fp16(x) are kept (in fp32).
 2. The low-precision distances d~_k = |e_k|^2 - 2 fp16(z).fp16(e_k) are summed in fp32, and per
    vector only the three smallest are kept (with the codes of the first two). With Triton (on
-   CUDA) one fused kernel does this without writing the (N, K) distance matrix; otherwise a cuBLAS
-   matmul writes it and three reductions read it.
+   CUDA) one fused kernel does this without writing the (N, K) distance matrix. The other path
+   (`kernel="torch"`: a matmul writes the matrix, three reductions read it) is no faster than fp32
+   on a GPU; the tests (on the CPU) and the benchmark use it.
 3. The error of every d~_k is at most
        margin(z) = 2 (|r_z| |e~|max + |z~| |r_e|max + |r_z| |r_e|max + g |z~| |e~|max) + norm and sum rounding
    (Cauchy-Schwarz on z.e - z~.e~ = r_z.e~ + z~.r_e + r_z.r_e; g = 2 C 2^-23 bounds the fp32
