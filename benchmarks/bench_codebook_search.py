@@ -51,8 +51,9 @@ from pathlib import Path
 import torch
 
 from vqvae.config import QuantizerConfig
-from vqvae.models.codebook_search import (BY_FP32_SEARCH, BY_TWO_CANDIDATES, best_three_torch, checked_search, margins,
-                                          largest_entry, power_of_two_scale, to_half, triton_available)
+from vqvae.models.codebook_search import (BY_FP32_SEARCH, BY_TWO_CANDIDATES, best_three_torch, checked_search,
+                                          fp16_distances, largest_entry, margins, power_of_two_scale, to_half,
+                                          triton_available)
 from vqvae.models.quantizer import VectorQuantizer, nearest_codes
 
 
@@ -129,10 +130,7 @@ def bound_check(flat, codebook, rows: int = 4096) -> float:
     z, codes = half(flat[:rows]), half(codebook)
     code_norms = (codebook * codebook).sum(1)
     alpha = -2.0 / (z.scale * codes.scale)
-    if flat.is_cuda:
-        low = torch.addmm(code_norms, z.values, codes.values.t(), alpha=alpha, out_dtype=torch.float32)
-    else:
-        low = torch.addmm(code_norms, z.values.float(), codes.values.float().t(), alpha=alpha)
+    low = fp16_distances(z, codes, code_norms, alpha)
     exact = (codebook.double() ** 2).sum(1) - 2 * flat[:rows].double() @ codebook.double().t()
     return round(float(((low.double() - exact).abs() / margins(z, codes, code_norms, alpha).double()[:, None]).max()), 4)
 
@@ -182,7 +180,7 @@ def accumulation_check(device: torch.device) -> dict:
         alpha = -2.0 / (zh.scale * eh.scale)
         exact = (e.double() ** 2).sum(1) - 2 * z.double() @ e.double().t()
         term = abs(alpha) * z.shape[1] * 2 * 2.0 ** -23 * zh.norms.double()[:, None] * float(eh.norms.max())
-        low = torch.addmm(sq_norms, zh.values, eh.values.t(), alpha=alpha, out_dtype=torch.float32).double()
+        low = fp16_distances(zh, eh, sq_norms, alpha).double()
         row = {"cublas": round(float(((low - exact).abs() / term).max()), 4)}
         if triton_available():
             from vqvae.models.codebook_search_triton import best_three_triton

@@ -107,15 +107,19 @@ class BestThree:
     third: torch.Tensor  # (N,) fp32
 
 
-def best_three_torch(z: Half, codes: Half, code_sq_norms: torch.Tensor, alpha: float) -> BestThree:
-    """d~ = code_sq_norms + alpha * z.codes (fp16 products, fp32 sums) as a full (N, K) matrix, then
-    its three smallest entries per row. On CUDA the matmul runs on tensor cores with an fp32 output;
-    elsewhere the same arithmetic is emulated in fp32 (exact products of fp16 values, fp32 sums)."""
+def fp16_distances(z: Half, codes: Half, code_sq_norms: torch.Tensor, alpha: float) -> torch.Tensor:
+    """d~ = code_sq_norms + alpha * z.codes (fp16 products, fp32 sums) as a full (N, K) matrix. On
+    CUDA the matmul runs on tensor cores with an fp32 output; elsewhere the same arithmetic is
+    emulated in fp32 (exact products of fp16 values, fp32 sums)."""
     if z.values.is_cuda and _HAS_OUT_DTYPE:
-        distances = torch.addmm(code_sq_norms, z.values, codes.values.t(), beta=1.0, alpha=alpha,
-                                out_dtype=torch.float32)
-    else:  # torch before 2.8 (no fp32 output of fp16 matmuls), or no GPU: the same arithmetic in fp32
-        distances = torch.addmm(code_sq_norms, z.values.float(), codes.values.float().t(), beta=1.0, alpha=alpha)
+        return torch.addmm(code_sq_norms, z.values, codes.values.t(), beta=1.0, alpha=alpha, out_dtype=torch.float32)
+    # torch before 2.8 (no fp32 output of fp16 matmuls), or no GPU: the same arithmetic in fp32
+    return torch.addmm(code_sq_norms, z.values.float(), codes.values.float().t(), beta=1.0, alpha=alpha)
+
+
+def best_three_torch(z: Half, codes: Half, code_sq_norms: torch.Tensor, alpha: float) -> BestThree:
+    """The three smallest entries per row of `fp16_distances`."""
+    distances = fp16_distances(z, codes, code_sq_norms, alpha)
     found = []
     for _ in range(3):
         value, index = distances.min(1)
