@@ -1,3 +1,4 @@
+import numpy as np
 import torch
 
 from vqvae.metrics.sample_quality import (augment, calibrated_scores, class_figures, frechet_distance,
@@ -85,3 +86,30 @@ def test_held_out_halves_are_drawn_in_a_fixed_random_order():
     assert torch.equal(picked, in_fixed_random_order(data, 80)[:, 0, 0, 0])  # fixed
     for half in (picked[:40], picked[40:]):
         assert 10 < int(half.sum()) < 30  # both classes in each half
+
+
+def test_scored_rows_of_a_cached_folder_come_from_its_test_split(tmp_path):
+    """A labelled folder's test split is carved from the image cache by `index`: the scored rows must
+    be test images of every class, not the first rows of the whole cache (which, class-sorted, are
+    training images of one class)."""
+    from PIL import Image
+
+    from vqvae.config import load_config
+    from vqvae.data import load_splits
+    from vqvae.metrics.protocol import in_fixed_random_order
+
+    # Every image is one flat grey whose value is unique: the pixel value names the image.
+    for i in range(200):
+        folder = tmp_path / "data" / ("a" if i < 100 else "b")  # class-sorted: a/ then b/
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((8, 8), i, np.uint8)).save(folder / f"{i:03d}.png")
+    cfg = load_config("tiny", [f"data.dataset={tmp_path / 'data'}", "data.image_size=8", "data.num_workers=0",
+                               "data.test_fraction=0.2"])
+    splits = load_splits(cfg.data)
+    test = splits.test
+    assert test.index is not None  # the cache-backed case this test is about
+    test_values = {int(v) for v in test.tensor()[:, 0, 0, 0]}
+    picked = in_fixed_random_order(test, 40)
+    values = [int(v) for v in picked[:, 0, 0, 0]]
+    assert set(values) <= test_values and len(set(values)) == 40
+    assert {v >= 100 for v in values} == {True, False}  # both classes

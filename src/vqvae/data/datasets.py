@@ -86,6 +86,13 @@ class ImageSet(torch.utils.data.Dataset):
             return ImageSet(images=self.images[indices], **common)
         return ImageSet(files=[self.files[i] for i in indices.tolist()], **common)
 
+    def take(self, positions: torch.Tensor) -> torch.Tensor:
+        """The images at `positions` (0..len-1) of this set as uint8 (len(positions), C, H, W) in memory.
+        Positions are this set's own: a memory-mapped subset maps them through `index`."""
+        if self.in_memory:
+            return self.images[self.index[positions] if self.index is not None else positions]
+        return torch.stack([self[i][0] for i in positions.tolist()])
+
     def tensor(self, limit: int | None = None) -> torch.Tensor:
         """The first `limit` images as uint8 (N, C, H, W) in memory, decoding files if needed."""
         n = len(self) if limit is None else min(limit, len(self))

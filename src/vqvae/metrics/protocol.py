@@ -37,9 +37,7 @@ def in_fixed_random_order(data: ImageSet, count: int, seed: int = 0) -> torch.Te
     """`count` images of `data` as uint8, in a fixed random order: a dataset may be sorted by class
     (the bundled MNIST images are), and its first half would then hold other classes than its second."""
     order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:count]
-    if data.in_memory:
-        return data.images[order]
-    return torch.stack([data[i][0] for i in order.tolist()])
+    return data.take(order)
 
 
 def score_samples(vqvae: nn.Module, samples: torch.Tensor, heldout: ImageSet, train_set: ImageSet,
