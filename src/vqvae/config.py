@@ -47,19 +47,19 @@ class ModelConfig:
     hidden_channels: int = 32
     num_downsamples: int = 2  # each a stride-2 4x4 conv; latents are image_size / 2**num_downsamples
     num_residual_blocks: int = 2
-    code_dim: int = 0  # 0 = hidden_channels (the seed); otherwise 1x1 projections in and out
-    num_residual_hiddens: int = 0  # width inside each residual block; 0 = hidden_channels (the seed)
+    code_dim: int = 0  # 0 = hidden_channels; otherwise 1x1 projections in and out
+    num_residual_hiddens: int = 0  # width inside each residual block; 0 = hidden_channels
 
 
 @dataclass
 class QuantizerConfig:
     codebook_size: int = 32
-    update: str = "loss"  # "loss": codebook + commitment losses (the seed); "ema": moving averages (paper appendix)
+    update: str = "loss"  # "loss": codebook + commitment losses; "ema": moving averages (VQ-VAE paper, appendix)
     codebook_weight: float = 1.0  # weight of MSE(sg[ze], zq); unused with EMA updates
     commitment_weight: float = 0.25
     ema_decay: float = 0.99
     ema_epsilon: float = 1e-5  # Laplace smoothing of EMA cluster sizes, so empty codes never divide by zero
-    init: str = "uniform"  # "uniform" in [-1/K, 1/K] (the seed), "kmeans" or "samples" from the first batch
+    init: str = "uniform"  # "uniform" in [-1/K, 1/K], "kmeans" or "samples" from the first batch
     kmeans_iters: int = 10
     restart_after_steps: int = 0  # re-seed a code unused for this many steps from encoder outputs; 0 = never
     # The quantizer family. update/init/restarts above apply to the codebooks of "vq" and "rvq".
@@ -69,20 +69,19 @@ class QuantizerConfig:
     gradient: str = "straight_through"  # vq/rvq: or "rotation", the rotation trick (Fifty et al., ICLR 2025)
     # vq/rvq nearest-code search. "fast": on CUDA with Triton, for searches of at least 2^35 multiply-adds
     # (vectors x codes x dims), fp16 tensor-core distances with a proven error bound and fp32 for the vectors
-    # it cannot decide: fp32's codes except at fp32's own near-ties, 3.8x faster at 131,072 x 8,192 x 256 on
-    # an H100; elsewhere the fp32 search. "fp32": always the fp32 search.
-    # (fsq and lfq have no codebook to search and ignore it.)
+    # it cannot decide: fp32's codes except at fp32's own near-ties; elsewhere the fp32 search.
+    # "fp32": always the fp32 search. (fsq and lfq have no codebook to search and ignore it.)
     search_precision: str = "fast"
     fsq_levels: list = field(default_factory=list)  # fsq: values per channel; [] = FSQ paper's for codebook_size
     # fsq: how project_in's output is scaled into tanh's range. "batch": each channel standardised (mean 0, std 1)
     # with batch statistics in training, running averages in eval, so no channel can drift into tanh's flat
-    # tails (on CIFAR-10, 3 of 5 channels did in epoch 1: 18 of 4,375 codes used); "init": project_in rescaled
-    # once, on the first training batch; "none": PyTorch's init only (the paper's and the reference code's)
+    # tails, where its gradient vanishes; "init": project_in rescaled once, on the first training batch;
+    # "none": PyTorch's init only (the paper's and the reference code's)
     fsq_normalise: str = "batch"
     entropy_weight: float = 0.1  # lfq: weight of the entropy penalty (per-sample entropy - diversity * codebook's)
     entropy_diversity: float = 1.0  # lfq: weight of the codebook entropy inside the penalty
-    # lfq: temperature of the soft assignment p(c|z) the entropies are taken of. 0.01 (sharp: gradients vanish
-    # once |z| >> 0.01) and the VQ commitment weight 0.25 collapsed LFQ to 1-2 codes in our MNIST/CIFAR runs.
+    # lfq: temperature of the soft assignment p(c|z) the entropies are taken of. A sharp one (e.g. 0.01)
+    # leaves no entropy gradient once |z| >> temperature, and the codes collapse.
     entropy_temperature: float = 1.0
     lfq_commitment_weight: float = 0.02  # lfq: weight of MSE(z, sg[sign(z)]) (commitment_weight is VQ's)
     rvq_depth: int = 4  # rvq: residual levels, each a codebook of codebook_size codes
@@ -167,7 +166,7 @@ class RunConfig:
         """Rebuild a saved config (config.json, a checkpoint's), checked like any other."""
         quantizer = d.get("quantizer") if isinstance(d, dict) else None
         if isinstance(quantizer, dict) and quantizer.get("search_precision") in ("tf32", "bf16"):
-            # Runs saved before the checked search: their TF32/bf16 shortlists are now the "fast" search.
+            # "tf32" and "bf16" were earlier names of GPU searches; such runs load with the "fast" search.
             d = {**d, "quantizer": {**quantizer, "search_precision": "fast"}}
         cfg = from_dict(cls, d)
         validate(cfg)
@@ -215,8 +214,7 @@ def fsq_levels(q: QuantizerConfig) -> list[int]:
 def _check_quantizer(q: QuantizerConfig) -> None:
     """Checks across quantizer fields (each field's own range is in RULES)."""
     # Options of one kind set on another are mistakes: say so instead of ignoring them. (search_precision is
-    # not among them: both its values are harmless everywhere, and runs saved before "fast" became the
-    # default carry "fp32" on every kind.)
+    # not among them: both its values are harmless everywhere, and saved runs may carry "fp32" on any kind.)
     vq_only = {"distance": "l2", "lookup_dim": 0}
     codebook_only = {"gradient": "straight_through"}
     unused = {**vq_only, **codebook_only} if q.kind in ("fsq", "lfq") else vq_only if q.kind == "rvq" else {}
@@ -241,32 +239,28 @@ def _check_quantizer(q: QuantizerConfig) -> None:
 
 
 def _seed_mnist() -> RunConfig:
-    # The seed exactly: 28x28x1, 32 channels, 32 codes, 7x7 codes, batch 256, Adam 2e-4,
-    # codebook/commitment losses 1.0/0.25, uniform codebook init, no EMA, 20 epochs.
-    # Its prior: Gated PixelCNN, 15 blocks, 128 channels, Adam 1e-3, 50 epochs.
+    # The seed document's model and training, as RunConfig's defaults: 28x28x1, 32 channels, 32 codes,
+    # 7x7 codes, batch 256, Adam 2e-4, codebook/commitment losses 1.0/0.25, uniform codebook init, no EMA,
+    # 20 epochs. Its prior: Gated PixelCNN, 15 blocks, 128 channels, Adam 1e-3, 50 epochs.
     return RunConfig(preset="seed-mnist")
 
 
 def _mnist() -> RunConfig:
-    # Seed architecture and codebook size, the project's training recipe (see README's benchmark):
-    # EMA codebook (decay 0.95: the codebook follows the fast-moving encoder of a short run)
-    # seeded by k-means on encoder outputs, with dead-code restarts; a 10x higher learning rate
-    # with cosine decay; batch 128 (twice the seed's updates for the same images seen; measured
-    # test MSE 0.0040 vs 0.0057 at 256); bf16 autocast where the CPU/GPU runs it fast.
+    # seed-mnist's architecture and codebook size, trained with the project's recipe (why each
+    # setting: docs/presets.md): EMA codebook (decay 0.95: the codebook follows the fast-moving
+    # encoder of a short run) seeded by k-means on encoder outputs, with dead-code restarts; a 10x
+    # higher learning rate with cosine decay; batch 128 (twice the updates for the same images
+    # seen); bf16 autocast where the CPU/GPU runs it fast.
     cfg = RunConfig(preset="mnist")
     cfg.quantizer = QuantizerConfig(codebook_size=32, update="ema", ema_decay=0.95, init="kmeans",
                                     restart_after_steps=100)
     cfg.train = TrainConfig(epochs=60, batch_size=128, lr=2e-3, lr_schedule="cosine", warmup_steps=50,
                             lr_min_ratio=0.02, amp="auto", channels_last=True)
-    # The prior: chosen on validation figures (benchmarks/bench_prior.py ablation, README): a Gated
-    # PixelCNN 8x64, conditioned on the digit class, trained 2 epochs on the codes of each image and
-    # its 1-pixel shifts (9 maps per image) and sampled with classifier-free guidance 2. Against the
-    # previous unconditional 4-epoch prior (7x7 first kernel, dropout 0.1), on validation: 0.4x the
-    # training time, bits 1.739 -> 1.675 (given the class), the samples' Fréchet distance over the
-    # reconstructions' 1.91 -> 0.80. Adam at 4e-3, not 2e-3: the same 2 epochs reach 1.675 bits
-    # instead of 1.729 (a third epoch at 2e-3 reached 1.676 but misses the demo's time budget of 2x
-    # the seed reference). A 3x3 first kernel (8 layers still see the whole 7x7 map)
-    # is 0.8x the time of 7x7; dropout only slowed a prior that underfits at this budget.
+    # The prior, chosen on validation figures (benchmarks/bench_prior.py ablation; docs/presets.md): a
+    # Gated PixelCNN 8x64, conditioned on the digit class, trained 2 epochs on the codes of each image
+    # and its 1-pixel shifts (9 maps per image) and sampled with classifier-free guidance 2. Adam at
+    # 4e-3 because 2 epochs is the demo's time budget. A 3x3 first kernel suffices (8 layers still see
+    # the whole 7x7 map) and is cheaper than 7x7; no dropout, as the prior underfits at this budget.
     # Unlabelled data gets an unconditional prior (data/choose.py says so).
     cfg.prior = PriorConfig(kind="pixelcnn", num_layers=8, hidden_channels=64, first_kernel_size=3, train_shifts=1,
                             conditional=True, label_dropout=0.1)
@@ -278,8 +272,8 @@ def _mnist() -> RunConfig:
 
 def _mnist_gpu() -> RunConfig:
     # The mnist preset for a GPU, where a 95k-parameter model is bound by kernel launches, not
-    # arithmetic: 8x the batch with a 3x learning rate, and the conv stacks captured as CUDA graphs.
-    # Measured on an H100: 3.6x the seed reference's images/s at a lower test MSE (0.0072 vs 0.0106).
+    # arithmetic: 8x the batch with a 3x learning rate, and the conv stacks captured as CUDA graphs
+    # (figures: docs/presets.md).
     cfg = _mnist()
     cfg.preset = "mnist-gpu"
     cfg.train.batch_size, cfg.train.lr = 1024, 6e-3
