@@ -182,10 +182,11 @@ def test_fast_precision_is_the_fp32_search_off_cuda():
     assert torch.equal(nearest_codes(flat, codebook, precision="fast"), nearest_codes(flat, codebook))
 
 
-def test_runs_saved_with_the_old_shortlist_searches_load_as_fast(tiny_config):
+def test_search_precision_accepts_only_fp32_and_fast(tiny_config):
     saved = tiny_config.to_dict()
     saved["quantizer"]["search_precision"] = "bf16"
-    assert RunConfig.from_dict(saved).quantizer.search_precision == "fast"
+    with pytest.raises(ConfigError, match="search_precision='bf16': must be one of fp32, fast"):
+        RunConfig.from_dict(saved)
     with pytest.raises(ConfigError, match="search_precision"):
         apply_overrides(tiny_config, ["quantizer.search_precision=bf16"])
 

@@ -2,7 +2,7 @@
 
 The public API lives in `vqvae.api` and is re-exported here.
 """
-__version__ = "0.1.0"
+from ._version import __version__
 
 from .api import (decode, encode, evaluate, load_config, load_prior, load_vqvae, reconstruct, run_pipeline, sample,
                   train_prior, train_vqvae, write_report)

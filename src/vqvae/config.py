@@ -164,10 +164,6 @@ class RunConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "RunConfig":
         """Rebuild a saved config (config.json, a checkpoint's), checked like any other."""
-        quantizer = d.get("quantizer") if isinstance(d, dict) else None
-        if isinstance(quantizer, dict) and quantizer.get("search_precision") in ("tf32", "bf16"):
-            # "tf32" and "bf16" were earlier names of GPU searches; such runs load with the "fast" search.
-            d = {**d, "quantizer": {**quantizer, "search_precision": "fast"}}
         cfg = from_dict(cls, d)
         validate(cfg)
         return cfg
@@ -482,10 +478,6 @@ def _fields(obj, prefix="") -> list[tuple[str, Any, Any]]:
         else:
             out.append((prefix + f.name, obj, f.name))
     return out
-
-
-def _field_names(obj) -> list[str]:
-    return [name for name, _, _ in _fields(obj)]
 
 
 def _default_type(owner, name: str) -> type:

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import __version__
+from ._version import __version__
 from .config import RunConfig
 from .data import load_dataset, load_splits
 from .errors import DataError, ExportError

@@ -30,10 +30,6 @@ RUN_FILES = ("config.json", "metrics.json", "report.md", "report.html", "reconst
 RUN_FOLDERS = ("checkpoints", "codes", "tensorboard")
 
 
-def is_run_folder(path: Path) -> bool:
-    return (Path(path) / "config.json").is_file() or (Path(path) / "checkpoints").is_dir()
-
-
 def read_run_config(run_dir: Path) -> RunConfig:
     """RUN/config.json as a checked RunConfig, or an error that says what is wrong with it."""
     path = Path(run_dir) / "config.json"

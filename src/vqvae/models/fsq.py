@@ -66,13 +66,8 @@ class FiniteScalarQuantizer(nn.Module):
         self.register_buffer("running_mean", torch.zeros(d))
         self.register_buffer("running_var", torch.ones(d))
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # FSQ checkpoints written before fsq_normalise existed hold trained weights: never rescale
-        # them, and evaluate them without normalisation (mean 0, var 1: the identity up to eps).
-        state_dict.setdefault(prefix + "initialised", torch.tensor(True))
-        state_dict.setdefault(prefix + "running_mean", torch.zeros_like(self.running_mean))
-        state_dict.setdefault(prefix + "running_var", torch.ones_like(self.running_var))
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
         self._ready = None
 
     def standardise(self, z: torch.Tensor) -> torch.Tensor:

@@ -72,11 +72,3 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
 def barrier() -> None:
     if is_distributed():
         dist.barrier()
-
-
-def broadcast_object(obj, src: int = 0):
-    if is_distributed():
-        box = [obj]
-        dist.broadcast_object_list(box, src)
-        return box[0]
-    return obj
