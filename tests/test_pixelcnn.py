@@ -4,6 +4,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vqvae.config import PriorConfig
+from vqvae.errors import ConfigError
 from vqvae.models import GatedPixelCNN, PriorSpec, sample_full_pass
 
 
@@ -93,5 +94,18 @@ def test_top_k_one_is_greedy_and_temperature_is_checked():
     a = model.sample(2, top_k=1, generator=torch.Generator().manual_seed(0))
     b = model.sample(2, top_k=1, generator=torch.Generator().manual_seed(1))
     assert torch.equal(a, b)
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError, match="temperature must be > 0"):
         model.sample(1, temperature=0)
+
+
+def test_sampling_a_conditional_prior_checks_its_labels():
+    model = GatedPixelCNN(PriorConfig(num_layers=2, hidden_channels=8, conditional=True), PriorSpec(5, 3, 10)).eval()
+    with pytest.raises(ConfigError, match=r"class-conditional \(10 classes\): pass labels.*torch.arange\(4\) % 10"):
+        model.sample(4)
+    with pytest.raises(ConfigError, match=r"class indices in 0..9; got 0..10"):
+        model.sample(2, labels=torch.tensor([0, 10]))
+    with pytest.raises(ConfigError, match=r"shape \(4,\), got \(2,\)"):
+        model.sample(4, labels=torch.tensor([0, 1]))
+    with pytest.raises(ConfigError, match="integer tensor"):
+        model.sample(2, labels=torch.tensor([0.0, 1.0]))
+    assert model.sample(4, labels=torch.arange(4) % 10).shape == (4, 3, 3)

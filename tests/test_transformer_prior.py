@@ -101,7 +101,7 @@ def test_guidance_zero_samples_from_the_unconditional_logits(make, monkeypatch):
 
 
 def test_guidance_needs_label_dropout():
-    with pytest.raises(ValueError, match="label dropout"):
+    with pytest.raises(ConfigError, match="label dropout"):
         transformer(conditional=True).sample(2, torch.tensor([0, 1]), guidance=2.0)
 
 
@@ -117,7 +117,7 @@ def test_top_p_keeps_the_smallest_set_reaching_p():
     assert kept(0.81) == {1, 3, 0}
     assert kept(0.96) == {0, 1, 2, 3}
     assert kept(1.0) == {0, 1, 2, 3}
-    with pytest.raises(ValueError, match="top_p"):
+    with pytest.raises(ConfigError, match="top_p"):
         transformer().sample(1, top_p=0.0)
 
 

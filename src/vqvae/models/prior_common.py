@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ConfigError
+
 
 @dataclass
 class PriorSpec:
@@ -41,24 +43,41 @@ def class_table_size(num_classes: int, conditional: bool, label_dropout: float) 
     return num_classes + (1 if label_dropout > 0 else 0)
 
 
-def check_labels(prior, labels: torch.Tensor | None) -> torch.Tensor | None:
-    """The labels a prior's forward pass reads: None for an unconditional prior."""
+def check_labels(prior, labels: torch.Tensor | None, batch: int | None = None) -> torch.Tensor | None:
+    """The labels a prior's forward pass reads: None for an unconditional prior; for a conditional one,
+    (batch,) class indices in 0..num_classes-1 (or its null class). The range is checked when sampling
+    (`batch` given), not in training's forward passes, where it would cost a device sync per step."""
     if not prior.conditional:
         return None
+    classes = prior.spec.num_classes
+    example = f"labels=torch.arange({batch or 'B'}) % {classes}"
     if labels is None:
-        raise ValueError("this prior is class-conditional: pass labels")
+        raise ConfigError(f"this prior is class-conditional ({classes} classes): pass labels, a tensor of one class "
+                          f"index per code map in 0..{classes - 1}, e.g. {example}")
+    if not isinstance(labels, torch.Tensor) or labels.dtype.is_floating_point or labels.dtype == torch.bool:
+        raise ConfigError(f"labels must be an integer tensor of class indices, e.g. {example}; got "
+                          f"{getattr(labels, 'dtype', type(labels).__name__)}")
+    if labels.dim() != 1 or (batch is not None and len(labels) != batch):
+        raise ConfigError(f"labels must hold one class index per code map: shape ({batch or 'B'},), got "
+                          f"{tuple(labels.shape)}")
+    highest = classes if prior.null_class is not None else classes - 1
+    if batch is not None and len(labels) and (int(labels.min()) < 0 or int(labels.max()) > highest):
+        raise ConfigError(f"labels must be class indices in 0..{classes - 1}"
+                          f"{f' (or {classes}, the null class)' if highest == classes else ''}; got "
+                          f"{int(labels.min())}..{int(labels.max())}")
     return labels
 
 
-def guided_batch(prior, labels: torch.Tensor | None, guidance: float) -> tuple[torch.Tensor | None, bool]:
+def guided_batch(prior, labels: torch.Tensor | None, guidance: float,
+                 batch: int | None = None) -> tuple[torch.Tensor | None, bool]:
     """Labels for one sampling pass, and whether they are doubled: with guidance other than 1, the
     batch runs twice in one pass, first with the classes, then with the null class."""
     if guidance == 1.0 or not prior.conditional:
-        return check_labels(prior, labels), False
+        return check_labels(prior, labels, batch), False
     if prior.null_class is None:
-        raise ValueError("guidance needs a prior trained with label dropout (prior.label_dropout > 0); this one "
+        raise ConfigError("guidance needs a prior trained with label dropout (prior.label_dropout > 0); this one "
                          "was trained without it, so it has no unconditional mode")
-    labels = check_labels(prior, labels)
+    labels = check_labels(prior, labels, batch)
     return torch.cat([labels, torch.full_like(labels, prior.null_class)]), True
 
 
@@ -85,11 +104,11 @@ def filter_top_p(logits: torch.Tensor, top_p: float) -> torch.Tensor:
 
 def check_sampling(temperature: float, top_k: int, top_p: float) -> None:
     if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+        raise ConfigError(f"temperature must be > 0, got {temperature}")
     if top_k < 0:
-        raise ValueError(f"top_k must be >= 0 (0 = off), got {top_k}")
+        raise ConfigError(f"top_k must be >= 0 (0 = off), got {top_k}")
     if not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1] (1 = off), got {top_p}")
+        raise ConfigError(f"top_p must be in (0, 1] (1 = off), got {top_p}")
 
 
 def sample_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0,
@@ -162,7 +181,7 @@ class AutoregressivePrior(nn.Module):
         (conditional priors trained with label dropout), the batch runs doubled: classes, then null."""
         check_sampling(temperature, top_k, top_p)
         size = self.spec.latent_size
-        run_labels, doubled = guided_batch(self, labels, guidance)
+        run_labels, doubled = guided_batch(self, labels, guidance, batch)
 
         def choose(logits, i, j):
             codes = sample_logits(mix_guidance(logits, guidance, doubled), temperature, top_k, generator, top_p)
