@@ -186,19 +186,19 @@ def main() -> None:
                    help="overrides of the quality run's cifar10 preset (e.g. a shorter warmup for a short run)")
     p.add_argument("--skip-quality", action="store_true")
     p.add_argument("--skip-training", action="store_true", help="only the data path's images/s (no model)")
-    p.add_argument("--out", help="JSON path (default: benchmarks/results/<date>-<machine>-data.json)")
+    p.add_argument("--out", help="JSON path (default: benchmarks/results/<machine>-cifar10-folder-data.json)")
     args = p.parse_args()
     root = Path(args.data_root)
     for split in ("train", "test"):
         if not (root / split).is_dir():
             raise SystemExit(f"{root / split} is not a folder: pass --data-root holding CIFAR-10's train/ and test/")
-    stamp = f"{time.strftime('%Y-%m-%d')}-{machine_name(args.device)}"
+    stamp = machine_name(args.device)  # results are named by what they hold; git keeps their history
     (HERE / "results").mkdir(exist_ok=True)
     report = {"device": str(resolve_device(args.device)), "machine": machine_name(args.device),
               "torch": torch.__version__, "threads": torch.get_num_threads(), "args": vars(args)}
     if torch.cuda.is_available() and report["device"].startswith("cuda"):
         report["gpu"] = torch.cuda.get_device_name()
-    out = Path(args.out) if args.out else HERE / "results" / f"{stamp}-data.json"
+    out = Path(args.out) if args.out else HERE / "results" / f"{stamp}-cifar10-folder-data.json"
 
     def save() -> None:  # after every section, so a run cut short keeps what it measured
         out.write_text(json.dumps(report, indent=2) + "\n")

@@ -18,7 +18,7 @@ spends most of its time waiting for the other thread (measured here: 7 ms per ti
 with 1 thread, 480 ms with 2, at a load average of 9.5 on 2 cores), so the 1-thread figures are
 the ones that measure the runtimes rather than the neighbours.
 Prints one JSON document and writes it to --out. Most of the time is training (12 minutes of the
-21 in results/2026-11-27-cpu-export.json, at a load average of 10 to 14 on 2 cores).
+21 in results/cpu-export-sizes-and-onnx-speed.json, at a load average of 10 to 14 on 2 cores).
 """
 from __future__ import annotations
 
@@ -108,7 +108,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2],
                    help="CPU threads of both runtimes (each value timed separately)")
     p.add_argument("--batch1-images", type=int, default=200, help="images timed at batch size 1")
-    p.add_argument("--out", default=str(HERE / "results" / f"{time.strftime('%Y-%m-%d')}-cpu-export.json"))
+    p.add_argument("--out", default=str(HERE / "results" / "cpu-export-sizes-and-onnx-speed.json"))
     args = p.parse_args()
 
     import onnxruntime

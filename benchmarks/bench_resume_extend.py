@@ -1,7 +1,7 @@
 """Extending a finished run (`train --resume RUN --set train.epochs=N`): what the learning-rate
 schedule of the added epochs does to the result.
 
-    python benchmarks/bench_resume_extend.py --out benchmarks/results/DATE-cpu-resume-extend.json
+    python benchmarks/bench_resume_extend.py --out benchmarks/results/cpu-resume-extend.json
 
 The `mnist` preset (cosine schedule) on the bundled 5,000 images, for --first epochs, then
 extended to --total; against --total epochs straight and against the extension as it was

@@ -1,7 +1,7 @@
 """Hostile inputs through the CLI: about 80 bad inputs and faults, each run in-process on a tiny
 run of synthetic images, printed as a Markdown table (input, exit status, first error line).
 
-    python benchmarks/check_hostile_inputs.py > benchmarks/results/DATE-cpu-hostile-inputs.md
+    python benchmarks/check_hostile_inputs.py > benchmarks/results/cpu-hostile-inputs.md
 
 Exit 2 is the CLI's error status; a row whose exit reads TRACEBACK is a bug. Takes a few minutes on
 a CPU. It is a check script, not a test: tests/test_hardening.py holds a test per item.

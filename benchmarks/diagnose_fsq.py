@@ -1,6 +1,6 @@
 """Why does FSQ use few of its codes? The pre-bound activations of FSQ's channels, measured.
 
-    python benchmarks/diagnose_fsq.py --dataset mnist --epochs 20 --out benchmarks/results/....json
+    python benchmarks/diagnose_fsq.py --dataset mnist --epochs 20 --out benchmarks/results/cpu-fsq-diagnosis-mnist.json
 
 For one FSQ model (the bench_quantizers.py recipe) this reports, on the validation split, at
 initialisation and after training: per channel the mean and standard deviation of the pre-bound

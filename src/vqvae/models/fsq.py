@@ -9,7 +9,7 @@ no codebook loss, no commitment loss and no codebook state.
 
 What can starve the implicit codebook is the scale of the bound's input. tanh's rounding cells
 for L levels end at z = atanh((k + 1/2) / ((L-1)/2)): for L = 5 at |z| = 0.26 and 0.97. Measured
-(benchmarks/diagnose_fsq.py, results/2026-11-27-cpu-fsq-diagnosis-*.json): with PyTorch's init
+(benchmarks/diagnose_fsq.py, results/cpu-fsq-diagnosis-*.json): with PyTorch's init
 the encoder and project_in shrink activations to a standard deviation of about 0.01, so at step 0
 every channel sits in its centre cell (4 of 4,375 codes on MNIST, 2 on CIFAR-10); and on CIFAR-10
 training then drove 3 of 5 channels to |z| of 4-8, where tanh's gradient is ~1e-6: those channels
