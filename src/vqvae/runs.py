@@ -172,10 +172,9 @@ def load_prior(path: str | Path, device: str | torch.device = "cpu") -> tuple[Pr
     source = find_checkpoint(path, "prior")
     ckpt = read_model(source, "prior")
     config = RunConfig.from_dict(ckpt["config"])
-    # Checkpoints from before the transformer prior record no kind: they hold a Gated PixelCNN.
-    kind = ckpt.get("prior_kind", "pixelcnn")
+    kind = ckpt.get("prior_kind")
     if kind != config.prior.kind:
-        raise CheckpointError(f"{path} records a {kind} prior but its config says prior.kind={config.prior.kind!r}")
+        raise CheckpointError(f"{path} records prior kind {kind!r} but its config says prior.kind={config.prior.kind!r}")
     spec = PriorSpec(**{**ckpt["prior_spec"], "class_names": tuple(ckpt["prior_spec"]["class_names"])})
     model = build_prior(config.prior, spec, dropout=0.0)
     load_weights(model, ckpt["model_state"], source)
