@@ -6,6 +6,7 @@ import errno
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from . import api, export
@@ -289,10 +290,18 @@ ENVIRONMENT_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, err
                       errno.ENOTDIR, errno.EISDIR)
 
 
+def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning as the user reads it: `warning: message` on one line, without Python's file,
+    line number and source line."""
+    print("warning: " + " ".join(str(message).split()), file=file or sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = show_warning
+            args.func(args)
     except VQVAEError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -52,6 +52,18 @@ def _plt():
 def plot_history(history: list[dict], path: Path, panels: list[tuple[str, list[str]]], title: str = "") -> Path:
     """One panel per (title, [history keys]), epochs on the x axis."""
     plt = _plt()
+    fig = history_figure(history, panels, title)
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def history_figure(history: list[dict], panels: list[tuple[str, list[str]]], title: str = ""):
+    """The figure `plot_history` saves. Epochs are whole numbers, so the x axis ticks only those; a log
+    axis is labelled with plain numbers (0.01, 0.05), not 5x10^-2."""
+    plt = _plt()
+    from matplotlib.ticker import FuncFormatter, LogFormatter, MaxNLocator
     # Series that are absent or identically zero (the codebook loss under EMA updates) are left out.
     panels = [(t, [k for k in keys if any(h.get(k) for h in history)]) for t, keys in panels]
     panels = [(t, keys) for t, keys in panels if keys]
@@ -63,18 +75,19 @@ def plot_history(history: list[dict], path: Path, panels: list[tuple[str, list[s
             ax.plot(xs, ys, marker="." if len(xs) < 30 else None, label=key)
         ax.set_title(panel_title)
         ax.set_xlabel("epoch")
-        if panel_title.lower().startswith("loss") and all(
-                h.get(k, 1) > 0 for h in history for k in keys if h.get(k) is not None):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        values = [h[k] for h in history for k in keys if h.get(k) is not None]
+        # A log axis for losses that fall by a decade or more; a narrower range reads better linear.
+        if panel_title.lower().startswith("loss") and min(values) > 0 and max(values) >= 10 * min(values):
             ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+            ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def plot_usage_histogram(counts: torch.Tensor, path: Path, title: str = "codebook usage") -> Path:

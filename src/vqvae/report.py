@@ -117,6 +117,16 @@ def _sample_settings(run_dir: Path) -> str:
     return ", ".join(parts)
 
 
+STEP_NAMES = {"vqvae_s": "VQ-VAE", "prior_s": "prior", "sample_s": "sampling", "evaluate_s": "evaluation"}
+
+
+def timings_text(timings: dict) -> str:
+    """{"vqvae_s": 47.0, "prior_s": 131.2, ...} -> "time: 178.2 s (VQ-VAE 47.0 s, prior 131.2 s, ...)"."""
+    steps = [(STEP_NAMES.get(key, key.removesuffix("_s")), float(seconds)) for key, seconds in timings.items()]
+    parts = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in steps)
+    return f"time: {sum(s for _, s in steps):.1f} s ({parts})"
+
+
 def summary_text(run_dir: Path) -> str:
     """What `vqvae run` prints at the end: the run's headline figures from metrics.json."""
     m = read_metrics(run_dir)
@@ -136,6 +146,6 @@ def summary_text(run_dir: Path) -> str:
                      f"noise {r['noise']['frechet_distance']:.0f}); precision {r['samples']['precision']:.3f}, "
                      f"recall {r['samples']['recall']:.3f}, {r['samples']['classes_present']} classes present")
     if "pipeline" in m:
-        lines.append(f"  timings: {m['pipeline']['timings']}")
+        lines.append("  " + timings_text(m["pipeline"]["timings"]))
     lines.append(f"  report: {run_dir / 'report.md'}")
     return "\n".join(lines)
