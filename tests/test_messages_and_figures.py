@@ -45,3 +45,24 @@ def test_curves_tick_whole_epochs_and_plain_numbers():
         labels = visible_labels(ax.yaxis, *ax.get_ylim()) + visible_labels(ax.yaxis, *ax.get_ylim(), minor=True)
         assert labels and all(float(label) > 0 for label in labels), labels  # plain numbers: no "2.3x10^0"
     assert ax.get_yscale() == "log"  # the long run spans more than a decade
+
+
+def test_missing_optional_packages_name_their_extra(monkeypatch, tmp_path):
+    import sys
+
+    import pytest
+    import torch
+
+    from vqvae.errors import ConfigError
+    from vqvae.metrics import sample_quality
+    from vqvae.models import codebook_search
+
+    monkeypatch.setattr(sample_quality, "_inception_weights_on_disk", lambda: tmp_path / "weights.pth")
+    monkeypatch.setitem(sys.modules, "torchmetrics.image.fid", None)  # import fails as if not installed
+    images = torch.rand(4, 3, 8, 8)
+    result = sample_quality.inception_fid(images, images)
+    assert not result["available"] and "pip install 'vqvae[metrics]'" in result["reason"]
+
+    monkeypatch.setattr(codebook_search, "_TRITON", False)
+    with pytest.raises(ConfigError, match=r"pip install 'vqvae\[gpu\]'"):
+        codebook_search.checked_search(torch.randn(8, 4), torch.randn(16, 4), kernel="triton")

@@ -272,7 +272,10 @@ def inception_fid(real: torch.Tensor, fake: torch.Tensor) -> dict:
                                               f"(not downloaded at run time)"}
     try:
         from torchmetrics.image.fid import FrechetInceptionDistance
-
+    except ImportError:
+        return {"available": False, "reason": "the standard FID needs torchmetrics and torch-fidelity: "
+                                              "pip install 'vqvae[metrics]'"}
+    try:
         fid = FrechetInceptionDistance(feature=2048, normalize=True)
     except Exception as e:  # not installed, or the weights would need a download
         return {"available": False, "reason": f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"}

@@ -40,6 +40,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import ConfigError
+
 # The fp32 search's matmul is N x K x C multiply-adds. Below FAST_MIN_WORK it is short and the checked
 # search's fixed cost (about 1.1 ms on an H100: kernel launches, small tensor ops, two waits for the GPU)
 # eats its gain. H100 grid (benchmarks/results/h100-codebook-search-crossover.json): at 2^35
@@ -247,12 +249,17 @@ def nearest_codes_fast(flat: torch.Tensor, codebook: torch.Tensor, chunk_size: i
     from .quantizer import nearest_codes
 
     work = flat.shape[0] * codebook.shape[0] * codebook.shape[1]
-    if not flat.is_cuda or work < FAST_MIN_WORK or not triton_available():
+    if not flat.is_cuda or work < FAST_MIN_WORK:
+        return nearest_codes(flat, codebook, chunk_size)
+    if not triton_available():
+        _say_triton_is_missing()
         return nearest_codes(flat, codebook, chunk_size)
     return checked_search(flat, codebook, chunk_size=chunk_size)[0]
 
 
 _TRITON: bool | None = None
+_TRITON_MISSING = "Triton is not installed (pip install 'vqvae[gpu]')"
+_SAID_TRITON_IS_MISSING = False
 
 
 def triton_available() -> bool:
@@ -267,11 +274,26 @@ def triton_available() -> bool:
     return _TRITON
 
 
+def _say_triton_is_missing() -> None:
+    """Once per process, where the fused search would have run: what is missing and what runs instead."""
+    global _SAID_TRITON_IS_MISSING
+    if _SAID_TRITON_IS_MISSING:
+        return
+    _SAID_TRITON_IS_MISSING = True
+    try:
+        import triton  # noqa: F401
+    except ImportError:  # not a kernel that failed here: _give_up_on_triton said that
+        warnings.warn(f"quantizer.search_precision=fast: {_TRITON_MISSING}; using the fp32 search (the same "
+                      f"codes, slower)", RuntimeWarning, stacklevel=3)
+
+
 def _choose_kernel(kernel: str, flat: torch.Tensor) -> str:
     if kernel == "auto":
         return "triton" if flat.is_cuda and triton_available() else "torch"
     if kernel not in ("triton", "torch"):
         raise ValueError(f"kernel={kernel!r}; valid: auto, triton, torch")
+    if kernel == "triton" and not triton_available():
+        raise ConfigError(f"kernel='triton': {_TRITON_MISSING}, or it failed on this machine; use kernel='torch'")
     return kernel
 
 
