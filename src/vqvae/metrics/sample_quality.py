@@ -21,14 +21,10 @@ the samples, and uniform noise. A reader sees where the samples sit between the
 reconstructions and noise; the Fréchet distance is biased upwards at small n, so figures
 compare only within one report.
 
-Against the earlier score (a 64-feature classifier on a 2x2 average-pooled map, trained with
-random rolls; the training split, on which the classifier, the VQ-VAE and the prior trained,
-as the reference; samples reported as a ratio to real held-out images), measured on one run
-by benchmarks/bench_score_calibration.py: this classifier is more accurate on unseen MNIST
-test digits (98.1% vs 95.7%), and its features set the VQ-VAE's reconstructions further from
-real images (Fréchet 4.2x the real row's, against 2.5x), so decoder-level defects that the 2x2
-average hid now count. The reconstructions' row also changes the yardstick: samples are
-compared with what the decoder can reach, not only with real images.
+The classifier keeps a 4x4 feature map before its head, so its features see where strokes are
+and set decoder-level defects apart from real images (benchmarks/bench_score_calibration.py
+compares it with a 2x2-pooled one; docs/benchmarks.md has the figures). The reconstructions' row
+is the yardstick: samples are compared with what the decoder can reach, not only with real images.
 
 Where Inception weights for the standard FID are already on disk (torchmetrics with
 torch-fidelity, or pytorch-fid), colour data also gets the standard FID; nothing is
@@ -63,7 +59,7 @@ class FeatureClassifier(nn.Module):
 
         self.body = nn.Sequential(
             *conv(channels, 32), nn.MaxPool2d(2), *conv(32, 64), nn.MaxPool2d(2), *conv(64, 64),
-            # A 4x4 map keeps where the strokes are; the earlier classifier averaged down to 2x2.
+            # A 4x4 map keeps where the strokes are; a 2x2 average loses it.
             nn.AdaptiveAvgPool2d(4), nn.Flatten(),  # (B, 64 * 16)
             nn.Linear(64 * 16, feature_dim), nn.ReLU())
         self.dropout = nn.Dropout(0.3)

@@ -43,9 +43,8 @@ import torch
 from ..errors import ConfigError
 
 # The fp32 search's matmul is N x K x C multiply-adds. Below FAST_MIN_WORK it is short and the checked
-# search's fixed cost (about 1.1 ms on an H100: kernel launches, small tensor ops, two waits for the GPU)
-# eats its gain. H100 grid (benchmarks/results/h100-codebook-search-crossover.json): at 2^35
-# 1.0-1.6x faster than fp32, at 2^34 0.6-1.2x, at 2^36 1.7-2.3x, at 2^38 (131,072 x 8,192 x 256) 3.1x.
+# search's fixed cost (kernel launches, small tensor ops, two waits for the GPU) eats its gain: 2^35 is
+# where it starts to pay on an H100 (`bench_codebook_search.py --crossover`; docs/benchmarks.md).
 FAST_MIN_WORK = 2 ** 35
 FP16_TOP = 2.0 ** 14  # scaled inputs stay below this: fp16 reaches 65,504, and sums of products are fp32
 FP32_UNIT = 2.0 ** -23  # one fp32 ulp at 1 (twice the unit roundoff: covers truncating hardware too)

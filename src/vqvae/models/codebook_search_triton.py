@@ -111,10 +111,8 @@ def best_three_kernel(z_ptr, codes_ptr, sq_norms_ptr, best_ptr, index_ptr, secon
     tl.store(third_ptr + rows, b3, mask=row_ok)
 
 
-# Tile shapes tried once per (K, C) on the card in use; the fastest is kept. On an H100 at 8,192 codes of
-# 256 dims: 128x128x32 (4 warps) 2.3 ms, against 1.9 ms for the bare fp16 matmul; 128x128x64 and
-# 64x128x64 within 8% of it, 64x256x64 1.5x slower. 128x256 and 256x128 tiles, tried in a first version
-# of the kernel, ran 3-4x slower than 128x128 (benchmarks/results/h100-codebook-search*.json).
+# Tile shapes tried once per (K, C) on the card in use; the fastest is kept. These four were the fastest
+# of those timed on an H100 (docs/benchmarks.md, nearest-code search); larger tiles were slower.
 CONFIGS = [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_C": c}, num_warps=w, num_stages=s)
            for m, n, c, w, s in [(128, 128, 64, 8, 3), (128, 128, 32, 4, 4), (64, 128, 64, 4, 3),
                                  (64, 256, 64, 4, 3)]]

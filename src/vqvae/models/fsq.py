@@ -8,12 +8,11 @@ an integer by mixed-radix enumeration. Nothing is learned in the quantizer itsel
 no codebook loss, no commitment loss and no codebook state.
 
 What can starve the implicit codebook is the scale of the bound's input. tanh's rounding cells
-for L levels end at z = atanh((k + 1/2) / ((L-1)/2)): for L = 5 at |z| = 0.26 and 0.97. Measured
-(benchmarks/diagnose_fsq.py, results/cpu-fsq-diagnosis-*.json): with PyTorch's init
-the encoder and project_in shrink activations to a standard deviation of about 0.01, so at step 0
-every channel sits in its centre cell (4 of 4,375 codes on MNIST, 2 on CIFAR-10); and on CIFAR-10
-training then drove 3 of 5 channels to |z| of 4-8, where tanh's gradient is ~1e-6: those channels
-stay in one outer level for good (18 codes used after 15 epochs, with a one-time rescale at init).
+for L levels end at z = atanh((k + 1/2) / ((L-1)/2)): for L = 5 at |z| = 0.26 and 0.97. With
+PyTorch's init the encoder and project_in shrink activations far below that, so at step 0 every
+channel sits in its centre cell; and training can drive a channel to |z| >> 1, where tanh's
+gradient vanishes: it then stays in one outer level for good. (benchmarks/diagnose_fsq.py measures
+both; docs/benchmarks.md, "FSQ's input scale", has the figures.)
 `fsq_normalise` (under `quantizer.`):
 - "batch" (default): each channel is standardised like batch normalisation without the affine
   part: batch mean and variance in training (differentiated through, as in BN), running averages
@@ -22,7 +21,7 @@ stay in one outer level for good (18 codes used after 15 epochs, with a one-time
   maximum entropy (log2 L); it cannot leave tanh's useful range.
 - "init": project_in is rescaled once, on the first training batch, to mean 0 and std 1 per
   channel (the data-dependent init of weight normalisation, Salimans & Kingma 2016; VQ's k-means
-  init is the same idea). Enough on MNIST, not on CIFAR-10 (above).
+  init is the same idea). It fixes the start, not a drift during training.
 - "none": PyTorch's init, as the paper's code and lucidrains' FSQ (no normalisation there).
 """
 from __future__ import annotations

@@ -13,10 +13,10 @@ a confident code and the batch as a whole to use all codes. Because ||c||^2 = b 
 p(c | z) factorises over bits, p(bit_i = +1 | z) = sigmoid(4 z_i / tau), which makes the
 per-sample entropy a sum of b binary entropies; the codebook entropy is exact over all K codes.
 
-Defaults (measured, see benchmarks/bench_quantizers.py): temperature 1.0 and commitment weight
-0.02 (`lfq_commitment_weight`). With tau = 0.01 every |z| beyond ~0.01 saturates the sigmoids,
-the entropy gradients vanish, and with VQ's commitment weight 0.25 pulling z onto +-1 the 5-bit
-MNIST model collapsed to a single code; with 1.0 and 0.02 it used all 32.
+Defaults: temperature 1.0 and commitment weight 0.02 (`lfq_commitment_weight`). With a sharp
+temperature (e.g. tau = 0.01) every |z| beyond tau saturates the sigmoids and the entropy gradients
+vanish, and a VQ-sized commitment weight (0.25) pulling z onto +-1 then collapses the codes
+(measured: docs/presets.md).
 """
 from __future__ import annotations
 
