@@ -28,7 +28,7 @@ from ..config import DataConfig
 from ..errors import DataError
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
-CACHE_VERSION = 1  # part of every key: bump when decoding (resize, crop, conversion) changes
+CACHE_VERSION = 2  # part of every key: bump when decoding (resize, crop, conversion) changes
 
 
 @dataclass
@@ -91,10 +91,36 @@ def cache_stem(listing: FolderListing, what: str) -> str:
     return f"{name}-{folder_hash}-{what}"
 
 
+WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")  # single-channel modes wider than 8 bits
+
+
+def to_8bit(img: Image.Image) -> Image.Image:
+    """A 16-bit, 32-bit integer or float grey image as 8-bit "L", scaled, not clipped: PIL's own
+    convert("L") clips at 255, so a 16-bit black-to-white ramp would come out almost all white.
+
+    16-bit samples (I;16*, and "I" images within 0..65535, which is how PIL reads some 16-bit
+    files) are divided by 257 (65535 -> 255); float images in [0, 1] are multiplied by 255; any
+    other range (negative or wider integers, floats beyond [0, 1]) is stretched from the image's
+    own minimum to its maximum."""
+    if img.mode not in WIDE_MODES:
+        return img
+    array = np.asarray(img).astype(np.float64)
+    low, high = (float(array.min()), float(array.max())) if array.size else (0.0, 0.0)
+    if not (np.isfinite(low) and np.isfinite(high)):
+        raise ValueError(f"{img.mode} image holds non-finite values")
+    if img.mode.startswith("I;16") or (img.mode == "I" and low >= 0 and high <= 65535):
+        scaled = array / 257.0
+    elif img.mode == "F" and low >= 0 and high <= 1:
+        scaled = array * 255.0
+    else:
+        scaled = (array - low) * (255.0 / (high - low)) if high > low else np.zeros_like(array)
+    return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8))
+
+
 def fit_image(img: Image.Image, size: int, channels: int) -> np.ndarray:
-    """A PIL image -> uint8 (channels, size, size): convert mode, resize the shorter side to
-    `size` (bicubic), centre-crop."""
-    img = img.convert("L" if channels == 1 else "RGB")
+    """A PIL image -> uint8 (channels, size, size): convert mode (wide grey modes scaled to 8
+    bits, see `to_8bit`), resize the shorter side to `size` (bicubic), centre-crop."""
+    img = to_8bit(img).convert("L" if channels == 1 else "RGB")
     w, h = img.size
     scale = size / min(w, h)
     if scale != 1:
