@@ -39,3 +39,20 @@ def test_wide_images_of_other_ranges_are_stretched(tmp_path):
     Image.fromarray(np.array([[-5, 0], [5, 10]] * 4, dtype=np.int32).repeat(4, 1)).save(tmp_path / "signed.tif")
     image = load_dataset(str(tmp_path), folder_config(tmp_path, image_size=8)).tensor()[0]
     assert image.min() == 0 and image.max() == 255
+
+
+# --------------------------------------------------------------------------- item 13: encode --out
+
+def test_encode_into_an_earlier_encoding_leaves_no_stale_labels(trained_run, tmp_path):
+    from vqvae import api
+
+    out = tmp_path / "codes"
+    api.encode(trained_run, out, device="cpu")  # the run's labelled test split
+    assert (out / "labels.npy").is_file()
+    flat = tmp_path / "flat"  # no class subfolders: no labels
+    flat.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((16, 16), 40 * i, np.uint8)).save(flat / f"{i}.png")
+    meta = api.encode(trained_run, out, data=str(flat), device="cpu")
+    assert meta["shape"][0] == 3 and np.load(out / "codes.npy").shape[0] == 3
+    assert not (out / "labels.npy").exists()  # the 48 old labels would sit beside 3 new codes
