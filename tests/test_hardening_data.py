@@ -56,3 +56,102 @@ def test_encode_into_an_earlier_encoding_leaves_no_stale_labels(trained_run, tmp
     meta = api.encode(trained_run, out, data=str(flat), device="cpu")
     assert meta["shape"][0] == 3 and np.load(out / "codes.npy").shape[0] == 3
     assert not (out / "labels.npy").exists()  # the 48 old labels would sit beside 3 new codes
+
+
+# --------------------------------------------------------------------------- item 12: labels -> classes
+
+def labelled_npz(path, values=(3, 7), n=80):
+    from conftest import bar_images
+
+    images, labels = bar_images(n)
+    np.savez(path, images=images, labels=np.asarray(values)[labels])
+    return path
+
+
+def test_labels_become_the_classes_present_with_their_names(tmp_path):
+    data = load_dataset(str(labelled_npz(tmp_path / "d.npz", (3, 10 ** 9))), folder_config(tmp_path))
+    assert data.class_names == ("3", "1000000000")
+    assert sorted(data.labels.unique().tolist()) == [0, 1]
+
+
+def test_negative_labels_are_refused(tmp_path):
+    from vqvae.errors import DataError
+
+    np.savez(tmp_path / "neg.npz", images=np.zeros((4, 16, 16), np.uint8), labels=np.array([0, -1, 1, 0]))
+    with pytest.raises(DataError, match="negative labels"):
+        load_dataset(str(tmp_path / "neg.npz"), folder_config(tmp_path))
+
+
+def test_a_test_file_with_fewer_classes_is_numbered_like_the_training_file(tmp_path):
+    from vqvae.data import load_splits
+
+    labelled_npz(tmp_path / "train.npz", (3, 7))
+    images = np.zeros((6, 16, 16), np.uint8)
+    np.savez(tmp_path / "test.npz", images=images, labels=np.full(6, 7))
+    splits = load_splits(folder_config(tmp_path / "train.npz", test_dataset=str(tmp_path / "test.npz")))
+    assert splits.test.class_names == ("3", "7") and splits.test.labels.tolist() == [1] * 6
+
+
+def conditional_run(tmp_path, npz, name):
+    from conftest import tiny_overrides
+    from vqvae import api
+    from vqvae.config import load_config
+
+    run = tmp_path / name
+    cfg = load_config("tiny", tiny_overrides(npz) + ["prior.conditional=true", "train.epochs=1", "prior_train.epochs=1"])
+    api.train_vqvae(cfg, run)
+    api.train_prior(cfg, run)
+    return run, cfg
+
+
+def test_a_conditional_prior_has_the_classes_present_and_refuses_others(tmp_path):
+    from vqvae import api
+    from vqvae.errors import ConfigError
+    from vqvae.runs import load_prior
+
+    run, _ = conditional_run(tmp_path, labelled_npz(tmp_path / "d.npz"), "run")
+    prior, _, _ = load_prior(run)
+    assert prior.spec.num_classes == 2 and prior.spec.class_names == ("3", "7")
+    result = api.sample(run, out_dir=tmp_path / "s", num_samples=4, device="cpu", class_="7")
+    assert result["num_samples"] == 4
+    with pytest.raises(ConfigError, match="not a class of this prior"):
+        api.sample(run, out_dir=tmp_path / "s", num_samples=4, device="cpu", class_="0")
+
+
+def test_runs_and_model_folders_from_before_the_mapping_load_and_sample_the_same_classes(tmp_path, monkeypatch):
+    """A run made when labels {3, 7} became classes 0..7 (six empty) keeps its 8 classes: sampling
+    `--class 3` draws its class 3, evaluation and a resumed prior number the data's labels its way."""
+    import vqvae.data.arrays as arrays
+    import vqvae.data.datasets as datasets
+    from vqvae import api, export
+    from vqvae.runs import load_prior
+    from vqvae.sampling import class_labels
+
+    def old_classes(labels):  # the code before the mapping: classes 0..max label
+        labels = np.asarray(labels).astype(np.int64)
+        return labels, tuple(str(i) for i in range(int(labels.max()) + 1))
+
+    npz = labelled_npz(tmp_path / "d.npz")
+    monkeypatch.setattr(datasets, "classes_from_labels", old_classes)
+    run, cfg = conditional_run(tmp_path, npz, "old")
+    monkeypatch.setattr(datasets, "classes_from_labels", arrays.classes_from_labels)  # today's code from here on
+    folder = tmp_path / "exported"
+    export.export_folder(run, folder)
+    for source in (run, folder):
+        prior, _, _ = load_prior(source)
+        assert prior.spec.num_classes == 8 and prior.spec.class_names == tuple(map(str, range(8)))
+        labels, row = class_labels(prior, None, 16, "cpu")
+        assert row == 8 and labels.tolist() == [i % 8 for i in range(16)]  # as before: the run's own classes
+        assert class_labels(prior, "3", 2, "cpu")[0].tolist() == [3, 3]
+        assert api.sample(source, out_dir=tmp_path / "s", num_samples=2, device="cpu", class_="7")["num_samples"] == 2
+    # Evaluation and a resumed prior read the data's labels 3 and 7 as the old prior's classes 3 and 7.
+    seen = []
+    import vqvae.evaluation as evaluation
+    real_bits = evaluation.heldout_bits
+    monkeypatch.setattr(evaluation, "heldout_bits",
+                        lambda prior, batches: seen.append(batches.tensors[1].unique().tolist()) or real_bits(prior, batches))
+    api.evaluate(run, device="cpu", samples=False)
+    assert seen == [[3, 7]]
+    resumed = api.train_prior(cfg.__class__.from_dict({**cfg.to_dict(), "prior_train": {**cfg.to_dict()["prior_train"],
+                                                                                        "epochs": 2}}), run, resume=True)
+    assert resumed.model.spec.num_classes == 8

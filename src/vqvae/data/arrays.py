@@ -69,5 +69,16 @@ def read_numpy(path: Path) -> tuple[np.ndarray, np.ndarray | None, str]:
                                or not np.issubdtype(labels.dtype, np.integer)):
         raise DataError(f"{path}[{label_key!r}] has shape {labels.shape} ({labels.dtype}); expected {len(images)} "
                         f"integer labels")
+    if labels is not None and len(labels) and int(labels.min()) < 0:
+        raise DataError(f"{path}[{label_key!r}] holds negative labels (smallest {int(labels.min())}); labels must be "
+                        f"class numbers >= 0 (drop unlabelled images, or leave the labels out)")
     described = f"{path} (images from key {image_key!r}" + (f", labels from {label_key!r})" if label_key else ")")
     return images, labels, described
+
+
+def classes_from_labels(labels: np.ndarray) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Label values (any integers) -> (class indices 0..C-1 as int64, class names): one class per
+    label value present, in value order, named by its value. Labels {3, 7} are two classes named
+    "3" and "7", not eight of which six are empty (and a label of 10^9 is not 10^9 classes)."""
+    values, indices = np.unique(np.asarray(labels), return_inverse=True)
+    return indices.astype(np.int64).reshape(-1), tuple(str(int(v)) for v in values)
