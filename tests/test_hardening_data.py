@@ -155,3 +155,115 @@ def test_runs_and_model_folders_from_before_the_mapping_load_and_sample_the_same
     resumed = api.train_prior(cfg.__class__.from_dict({**cfg.to_dict(), "prior_train": {**cfg.to_dict()["prior_train"],
                                                                                         "epochs": 2}}), run, resume=True)
     assert resumed.model.spec.num_classes == 8
+
+
+# --------------------------------------------------------------------------- item 11: cache keys and side files
+
+def grey_folder(root, n=6, classes=("a", "b")):
+    for i in range(n):
+        folder = root / classes[i % len(classes)]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((16, 16), (10 + 40 * i) % 256, np.uint8)).save(folder / f"{i}.png")
+    return root
+
+
+def test_a_file_replaced_with_its_size_and_mtime_restored_is_not_served_stale(tmp_path):
+    import os
+
+    folder = grey_folder(tmp_path / "f")
+    target = folder / "a" / "0.png"
+    first = load_dataset(str(folder), folder_config(folder)).tensor()[0]
+    st = target.stat()
+    other = tmp_path / "other.png"
+    Image.fromarray(np.full((16, 16), 200, np.uint8)).save(other)
+    assert other.stat().st_size == st.st_size  # the same size: what `cp -p` of a look-alike file gives
+    target.write_bytes(other.read_bytes())
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))  # mtime set back, as cp -p / rsync -t / tar do
+    again = load_dataset(str(folder), folder_config(folder)).tensor()[0]
+    assert first.float().mean() < 20 and again.float().mean() == 200
+
+
+def test_cache_check_content_ignores_touches_and_sees_content(tmp_path, capsys):
+    import os
+
+    folder = grey_folder(tmp_path / "f")
+    cfg = folder_config(folder, cache_check="content")
+    load_dataset(str(folder), cfg)
+    os.utime(folder / "a" / "0.png")  # a new mtime and ctime, the same bytes
+    capsys.readouterr()
+    load_dataset(str(folder), cfg)
+    assert "read from" in capsys.readouterr().out  # not rebuilt
+    Image.fromarray(np.full((16, 16), 250, np.uint8)).save(folder / "a" / "0.png")
+    data = load_dataset(str(folder), cfg)
+    assert "decoding" in capsys.readouterr().out and data.tensor()[0].float().mean() == 250
+
+
+def cache_meta(tmp_path):
+    import json
+
+    (meta,) = [p for p in (tmp_path.parent / "cache" / "images").glob("*.json")
+               if "scan-" not in p.name and json.loads(p.read_text()).get("folder", "").startswith(str(tmp_path))]
+    return meta
+
+
+def scan_files(folder):
+    from vqvae.data.cache import cache_stem, list_folder
+
+    return list((folder.parent.parent / "cache" / "images").glob(f"{cache_stem(list_folder(folder), 'scan-')}*.json"))
+
+
+def test_a_reordered_file_list_is_rebuilt_not_trusted(tmp_path, capsys):
+    import json
+
+    folder = grey_folder(tmp_path / "f")
+    want = load_dataset(str(folder), folder_config(folder)).labels.tolist()
+    meta_path = cache_meta(tmp_path)
+    meta = json.loads(meta_path.read_text())
+    meta["files"] = sorted(meta["files"], key=lambda f: f.split("/")[1])  # a/0 b/1 a/2 ...: labels would flip
+    meta_path.write_text(json.dumps(meta))
+    capsys.readouterr()
+    data = load_dataset(str(folder), folder_config(folder))
+    err = capsys.readouterr().err
+    assert "checksum" in err and err.count("warning:") == 1
+    assert data.labels.tolist() == want
+    # The same list re-checksummed by hand is still refused: it is not in the folder's order.
+    from vqvae.data.cache import write_side_file
+
+    meta = json.loads(meta_path.read_text())
+    meta.pop("checksum")
+    meta["files"] = sorted(meta["files"], key=lambda f: f.split("/")[1])
+    write_side_file(meta_path, meta)
+    assert load_dataset(str(folder), folder_config(folder)).labels.tolist() == want
+
+
+@pytest.mark.parametrize("content", ["[1, 2]", '{"key": 5, "files": "x"}', "{not json", "\xff\xfe"])
+def test_side_files_of_the_wrong_shape_are_rebuilt_with_one_line(tmp_path, capsys, content):
+    from vqvae.data import describe_data
+
+    folder = grey_folder(tmp_path / "f")
+    load_dataset(str(folder), folder_config(folder))
+    describe_data(str(folder), folder_config(folder))
+    damaged = [cache_meta(tmp_path)] + scan_files(folder)
+    for path in damaged:
+        path.write_bytes(content.encode("latin-1"))
+    capsys.readouterr()
+    assert len(load_dataset(str(folder), folder_config(folder))) == 6
+    assert describe_data(str(folder), folder_config(folder)).channels == 1
+    err = capsys.readouterr().err
+    assert err.count("rebuilding") == len(damaged) == 2 and "Traceback" not in err
+
+
+def test_an_edited_scan_cannot_make_a_grey_folder_choose_a_colour_preset(tmp_path, capsys):
+    import json
+
+    from vqvae.data import choose_preset
+
+    folder = grey_folder(tmp_path / "f", n=8)
+    assert choose_preset(None, [f"data.dataset={folder}"]).preset == "mnist"
+    (scan,) = scan_files(folder)
+    data = json.loads(scan.read_text())
+    data["modes"] = {"RGB": 8}
+    scan.write_text(json.dumps(data))
+    choice = choose_preset(None, [f"data.dataset={folder}"])
+    assert choice.preset == "mnist" and "data.channels=3" not in choice.overrides
+    assert "checksum" in capsys.readouterr().err

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
-import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ from PIL import Image
 from ..config import DataConfig
 from ..errors import DataError
 from .arrays import NUMPY_SUFFIXES, classes_from_labels, read_numpy, to_uint8
-from .cache import FolderListing, cached_folder, decode_file, fit_image, list_folder, no_images_error
+from .cache import FolderListing, cached_folder, decode_file, fit_image, list_folder, no_images_error, printable, warn
 
 NAMED = ("mnist-5k", "mnist", "fashion-mnist", "cifar10")
 
@@ -209,12 +208,17 @@ def _folder_labels(relative: list[str]) -> tuple[torch.Tensor | None, tuple[str,
     return torch.tensor([index[p[0]] for p in parts]), class_names
 
 
-def _warn_skipped(folder: Path, skipped: list[str], ignored: int) -> None:
+def _warn_skipped(listing: FolderListing, skipped: list[str]) -> None:
+    folder = printable(listing.folder)
     if skipped:
         shown = "; ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else "")
-        warnings.warn(f"skipped {len(skipped)} unreadable image file(s) in {folder}: {shown}", stacklevel=3)
-    if ignored:
-        warnings.warn(f"ignored {ignored} file(s) in {folder} without an image extension", stacklevel=3)
+        warn(f"skipped {len(skipped)} unreadable image file(s) in {folder}: {shown}")
+    if listing.unusable:
+        shown = "; ".join(listing.unusable[:5]) + (" ..." if len(listing.unusable) > 5 else "")
+        warn(f"skipped {len(listing.unusable)} entries of {folder} named like images that are not readable regular "
+             f"files: {shown}")
+    if listing.ignored:
+        warn(f"ignored {listing.ignored} file(s) in {folder} without an image extension")
 
 
 def _image_folder(folder: Path, cfg: DataConfig) -> ImageSet:
@@ -223,7 +227,7 @@ def _image_folder(folder: Path, cfg: DataConfig) -> ImageSet:
         raise no_images_error(listing, 0)
     if cfg.cache:
         cached = cached_folder(listing, cfg)
-        _warn_skipped(folder, cached.skipped, listing.ignored)
+        _warn_skipped(listing, cached.skipped)
         labels, class_names = _folder_labels(cached.files)
         return ImageSet(folder.name, cfg.image_size, cfg.channels, images=torch.from_numpy(cached.images),
                         labels=labels, class_names=class_names, source=str(cached.path))
@@ -240,8 +244,8 @@ def _lazy_image_folder(listing: FolderListing, cfg: DataConfig) -> ImageSet:
                 img.verify()  # header and structure, without decoding every pixel
             files.append(path)
         except Exception:
-            skipped.append(str(path))
-    _warn_skipped(listing.folder, skipped, listing.ignored)
+            skipped.append(printable(path))
+    _warn_skipped(listing, skipped)
     if not files:
         raise no_images_error(listing, len(skipped))
     labels, class_names = _folder_labels([p.relative_to(listing.folder).as_posix() for p in files])

@@ -12,6 +12,7 @@ from ..figures import plot_history, save_reconstruction_grid, spread_indices
 from ..metrics.codebook import codebook_stats
 from ..metrics.reconstruction import evaluate_reconstruction
 from ..models import VQVAE
+from ..models.vqvae import check_model_config
 from ..runs import update_metrics
 from .distributed import DistContext, all_reduce_sum, barrier, setup
 from .loop import Stage, TrainResult, check_resume_config, fit, require_finite, use_best_weights
@@ -117,6 +118,7 @@ def train_vqvae(config: RunConfig, run_dir: str | Path, resume: bool = False,
     writes the files.
     """
     run_dir = Path(run_dir)
+    check_model_config(config.model)  # before any data is read or cached, or a folder made
     ctx = setup(config.train.device)
     if resume:
         check_resume_config(run_dir, "vqvae", config, ("model", "quantizer"))
