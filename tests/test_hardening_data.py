@@ -1,6 +1,8 @@
 """Issue 16, the data side: wide image modes, cache keys and side files, labels, hostile files."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -267,3 +269,161 @@ def test_an_edited_scan_cannot_make_a_grey_folder_choose_a_colour_preset(tmp_pat
     choice = choose_preset(None, [f"data.dataset={folder}"])
     assert choice.preset == "mnist" and "data.channels=3" not in choice.overrides
     assert "checksum" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- hostile files and folders
+
+def test_links_fifos_and_folders_named_like_images_are_skipped_in_one_line(tmp_path, capsys):
+    import os
+    import signal
+
+    folder = grey_folder(tmp_path / "f")
+    os.symlink("loop.png", folder / "a" / "loop.png")
+    os.symlink("/no/such/file.png", folder / "a" / "gone.png")
+    os.mkfifo(folder / "b" / "pipe.png")
+    (folder / "b" / "dir.png").mkdir()
+    os.symlink(folder / "a" / "0.png", folder / "a" / "link.png")  # a good link is an image
+
+    def hang(*_):
+        raise TimeoutError("hung on a FIFO")
+
+    signal.signal(signal.SIGALRM, hang)
+    signal.alarm(60)
+    try:
+        from vqvae.data import describe_data
+
+        assert describe_data(str(folder), folder_config(folder)).count == 7
+        for cache in (True, False):
+            data = load_dataset(str(folder), folder_config(folder, cache=cache))
+            assert len(data) == 7
+    finally:
+        signal.alarm(0)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(lines) == 2 and all("loop.png (a symlink loop)" in line and "gone.png (a dangling link)" in line
+                                   and "pipe.png (not a regular file)" in line for line in lines)
+    assert "UserWarning" not in err
+
+
+def test_non_utf8_names_are_read_and_printed(tmp_path, capsys):
+    import os
+
+    folder = grey_folder(tmp_path / os.fsdecode(b"f\xff"))
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(folder / "a" / os.fsdecode(b"x\xfe.png"))
+    assert len(load_dataset(str(folder), folder_config(folder))) == 7
+    out = capsys.readouterr().out
+    out.encode("utf-8")  # printable: no surrogates reach the terminal
+    assert "f\\xff" in out
+
+
+def test_a_run_folder_name_that_is_not_utf8_is_refused_before_work(tmp_path, tiny_config):
+    import os
+
+    from vqvae import api
+    from vqvae.errors import OutputError
+
+    with pytest.raises(OutputError, match="not UTF-8"):
+        api.train_vqvae(tiny_config, tmp_path / os.fsdecode(b"r\xff"))
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("case", ["upper", "npz-as-npy", "npy-as-npz"])
+def test_numpy_files_are_read_by_their_content_not_their_name(tmp_path, case):
+    import os
+
+    images = np.zeros((5, 16, 16), np.uint8)
+    if case == "upper":
+        np.save(tmp_path / "d.npy", images)
+        os.replace(tmp_path / "d.npy", tmp_path / "d.NPY")
+        path = tmp_path / "d.NPY"
+    elif case == "npz-as-npy":
+        np.savez(tmp_path / "d.npz", images=images, labels=np.arange(5) % 2)
+        path = tmp_path / "d.npy"
+        os.replace(tmp_path / "d.npz", path)
+    else:
+        np.save(tmp_path / "d.npy", images)
+        path = tmp_path / "d.npz"
+        os.replace(tmp_path / "d.npy", path)
+    data = load_dataset(str(path), folder_config(path))
+    assert len(data) == 5 and (data.labels is not None) == (case == "npz-as-npy")
+
+
+@pytest.mark.parametrize("content", [b"", b"hello", "zero-images"])
+def test_empty_and_foreign_numpy_files_are_one_error(tmp_path, content):
+    from vqvae.errors import DataError
+
+    path = tmp_path / "d.npy"
+    if content == "zero-images":
+        np.save(path, np.zeros((0, 16, 16), np.uint8))
+    else:
+        path.write_bytes(content)
+    with pytest.raises(DataError, match="empty|not a NumPy|no images"):
+        load_dataset(str(path), folder_config(path))
+
+
+def test_temporaries_of_dead_writers_are_removed_and_live_ones_kept(tmp_path):
+    import os
+    import time
+
+    from vqvae.data.cache import remove_dead_temporaries, temporary_name
+
+    mine = temporary_name(tmp_path / "x.npy")
+    assert mine != temporary_name(tmp_path / "x.npy")  # two writers of one file never share a name
+    mine.write_bytes(b"live")
+    dead_pid = 4194000
+    while True:
+        try:
+            os.kill(dead_pid, 0)
+            dead_pid -= 1
+        except ProcessLookupError:
+            break
+        except PermissionError:
+            dead_pid -= 1
+    dead = Path(str(mine).replace(f"-{os.getpid()}-", f"-{dead_pid}-"))
+    dead.write_bytes(b"\0" * 1000)
+    old = tmp_path / "x.npy.tmp99999999"
+    old.write_bytes(b"old")
+    os.utime(old, (time.time() - 7200,) * 2)
+    young_old = tmp_path / "y.json.tmp"  # an old-style name, young: perhaps a writer of an older version
+    young_old.write_bytes(b"")
+    other = tmp_path / "z.npy"
+    other.write_bytes(b"")
+    assert sorted(remove_dead_temporaries(tmp_path)) == sorted([dead.name, old.name])
+    assert mine.exists() and young_old.exists() and other.exists()
+
+
+def test_an_unusable_cache_dir_is_one_error(tmp_path):
+    from vqvae.errors import DataError
+
+    folder = grey_folder(tmp_path / "f")
+    with pytest.raises(DataError, match="data.cache_dir"):
+        load_dataset(str(folder), folder_config(folder, cache_dir="/proc/nope"))
+
+
+def test_an_image_size_the_model_cannot_take_is_refused_before_data_or_folders(tmp_path, tiny_config):
+    from vqvae import api
+    from vqvae.config import apply_overrides
+    from vqvae.errors import ConfigError
+
+    folder = grey_folder(tmp_path / "f")
+    cache = tmp_path / "cache"
+    cfg = apply_overrides(tiny_config, [f"data.dataset={folder}", "data.image_size=30", f"data.cache_dir={cache}"])
+    for call in (api.train_vqvae, api.run_pipeline):
+        with pytest.raises(ConfigError, match="multiple of 4"):
+            call(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists() and not cache.exists()
+
+
+def test_two_processes_scanning_one_new_folder_both_succeed(tmp_path):
+    import multiprocessing
+
+    folder = grey_folder(tmp_path / "f", n=40)
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        counts = pool.starmap(_scan, [(str(folder), str(tmp_path / "c"))] * 4)
+    assert counts == [40] * 4
+
+
+def _scan(folder, cache):
+    from vqvae.data import describe_data
+
+    return describe_data(folder, DataConfig(cache_dir=cache)).count

@@ -258,7 +258,7 @@ def cache_root(cfg: DataConfig, create: bool = False) -> Path:
 
 def cache_stem(listing: FolderListing, what: str) -> str:
     """'<folder name>-<folder hash>-<what>': one folder's caches share this prefix."""
-    folder_hash = hashlib.sha256(str(listing.folder.resolve()).encode()).hexdigest()[:8]
+    folder_hash = hashlib.sha256(os.fsencode(listing.folder.resolve())).hexdigest()[:8]
     name = "".join(c if c.isalnum() or c in "-_" else "_" for c in listing.folder.name) or "folder"
     return f"{name}-{folder_hash}-{what}"
 

@@ -1,12 +1,14 @@
 """Stage 1: train the VQ-VAE, then write its run-folder files."""
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
 import torch
 
 from ..config import RunConfig
+from ..errors import OutputError
 from ..data import Batches, ImageSet, Splits, as_splits
 from ..figures import plot_history, save_reconstruction_grid, spread_indices
 from ..metrics.codebook import codebook_stats
@@ -119,6 +121,12 @@ def train_vqvae(config: RunConfig, run_dir: str | Path, resume: bool = False,
     """
     run_dir = Path(run_dir)
     check_model_config(config.model)  # before any data is read or cached, or a folder made
+    try:
+        str(run_dir.absolute()).encode("utf-8")
+    except UnicodeEncodeError:  # bytes kept as surrogates: tensorboard cannot write there
+        shown = os.fsencode(run_dir).decode("utf-8", "backslashreplace")
+        raise OutputError(f"the run folder {shown} has a name that is not UTF-8 (tensorboard cannot log there); "
+                          f"choose a UTF-8 name") from None
     ctx = setup(config.train.device)
     if resume:
         check_resume_config(run_dir, "vqvae", config, ("model", "quantizer"))
