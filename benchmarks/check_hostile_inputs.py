@@ -133,6 +133,117 @@ run("`train --resume RUN` whose checkpoints/ holds only a stale .tmp", "train", 
 Path("stale2/checkpoints").mkdir(parents=True); Path("stale2/checkpoints/.vqvae-last.pt.k1ll.tmp").write_bytes(b"half")
 run("`train --out RUN` whose checkpoints/ holds only a stale .tmp", "train", "--preset", "tiny", "--out", "stale2", "--set", *TINY, "train.epochs=1")
 rows.append(("file modes of a new run (umask 022)", "", ", ".join(f"{p}: {oct(os.stat(f'{R}/{p}').st_mode & 0o777)}" for p in ("config.json", "metrics.json", "checkpoints/vqvae-last.pt"))))
+# --- harden-data
+# Data-side cases of issue 16. Each label says the expected outcome; `drun` keeps the first error line, else the
+# first warning line (one clean line, never Python's "file.py:LINE: UserWarning"), else the last line of output.
+import multiprocessing, signal, socket, stat as stat_module, time as time_module
+from vqvae.config import DataConfig
+from vqvae.data.cache import cache_root
+def drun(label, *args, check=None):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        signal.alarm(120)  # a hang is a failure, not a stuck script
+        try:
+            code = main([a if isinstance(a, str) else str(a) for a in args])
+        except BaseException as e:
+            code = f"TRACEBACK {type(e).__name__}: {str(e)[:120]}"
+        finally:
+            signal.alarm(0)
+    lines = err.getvalue().splitlines()
+    line = next((l for l in lines if l.startswith("error:")), None) or next((l for l in lines if l.startswith("warning:")), None) \
+        or (out.getvalue().strip().splitlines() or [""])[-1]
+    if "UserWarning" in err.getvalue():
+        code = f"{code} (a Python warning with source)"
+    extra = check() if check else ""
+    rows.append((label, code, (line.encode("utf-8", "backslashreplace").decode()[:200] + (f" [{extra}]" if extra else ""))))
+    return code
+def hang(signum, frame): raise TimeoutError("hung for 120 s")
+signal.signal(signal.SIGALRM, hang)
+def folder_with(name, make):
+    shutil.copytree(bars, name); make(Path(name)); return name
+folder_with("d_loop", lambda d: os.symlink("loop.png", d / "h" / "loop.png"))
+drun("symlink loop named .png in a data folder (expect 0, one warning line)", "encode", R, "--data", "d_loop", "--out", "e1")
+folder_with("d_dangling", lambda d: os.symlink("/no/such/file.png", d / "v" / "gone.png"))
+drun("dangling symlink in a data folder (expect 0, one warning line)", "encode", R, "--data", "d_dangling", "--out", "e2")
+folder_with("d_fifo", lambda d: os.mkfifo(d / "h" / "pipe.png"))
+drun("FIFO named .png in a data folder, encode (expect 0, one warning line, no hang)", "encode", R, "--data", "d_fifo", "--out", "e3")
+drun("FIFO named .png in a data folder, train (header scan; expect 0, no hang)", "train", "--preset", "tiny", "--out", "t_fifo", "--set", *TINY, "data.dataset=d_fifo", "train.epochs=1")
+bad = os.fsdecode(b"d_\xff\xfe")
+shutil.copytree(bars, bad)
+drun("non-UTF-8 data folder name (expect 0)", "encode", R, "--data", bad, "--out", "e4")
+drun("non-UTF-8 `encode --out` (expect 0)", "encode", R, "--out", os.fsdecode(b"e_\xff"))
+drun("non-UTF-8 `train --out` (expect 2: tensorboard cannot log there)", "train", "--preset", "tiny", "--out", os.fsdecode(b"t_\xff"), "--set", *TINY, "train.epochs=1")
+np.save("upper.NPY", images[:40]); os.replace("upper.NPY.npy", "upper.NPY") if Path("upper.NPY.npy").exists() else None
+drun("`.NPY` in upper case (expect 0)", "encode", R, "--data", "upper.NPY", "--out", "e5")
+np.savez("realnpz.npz", images=images[:40], labels=labels[:40]); os.replace("realnpz.npz", "npz_named.npy")
+drun("an .npz named .npy (expect 0, labelled)", "encode", R, "--data", "npz_named.npy", "--out", "e6", check=lambda: f"labels.npy: {Path('e6/labels.npy').exists()}")
+np.save("realnpy.npy", images[:40]); os.replace("realnpy.npy", "npy_named.npz")
+drun("an .npy named .npz (expect 0)", "encode", R, "--data", "npy_named.npz", "--out", "e7")
+Path("empty0.npy").write_bytes(b"")
+drun("an empty (0-byte) .npy (expect 2)", "encode", R, "--data", "empty0.npy", "--out", "e8")
+np.save("noimages.npy", np.zeros((0, 16, 16), np.uint8))
+drun("an .npy of 0 images (expect 2)", "encode", R, "--data", "noimages.npy", "--out", "e9")
+np.savez("neg.npz", images=images[:40], labels=np.where(labels[:40] == 0, -1, 1))
+drun("negative labels in an .npz (expect 2)", "encode", R, "--data", "neg.npz", "--out", "e10")
+np.savez("big.npz", images=images[:40], labels=np.where(labels[:40] == 0, 3, 10 ** 9))
+drun("a label of 10^9 in an .npz (expect 0: two classes, named by value)", "encode", R, "--data", "big.npz", "--out", "e11",
+     check=lambda: f"class_names {json.load(open('e11/codes.json'))['class_names']}")
+np.savez("l37.npz", images=images, labels=np.where(labels == 0, 3, 7))
+drun("setup: conditional pipeline on labels {3, 7}", "pipeline", "--preset", "tiny", "--out", "r37", "--set", *TINY, "data.dataset=l37.npz", "prior.conditional=true",
+     check=lambda: f"prior classes {json.load(open('r37/metrics.json'))['prior']['class_names']}")
+drun("labels {3, 7}: `sample --class 0` (expect 2: no such class)", "sample", "r37", "--class", "0", "--out", "s37")
+drun("labels {3, 7}: `sample --class 7` (expect 0)", "sample", "r37", "--class", "7", "-n", "4", "--out", "s37")
+Path("e12").mkdir(); np.save("e12/labels.npy", np.zeros(999, np.int64)); shutil.copytree(bars / "h", "flat")
+drun("`encode --out` over an earlier labelled encoding, unlabelled data (expect 0, no labels.npy left)", "encode", R, "--data", "flat", "--out", "e12",
+     check=lambda: f"labels.npy left: {Path('e12/labels.npy').exists()}")
+croot = cache_root(DataConfig())
+def side_files(folder, what):
+    stem = f"{folder}-"
+    return [p for p in croot.glob(f"{stem}*.json") if ("-scan-" in p.name) == (what == "scan")
+            and json.loads(p.read_text()).get("folder", str(Path(folder).resolve())) in (str(Path(folder).resolve()), folder)]
+shutil.copytree(bars, "d_meta"); drun("setup: cache d_meta", "encode", R, "--data", "d_meta", "--out", "e13")
+want = np.load("e13/labels.npy")
+for p in side_files("d_meta", "meta"): p.write_text("[1, 2]")
+drun("cache metadata of the wrong JSON shape (expect 0, one line: rebuilding)", "encode", R, "--data", "d_meta", "--out", "e14")
+for p in side_files("d_meta", "meta"):
+    m = json.loads(p.read_text()); m["files"] = sorted(m["files"], key=lambda f: f.split("/")[1]); p.write_text(json.dumps(m))
+drun("cache file list reordered by hand (expect 0, one line: checksum; labels unchanged)", "encode", R, "--data", "d_meta", "--out", "e15",
+     check=lambda: f"labels equal: {bool((np.load('e15/labels.npy') == want).all())}")
+shutil.copytree(bars, "d_scan")
+drun("setup: scan d_scan", "train", "--preset", "tiny", "--out", "t_scan0", "--set", *TINY, "data.dataset=d_scan", "train.epochs=1")
+for p in side_files("d_scan", "scan"): p.write_text('{"count": "x"}')
+drun("folder scan of the wrong JSON shape (expect 0, one line: rebuilding)", "train", "--preset", "tiny", "--out", "t_scan1", "--set", *TINY, "data.dataset=d_scan", "train.epochs=1")
+for p in side_files("d_scan", "scan"):
+    m = json.loads(p.read_text()); m["modes"] = {"RGB": m["count"]}; p.write_text(json.dumps(m))
+drun("folder scan edited to say colour, grey folder, no --preset (expect 0, grey, one line: checksum)", "train", "--preset", "tiny", "--out", "t_scan2", "--set", *TINY,
+     "data.dataset=d_scan", "train.epochs=1", check=lambda: f"data.channels={json.load(open('t_scan2/config.json'))['data']['channels']}")
+shutil.copytree(bars, "d_race")
+def scan_once(_):
+    from vqvae.data import describe_data
+    return describe_data("d_race").count
+with multiprocessing.get_context("fork").Pool(2) as pool:
+    try:
+        counts = pool.map(scan_once, [0, 1]); code = 0
+    except BaseException as e:
+        counts, code = [], f"TRACEBACK {type(e).__name__}: {e}"
+rows.append(("two processes scanning the same new folder at once (expect both to succeed)", code, f"image counts {counts}"))
+dead = 4194000
+while True:
+    try: os.kill(dead, 0); dead -= 1
+    except ProcessLookupError: break
+    except PermissionError: dead -= 1
+host = "".join(c if c.isalnum() else "_" for c in socket.gethostname())[:40]
+croot.mkdir(parents=True, exist_ok=True)
+stale = croot / f"bars-0000-16x16x1-x.npy.tmp-{host}-{dead}-dead"; stale.write_bytes(b"\0" * 4096)
+live = croot / f"bars-0000-16x16x1-x.npy.tmp-{host}-{os.getpid()}-live"; live.write_bytes(b"\0")
+old = croot / "bars-0000-16x16x1-x.npy.tmp99999999"; old.write_bytes(b"\0"); os.utime(old, (time_module.time() - 7200,) * 2)
+drun("image-cache temporaries of a dead writer (a killed build's .npy.tmp) (expect 0, removed; a live writer's kept)", "encode", R, "--data", "d_meta", "--out", "e16",
+     check=lambda: f"dead writer's left: {stale.exists()}, old-style left: {old.exists()}, live writer's kept: {live.exists()}")
+live.unlink()
+drun("`data.cache_dir=/proc/nope` (expect 2)", "train", "--preset", "tiny", "--out", "t_proc", "--set", *TINY, "data.cache_dir=/proc/nope")
+drun("`data.image_size=30` with 2 downsamplings (expect 2 before any work, no run folder)", "train", "--preset", "tiny", "--out", "t_30", "--set", *TINY, "data.image_size=30",
+     check=lambda: f"run folder left: {Path('t_30').exists()}")
+# --- end harden-data
 print("| input | exit | outcome (first error line, or last line of output) |\n|---|---|---|")
 for label, code, line in rows:
     print(f"| {label} | {code} | {line.replace('|', '/')} |")

@@ -72,9 +72,14 @@ def encode(checkpoint: str | Path, out_dir: str | Path, data: str | None = None,
     model, config = load_vqvae(checkpoint, dev)
     images = _images(config, data)
     codes = encode_images(model, images, dev)
+    # An earlier encoding in the same folder must not leave its labels beside these codes: its
+    # codes.json goes first (codes without it are not checked as this model's), then labels.npy.
+    (out_dir / "codes.json").unlink(missing_ok=True)
     atomic_save_npy(out_dir / "codes.npy", codes.numpy())
     if images.labels is not None:
         atomic_save_npy(out_dir / "labels.npy", images.labels.numpy())
+    else:
+        (out_dir / "labels.npy").unlink(missing_ok=True)
     meta = {"shape": list(codes.shape), "dtype": str(codes.numpy().dtype), "codebook_size": model.codebook_size,
             "quantizer": quantizer_info(model.quantizer),
             "latent_size": model.latent_size, "vqvae_fingerprint": codebook_fingerprint(model),

@@ -297,6 +297,10 @@ def show_warning(message, category, filename, lineno, file=None, line=None) -> N
 
 
 def main(argv: list[str] | None = None) -> int:
+    # A path with bytes that are not UTF-8 (kept by Python as surrogates) prints as \xNN instead
+    # of raising on the way out; stderr already does this.
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)
     try:
         with warnings.catch_warnings():

@@ -36,6 +36,10 @@ class DataConfig:
     # epoch and command reads; false decodes files on every access (slow: the loader is the cost).
     cache: bool = True
     cache_dir: str = ""  # "" = $VQVAE_CACHE/images, else ~/.cache/vqvae/images
+    # How the cache knows a file changed: "stat" (size, mtime, ctime, inode, as git's index) or
+    # "content" (hash every file's bytes on each load: slower; for file systems whose ctime or
+    # inode numbers change spuriously, where stat keys would rebuild the cache needlessly).
+    cache_check: str = "stat"
 
 
 @dataclass
@@ -404,6 +408,7 @@ RULES: dict[str, Rule] = {
     "data.image_size": at_least(1),
     "data.channels": one_of(1, 3),
     "data.num_workers": at_least(0),
+    "data.cache_check": one_of("stat", "content"),
     "model.image_size": at_least(1),
     "model.in_channels": one_of(1, 3),
     "model.hidden_channels": at_least(1),

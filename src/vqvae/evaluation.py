@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from .config import at_least, check_value
-from .data import Batches, ImageSet, TensorBatches, check_data_channels, load_dataset, load_splits
+from .data import Batches, ImageSet, TensorBatches, check_data_channels, load_dataset, load_splits, relabel
 from .files import atomic_write_text
 from .metrics.protocol import SCORE_IMAGES, score_samples, scored_images, why_unscorable
 from .metrics.reconstruction import evaluate_reconstruction
@@ -49,7 +49,9 @@ def evaluate(path: str | Path, data: str | None = None, out: str | Path | None =
         prior, _, extra = load_prior(path, dev)
         check_prior_matches(prior, model, extra["vqvae_fingerprint"])
         codes = encode_images(model, test_set, dev).long()
-        labels = test_set.labels if prior.conditional else None
+        # Matched by class name: a prior from before labels were mapped to the classes present
+        # numbers its classes 0..max label, the data now numbers only those present.
+        labels = relabel(test_set, prior.spec.class_names).labels if prior.conditional else None
         if prior.conditional and labels is None:
             result["prior"] = {"skipped": f"{test_set.name} has no labels for this conditional prior"}
         else:

@@ -7,6 +7,7 @@ from pathlib import Path
 from .config import RunConfig
 from .data import describe_data
 from .errors import DataError
+from .models.vqvae import check_model_config
 from .evaluation import evaluate
 from .report import summary_text
 from .runs import read_metrics, update_metrics
@@ -19,6 +20,7 @@ from .training.vqvae_stage import train_vqvae
 def run_pipeline(config: RunConfig, run_dir: str | Path, progress: bool = True) -> dict:
     """The whole job: VQ-VAE, cached codes, prior, samples, evaluation and report, in one folder."""
     run_dir = Path(run_dir)
+    check_model_config(config.model)  # before any data is read or cached, or a folder made
     # Said before the VQ-VAE trains, not after; the data is described only when it matters (a
     # .npy file is read whole to describe it).
     summary = describe_data(config.data.dataset, config.data) if config.prior.conditional else None

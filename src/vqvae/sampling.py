@@ -51,10 +51,23 @@ def class_labels(prior, class_: str | int | None, num_samples: int, device) -> t
             index = int(class_)
         except ValueError:
             raise ConfigError(f"--class {class_!r} is not a class of this prior; classes: {', '.join(names)}") from None
+        if names and all(_is_integer(n) for n in names):
+            # Classes named by label values (a .npy's labels {3, 7}): a number is a label, never a
+            # position, so `--class 0` cannot quietly draw class "3", nor a class no image had.
+            raise ConfigError(f"--class {class_} is not a class of this prior: its training data had the labels "
+                              f"{', '.join(names)}")
         if not 0 <= index < spec.num_classes:
             raise ConfigError(f"--class {index} is out of range: this prior has classes 0..{spec.num_classes - 1} "
                               f"({', '.join(names)})")
     return torch.full((num_samples,), index, device=device), 0
+
+
+def _is_integer(text: str) -> bool:
+    try:
+        int(text)
+    except ValueError:
+        return False
+    return True
 
 
 def check_guidance(prior, guidance: float) -> None:

@@ -46,15 +46,36 @@ def to_uint8(images: np.ndarray, source: str) -> np.ndarray:
     raise DataError(f"{source} holds {images.dtype} images; expected uint8 (0..255) or float in [0, 1]")
 
 
+def numpy_format(path: Path) -> str:
+    """"npy" or "npz", from the file's first bytes, not its name (a .npz saved as .npy, or .NPY,
+    is read for what it is); a DataError for an empty file or anything else."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(6)
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror or e}") from None
+    if head == b"\x93NUMPY":
+        return "npy"
+    if head[:4] == b"PK\x03\x04" or head[:4] == b"PK\x05\x06":  # a zip archive (an empty one: its end record)
+        return "npz"
+    if not head:
+        raise DataError(f"{path} is empty (0 bytes); expected a NumPy .npy or .npz file of images")
+    raise DataError(f"{path} is not a NumPy .npy or .npz file (its first bytes are {head!r})")
+
+
 def read_numpy(path: Path) -> tuple[np.ndarray, np.ndarray | None, str]:
     """(images (N, C, H, W) — uint8 or float —, labels or None, description of what was read).
 
     A .npy is memory-mapped (copy-on-write, never written back): a uint8 file larger than
     memory is never read whole.
     """
+    kind = numpy_format(path)
     try:
-        if path.suffix == ".npy":
-            return channels_first(np.load(path, mmap_mode="c", allow_pickle=False), str(path)), None, str(path)
+        if kind == "npy":
+            images = np.load(path, mmap_mode="c", allow_pickle=False)
+            if images.size == 0:
+                raise DataError(f"{path} holds no images (an array of shape {images.shape})")
+            return channels_first(images, str(path)), None, str(path)
         with np.load(path, allow_pickle=False) as archive:
             names = list(archive.files)
             image_key = next((k for k in IMAGE_KEYS if k in names), names[0] if len(names) == 1 else None)
@@ -63,11 +84,24 @@ def read_numpy(path: Path) -> tuple[np.ndarray, np.ndarray | None, str]:
             label_key = next((k for k in LABEL_KEYS if k in names and k != image_key), None)
             images = channels_first(archive[image_key], f"{path}[{image_key!r}]")
             labels = archive[label_key] if label_key else None
-    except (OSError, ValueError) as e:
-        raise DataError(f"cannot read {path} as a NumPy array file: {e}") from None
+    except (OSError, ValueError, EOFError, KeyError) as e:  # EOFError: truncated; KeyError: a damaged zip member
+        raise DataError(f"cannot read {path} as a NumPy array file (truncated or damaged?): {e}") from None
+    if images.size == 0:
+        raise DataError(f"{path}[{image_key!r}] holds no images (an array of shape {images.shape})")
     if labels is not None and (labels.ndim != 1 or len(labels) != len(images)
                                or not np.issubdtype(labels.dtype, np.integer)):
         raise DataError(f"{path}[{label_key!r}] has shape {labels.shape} ({labels.dtype}); expected {len(images)} "
                         f"integer labels")
+    if labels is not None and len(labels) and int(labels.min()) < 0:
+        raise DataError(f"{path}[{label_key!r}] holds negative labels (smallest {int(labels.min())}); labels must be "
+                        f"class numbers >= 0 (drop unlabelled images, or leave the labels out)")
     described = f"{path} (images from key {image_key!r}" + (f", labels from {label_key!r})" if label_key else ")")
     return images, labels, described
+
+
+def classes_from_labels(labels: np.ndarray) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Label values (any integers) -> (class indices 0..C-1 as int64, class names): one class per
+    label value present, in value order, named by its value. Labels {3, 7} are two classes named
+    "3" and "7", not eight of which six are empty (and a label of 10^9 is not 10^9 classes)."""
+    values, indices = np.unique(np.asarray(labels), return_inverse=True)
+    return indices.astype(np.int64).reshape(-1), tuple(str(int(v)) for v in values)

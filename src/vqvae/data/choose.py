@@ -13,6 +13,7 @@ from __future__ import annotations
 import gzip
 import json
 import math
+import re
 import statistics
 import zlib
 from collections import Counter
@@ -24,7 +25,8 @@ from PIL import Image
 from ..config import DataConfig, get_preset
 from ..errors import ConfigError, DataError
 from .arrays import NUMPY_SUFFIXES, read_numpy
-from .cache import cache_root, cache_stem, list_folder, no_images_error, parallel_map
+from .cache import (cache_root, cache_stem, list_folder, no_images_error, parallel_map, printable, read_side_file,
+                    remove_dead_temporaries, write_side_file)
 
 # Presets a user's data may be matched to (not the seed's reference, the GPU variant or tiny).
 AUTO_PRESETS = ("mnist", "cifar10", "celeba-hq-64", "celeba-hq-128")
@@ -64,14 +66,21 @@ def _header(path: Path) -> tuple[str, str] | None:
         return None
 
 
+SCAN_SHAPE = {"count": int, "unreadable": int, "sizes": dict, "modes": dict, "classes": int}
+
+
 def _scan_folder(folder: Path, cfg: DataConfig) -> DataSummary:
     listing = list_folder(folder)
     if not listing.files:
         raise no_images_error(listing, 0)
-    path = cache_root(cfg) / f"{cache_stem(listing, 'scan-')}{listing.key(what='scan')[:16]}.json"
-    try:
-        scan = json.loads(path.read_text())
-    except (OSError, ValueError):
+    root = cache_root(cfg, create=True)
+    remove_dead_temporaries(root)
+    path = root / f"{cache_stem(listing, 'scan-')}{listing.key(cfg.cache_check, what='scan')[:16]}.json"
+    scan = read_side_file(path, SCAN_SHAPE)
+    if scan is not None and not (all(isinstance(n, int) for n in (*scan["sizes"].values(), *scan["modes"].values()))
+                                 and all(re.fullmatch(r"\d+x\d+", wh) for wh in scan["sizes"])):
+        scan = None  # a checksum of a well-formed scan of other values: cannot happen unless crafted
+    if scan is None:
         sizes, modes, unreadable = Counter(), Counter(), 0
         headers, pool = parallel_map(_header, listing.files, cfg.num_workers)
         try:
@@ -84,14 +93,11 @@ def _scan_folder(folder: Path, cfg: DataConfig) -> DataSummary:
         finally:
             if pool is not None:
                 pool.terminate()
-        classes = {Path(rel).parts[0] for rel, _, _ in listing.stats if len(Path(rel).parts) == 2}
-        in_subfolders = all(len(Path(rel).parts) == 2 for rel, _, _ in listing.stats)
+        classes = {Path(rel).parts[0] for rel, *_ in listing.stats if len(Path(rel).parts) == 2}
+        in_subfolders = all(len(Path(rel).parts) == 2 for rel, *_ in listing.stats)
         scan = {"count": len(listing.files) - unreadable, "unreadable": unreadable, "sizes": dict(sizes),
                 "modes": dict(modes), "classes": len(classes) if in_subfolders and len(classes) > 1 else 0}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(scan) + "\n")
-        tmp.replace(path)
+        write_side_file(path, scan)
     if not scan["sizes"]:
         raise no_images_error(listing, scan["unreadable"])
     short = [min(map(int, wh.split("x"))) for wh, n in scan["sizes"].items() for _ in range(n)]
@@ -101,7 +107,7 @@ def _scan_folder(folder: Path, cfg: DataConfig) -> DataSummary:
     modes = ", ".join(f"{m} ({n})" for m, n in sorted(scan["modes"].items(), key=lambda kv: -kv[1]))
     detail = (f"{scan['count']} images" + (f" in {scan['classes']} class folders" if scan["classes"] else "")
               + f", sizes {sizes}, modes {modes}" + (f", {scan['unreadable']} unreadable" if scan["unreadable"] else ""))
-    return DataSummary(str(folder), scan["count"], int(statistics.median(short)), channels, detail,
+    return DataSummary(printable(folder), scan["count"], int(statistics.median(short)), channels, detail,
                        labelled=bool(scan["classes"]))
 
 
@@ -174,7 +180,9 @@ def _user_settings(overrides: list[str], config_file: str | None) -> dict[str, s
 def choose_preset(preset: str | None, overrides: list[str], config_file: str | None = None) -> PresetChoice:
     """The preset for a new run: `preset` checked against the data, or (None) chosen to fit it."""
     settings = _user_settings(overrides, config_file)
-    scan_cfg = DataConfig(cache_dir=settings.get("data.cache_dir", ""))
+    scan_cfg = DataConfig(cache_dir=settings.get("data.cache_dir", ""),
+                          cache_check=settings.get("data.cache_check", "stat") if settings.get("data.cache_check")
+                          in ("stat", "content") else "stat")
     channels_set = any(k in settings for k in CHANNEL_KEYS)
     if preset is not None:
         spec = settings.get("data.dataset", get_preset(preset).data.dataset)

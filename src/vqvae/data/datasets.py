@@ -14,8 +14,8 @@ indexed by `index`), except a folder with data.cache=false, decoded lazily by lo
 """
 from __future__ import annotations
 
+import dataclasses
 import gzip
-import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +27,8 @@ from PIL import Image
 
 from ..config import DataConfig
 from ..errors import DataError
-from .arrays import NUMPY_SUFFIXES, read_numpy, to_uint8
-from .cache import FolderListing, cached_folder, decode_file, fit_image, list_folder, no_images_error
+from .arrays import NUMPY_SUFFIXES, classes_from_labels, read_numpy, to_uint8
+from .cache import FolderListing, cached_folder, decode_file, fit_image, list_folder, no_images_error, printable, warn
 
 NAMED = ("mnist-5k", "mnist", "fashion-mnist", "cifar10")
 
@@ -190,7 +190,10 @@ def _idx(folder: Path, split: str, cfg: DataConfig) -> ImageSet:
     labels = read_idx(files["labels"]) if "labels" in files else None
     if labels is not None and len(labels) != len(images):
         raise DataError(f"{files['labels']} has {len(labels)} labels for {len(images)} images")
-    return _from_array(f"{folder.name}/{split}", images, labels, cfg, [str(i) for i in range(10)] if labels is not None else ())
+    class_names: tuple[str, ...] = ()
+    if labels is not None:
+        labels, class_names = classes_from_labels(labels)
+    return _from_array(f"{folder.name}/{split}", images, labels, cfg, class_names)
 
 
 def _folder_labels(relative: list[str]) -> tuple[torch.Tensor | None, tuple[str, ...]]:
@@ -205,12 +208,17 @@ def _folder_labels(relative: list[str]) -> tuple[torch.Tensor | None, tuple[str,
     return torch.tensor([index[p[0]] for p in parts]), class_names
 
 
-def _warn_skipped(folder: Path, skipped: list[str], ignored: int) -> None:
+def _warn_skipped(listing: FolderListing, skipped: list[str]) -> None:
+    folder = printable(listing.folder)
     if skipped:
         shown = "; ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else "")
-        warnings.warn(f"skipped {len(skipped)} unreadable image file(s) in {folder}: {shown}", stacklevel=3)
-    if ignored:
-        warnings.warn(f"ignored {ignored} file(s) in {folder} without an image extension", stacklevel=3)
+        warn(f"skipped {len(skipped)} unreadable image file(s) in {folder}: {shown}")
+    if listing.unusable:
+        shown = "; ".join(listing.unusable[:5]) + (" ..." if len(listing.unusable) > 5 else "")
+        warn(f"skipped {len(listing.unusable)} entries of {folder} named like images that are not readable regular "
+             f"files: {shown}")
+    if listing.ignored:
+        warn(f"ignored {listing.ignored} file(s) in {folder} without an image extension")
 
 
 def _image_folder(folder: Path, cfg: DataConfig) -> ImageSet:
@@ -219,7 +227,7 @@ def _image_folder(folder: Path, cfg: DataConfig) -> ImageSet:
         raise no_images_error(listing, 0)
     if cfg.cache:
         cached = cached_folder(listing, cfg)
-        _warn_skipped(folder, cached.skipped, listing.ignored)
+        _warn_skipped(listing, cached.skipped)
         labels, class_names = _folder_labels(cached.files)
         return ImageSet(folder.name, cfg.image_size, cfg.channels, images=torch.from_numpy(cached.images),
                         labels=labels, class_names=class_names, source=str(cached.path))
@@ -236,8 +244,8 @@ def _lazy_image_folder(listing: FolderListing, cfg: DataConfig) -> ImageSet:
                 img.verify()  # header and structure, without decoding every pixel
             files.append(path)
         except Exception:
-            skipped.append(str(path))
-    _warn_skipped(listing.folder, skipped, listing.ignored)
+            skipped.append(printable(path))
+    _warn_skipped(listing, skipped)
     if not files:
         raise no_images_error(listing, len(skipped))
     labels, class_names = _folder_labels([p.relative_to(listing.folder).as_posix() for p in files])
@@ -259,8 +267,10 @@ def _numpy_file(path: Path, cfg: DataConfig) -> ImageSet:
                                      size, channels) for im in images])
         source = ""
     tensor = torch.from_numpy(images if source else np.ascontiguousarray(images))
-    label_tensor = torch.from_numpy(labels.astype(np.int64)) if labels is not None else None
-    class_names = tuple(str(i) for i in range(int(labels.max()) + 1)) if labels is not None and len(labels) else ()
+    label_tensor, class_names = None, ()
+    if labels is not None:
+        indices, class_names = classes_from_labels(labels)
+        label_tensor = torch.from_numpy(indices)
     return ImageSet(path.stem, size, channels, images=tensor, labels=label_tensor, class_names=class_names,
                     source=source)
 
@@ -293,6 +303,23 @@ def _resolve(spec: str, split: str | None, cfg: DataConfig) -> tuple[ImageSet, b
         name = "train" if "train" in idx else next(iter(idx))
         return _idx(path, name, cfg), False
     return _image_folder(path, cfg), split is None
+
+
+def relabel(data: ImageSet, class_names: tuple[str, ...] | list[str]) -> ImageSet:
+    """`data` with its labels renumbered to index `class_names` (matched by name), so a test set and
+    a model agree on what class i is (a test file holding only some of the training classes, or a
+    prior from before labels were mapped to the classes present, whose classes were 0..max).
+    A class of `data` that `class_names` lacks is an error naming it."""
+    class_names = tuple(str(c) for c in class_names)
+    if data.labels is None or not class_names or not data.class_names or tuple(data.class_names) == class_names:
+        return data  # nothing to match by name
+    index = {name: i for i, name in enumerate(class_names)}
+    unknown = [name for name in data.class_names if name not in index]
+    if unknown:
+        raise DataError(f"{data.name} holds class(es) {', '.join(unknown[:5])} that the training data / model does "
+                        f"not have (its classes: {', '.join(class_names[:20])})")
+    mapping = torch.tensor([index[name] for name in data.class_names], dtype=torch.long)
+    return dataclasses.replace(data, labels=mapping[data.labels], class_names=class_names)
 
 
 class Splits(NamedTuple):
@@ -340,12 +367,12 @@ def load_splits(cfg: DataConfig) -> Splits:
     if cfg.test_dataset:
         train, _ = _resolve(cfg.dataset, "train", cfg)
         test, _ = _resolve(cfg.test_dataset, "test", cfg)
-        return Splits(*split_validation(train, cfg.val_fraction), test)
+        return Splits(*split_validation(train, cfg.val_fraction), relabel(test, train.class_names))
     train, honoured = _resolve(cfg.dataset, "train", cfg)
     if honoured:
         test, has_test = _resolve(cfg.dataset, "test", cfg)
         if has_test:
-            return Splits(*split_validation(train, cfg.val_fraction), test)
+            return Splits(*split_validation(train, cfg.val_fraction), relabel(test, train.class_names))
     # No test split of its own: hold out a fixed random fraction (seed 0, independent of training).
     if cfg.test_fraction <= 0:
         raise DataError(f"{cfg.dataset} has no test split: set data.test_fraction > 0 or data.test_dataset")

@@ -15,14 +15,15 @@ import torch
 import torch.nn.functional as F
 
 from ..config import RunConfig
-from ..data import Batches, ImageSet, Splits, TensorBatches, as_splits
+from ..checkpoint import load_checkpoint
+from ..data import Batches, ImageSet, Splits, TensorBatches, as_splits, relabel
 from ..errors import ConfigError, DataError
 from ..figures import plot_history
 from ..files import atomic_save_npy, atomic_write_text
 from ..models import VQVAE, Prior, PriorSpec, build_prior, code_dtype
 from ..runs import codebook_fingerprint, load_vqvae, update_metrics
 from .distributed import DistContext, all_reduce_sum, barrier, setup
-from .loop import Stage, TrainResult, check_resume_config, fit, require_finite, use_best_weights
+from .loop import Stage, TrainResult, check_resume_config, checkpoint_path, fit, require_finite, use_best_weights
 
 LN2 = math.log(2.0)
 
@@ -181,6 +182,12 @@ def train_prior(config: RunConfig, run_dir: str | Path, resume: bool = False,
                         f"a folder with one subfolder per class")
     if config.prior.conditional and test_set.labels is None:
         raise DataError(f"--conditional needs labels on the test split too; {test_set.name} has none")
+    if config.prior.conditional and resume and checkpoint_path(run_dir, "prior", "last").is_file():
+        # The resumed prior's own classes, matched by name (a prior from before labels were mapped
+        # to the classes present has classes 0..max label, and keeps them).
+        names = load_checkpoint(checkpoint_path(run_dir, "prior", "last"), kind="prior")["prior_spec"]["class_names"]
+        train_set, test_set = relabel(train_set, names), relabel(test_set, names)
+        val_set = relabel(val_set, names) if val_set is not None else None
     split_names = {"train": train_set, "val": val_set, "test": test_set}
     # Rank 0 encodes (and caches) first; the others then read the cache.
     shifts = config.prior.train_shifts

@@ -1,17 +1,20 @@
 """Stage 1: train the VQ-VAE, then write its run-folder files."""
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
 import torch
 
 from ..config import RunConfig
+from ..errors import OutputError
 from ..data import Batches, ImageSet, Splits, as_splits
 from ..figures import plot_history, save_reconstruction_grid, spread_indices
 from ..metrics.codebook import codebook_stats
 from ..metrics.reconstruction import evaluate_reconstruction
 from ..models import VQVAE
+from ..models.vqvae import check_model_config
 from ..runs import update_metrics
 from .distributed import DistContext, all_reduce_sum, barrier, setup
 from .loop import Stage, TrainResult, check_resume_config, fit, require_finite, use_best_weights
@@ -117,6 +120,13 @@ def train_vqvae(config: RunConfig, run_dir: str | Path, resume: bool = False,
     writes the files.
     """
     run_dir = Path(run_dir)
+    check_model_config(config.model)  # before any data is read or cached, or a folder made
+    try:
+        str(run_dir.absolute()).encode("utf-8")
+    except UnicodeEncodeError:  # bytes kept as surrogates: tensorboard cannot write there
+        shown = os.fsencode(run_dir).decode("utf-8", "backslashreplace")
+        raise OutputError(f"the run folder {shown} has a name that is not UTF-8 (tensorboard cannot log there); "
+                          f"choose a UTF-8 name") from None
     ctx = setup(config.train.device)
     if resume:
         check_resume_config(run_dir, "vqvae", config, ("model", "quantizer"))
