@@ -444,3 +444,72 @@ def test_config_and_codes_cache_are_written_atomically(tmp_path, monkeypatch):
     (tmp_path / "codes" / "train.json").write_text('{"fingerprint": ')
     assert torch.equal(cached_codes(model, data, "train", tmp_path, torch.device("cpu")), codes)
     assert math.isfinite(float(codes.float().mean()))
+
+
+# --------------------------------------------------------------------------- issue 16, run side
+
+def test_train_prior_set_only_changes_prior_settings(trained_run, capsys):
+    before = (trained_run / "config.json").read_bytes()
+    for key in ("data.dataset=elsewhere", "train.lr=0.5", "data.image_size=32", "quantizer.codebook_size=8"):
+        one_line_error(cli(capsys, "train-prior", trained_run, "--set", key), f"--set {key.split('=')[0]}",
+                       "prior.*, prior_train.*, sample.*")
+    assert (trained_run / "config.json").read_bytes() == before
+
+
+@pytest.mark.parametrize("args", [["train", "--preset", "tiny", "--out", "{tmp}/x", "--set", "train.epochs=0"],
+                                  ["train-prior", "{run}", "--set", "prior_train.epochs=0"]])
+def test_zero_epochs_is_refused(args, trained_run, tmp_path, capsys):
+    before = (trained_run / "metrics.json").read_bytes()
+    args = [a.format(tmp=tmp_path, run=trained_run) for a in args]
+    one_line_error(cli(capsys, *args), "epochs=0: must be >= 1")
+    assert (trained_run / "metrics.json").read_bytes() == before and not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["quantizer.fsq_levels=8,5"], "quantizer.fsq_levels=[8, 5] does not apply to quantizer.kind=vq"),
+    (["quantizer.rvq_depth=3"], "quantizer.rvq_depth=3 does not apply to quantizer.kind=vq"),
+    (["quantizer.rvq_dropout=0.5"], "quantizer.rvq_dropout=0.5 does not apply"),
+    (["quantizer.kind=fsq", "quantizer.codebook_size=64", "quantizer.entropy_weight=0.5"], "kind lfq"),
+    (["quantizer.kind=fsq", "quantizer.codebook_size=64", "quantizer.update=loss"], "quantizer.update='loss' does not"),
+    (["quantizer.kind=lfq", "quantizer.init=uniform"], "quantizer.init='uniform' does not apply"),
+    (["quantizer.fsq_levels=a,b"], "expected a comma-separated list"),
+    (["quantizer.fsq_levels=8.5,5"], "expected a comma-separated list"),
+    (["preset=cifar10"], "choose it with --preset cifar10"),
+    (["sample.guidance=1e300"], "sample.guidance=1e+300: must be in [0, 100]"),
+    (["sample.temperature=1e-45"], "sample.temperature=1e-45: must be > 0, in"),
+    (["train.seed=36893488147419103232"], "train.seed=36893488147419103232: must be in"),
+])
+def test_options_that_would_be_ignored_or_overflow_are_errors(overrides, message):
+    with pytest.raises(ConfigError) as e:
+        load_config("tiny", overrides)
+    assert message in str(e.value)
+
+
+def test_every_preset_validates_and_a_preset_value_on_another_kind_is_no_error():
+    from vqvae.config import PRESETS
+    for name in PRESETS:
+        load_config(name)
+    # tiny's update=ema is the preset's, not the user's: switching the kind keeps working
+    assert load_config("tiny", ["quantizer.kind=fsq", "quantizer.codebook_size=64"]).quantizer.kind == "fsq"
+
+
+def test_config_file_naming_another_preset_is_an_error(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"preset": "cifar10", "train": {"epochs": 2}}))
+    with pytest.raises(ConfigError, match="names preset 'cifar10' but the preset in use is 'tiny'"):
+        load_config("tiny", [], str(path))
+    path.write_text(json.dumps({"preset": "tiny", "train": {"epochs": 2}}))
+    assert load_config("tiny", [], str(path)).train.epochs == 2
+
+
+def test_test_data_that_is_the_training_data_is_refused(bar_folder, tmp_path, capsys):
+    one_line_error(cli(capsys, "train", "--preset", "tiny", "--data", bar_folder, "--test-data",
+                       f"{bar_folder}/../{bar_folder.name}", "--out", tmp_path / "x"), "is the training data")
+    assert not (tmp_path / "x").exists()
+
+
+def test_device_mps_without_mps_is_an_error(trained_run, tmp_path, capsys):
+    if torch.backends.mps.is_available():
+        pytest.skip("this machine has MPS")
+    one_line_error(cli(capsys, "reconstruct", trained_run, "--device", "mps", "--out", tmp_path / "r.png"),
+                   "no MPS")
