@@ -513,3 +513,42 @@ def test_device_mps_without_mps_is_an_error(trained_run, tmp_path, capsys):
         pytest.skip("this machine has MPS")
     one_line_error(cli(capsys, "reconstruct", trained_run, "--device", "mps", "--out", tmp_path / "r.png"),
                    "no MPS")
+
+
+def test_one_atomic_writer_keeps_old_file_on_failure_and_uses_the_umask(tmp_path, monkeypatch):
+    from vqvae import files
+    target = tmp_path / "a.json"
+    files.atomic_write_json(target, {"v": 1})
+    old_umask = os.umask(0o022)
+    try:
+        files.atomic_save_npy(tmp_path / "a.npy", np.arange(3))
+        files.atomic_torch_save({"x": torch.ones(1)}, tmp_path / "a.pt")
+        for name in ("a.json", "a.npy", "a.pt"):
+            assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == 0o644, name
+    finally:
+        os.umask(old_umask)
+
+    def half_then_fail(f):
+        f.write(b'{"v": 2')
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(Exception, match="the disk is full"):
+        files.atomic_write(target, half_then_fail)
+    assert json.loads(target.read_text()) == {"v": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "a.npy", "a.pt"]  # no temporary left
+    # the folder is flushed after the rename
+    synced = []
+    monkeypatch.setattr(files, "fsync_folder", lambda folder: synced.append(folder))
+    files.atomic_write_text(target, "x")
+    assert synced == [tmp_path]
+
+
+def test_exported_model_folder_is_readable_by_others(trained_run, tmp_path, capsys):
+    old_umask = os.umask(0o022)
+    try:
+        assert cli(capsys, "export", trained_run, "--format", "folder", "--out", tmp_path / "m").code == 0
+    finally:
+        os.umask(old_umask)
+    for p in (tmp_path / "m").iterdir():
+        assert stat.S_IMODE(p.stat().st_mode) == 0o644, p
+    assert stat.S_IMODE((tmp_path / "m").stat().st_mode) == 0o755

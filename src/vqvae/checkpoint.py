@@ -8,14 +8,13 @@ tensors and primitive containers, so a checkpoint can never run code.
 """
 from __future__ import annotations
 
-import io
 import pickle
 from pathlib import Path
 
 import torch
 
 from .errors import CheckpointError
-from .files import atomic_write_bytes
+from .files import atomic_torch_save
 
 FORMAT = "vqvae-toolkit-checkpoint"
 VERSION = 1
@@ -33,18 +32,10 @@ def strip_wrapper_prefixes(state: dict) -> dict:
     return out
 
 
-def atomic_save(obj, path: Path) -> None:
-    """torch.save, atomically (see files.py): a crash or a full disk leaves the old file intact.
-    Serialised in memory first, so a write error is an ordinary OSError that says what failed."""
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    atomic_write_bytes(path, buffer.getbuffer())
-
-
 def save_checkpoint(path: Path, kind: str, config: dict, model_state: dict, **extra) -> None:
     payload = {"format": FORMAT, "version": VERSION, "kind": kind, "config": config,
                "model_state": strip_wrapper_prefixes(model_state), **extra}
-    atomic_save(payload, path)
+    atomic_torch_save(payload, path)  # a crash or a full disk leaves the old file intact
 
 
 def load_checkpoint(path: Path, kind: str | None = None, map_location="cpu") -> dict:

@@ -15,7 +15,7 @@ import torch
 from .config import RunConfig, apply_overrides
 from .errors import ConfigError
 from .figures import save_grid
-from .files import atomic_write_text
+from .files import atomic_save_npy, atomic_write_text
 from .models import code_dtype
 from .runs import check_prior_matches, load_prior, load_vqvae, prior_fingerprint
 from .training.distributed import resolve_device
@@ -26,7 +26,7 @@ def decode_and_save(model, codes: torch.Tensor, npy_path: Path, batch: int = 500
     """Code maps -> images in [0, 1] on the CPU, also saved as uint8 (N, C, H, W) at `npy_path`."""
     images = torch.cat([model.decode_indices(codes[i:i + batch]).float().clamp(0, 1).cpu()
                         for i in range(0, len(codes), batch)])
-    np.save(npy_path, (images * 255).round().to(torch.uint8).numpy())
+    atomic_save_npy(npy_path, (images * 255).round().to(torch.uint8).numpy())
     return images
 
 
@@ -115,7 +115,7 @@ def sample(run_dir: str | Path, out_dir: str | Path | None = None, num_samples: 
     out_dir = Path(out_dir or run_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     images = decode_and_save(vqvae, codes, out_dir / f"{name}.npy")
-    np.save(out_dir / f"{name}_codes.npy", codes.cpu().to(code_dtype(prior.spec.codebook_size)).numpy())
+    atomic_save_npy(out_dir / f"{name}_codes.npy", codes.cpu().to(code_dtype(prior.spec.codebook_size)).numpy())
     shown = images[: (row * prior.spec.num_classes if row and labels is not None and class_ == "all" else 100)]
     grid = save_grid(shown, out_dir / f"{name}.png", nrow=row or 10)
     settings = {"prior_fingerprint": prior_fingerprint(prior), "num_samples": n, "temperature": temperature,

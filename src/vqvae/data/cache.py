@@ -26,6 +26,7 @@ from PIL import Image
 
 from ..config import DataConfig
 from ..errors import DataError
+from ..files import atomic_write_json, commit_file
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 CACHE_VERSION = 1  # part of every key: bump when decoding (resize, crop, conversion) changes
@@ -139,9 +140,7 @@ def no_images_error(listing: FolderListing, unreadable: int) -> DataError:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data) + "\n")
-    os.replace(tmp, path)
+    atomic_write_json(path, data, indent=None)
 
 
 def _open(path: Path) -> np.ndarray:
@@ -221,7 +220,7 @@ def _build(listing: FolderListing, cfg: DataConfig, npy_path: Path, progress: bo
         compact.flush()
         del compact, full
         os.replace(tmp2, tmp)
-    os.replace(tmp, npy_path)
+    commit_file(tmp, npy_path)
     print(f"image cache: {len(kept)} images in {time.perf_counter() - start:.1f} s"
           f"{f', {len(skipped)} unreadable' if skipped else ''}", flush=True)
     return kept, skipped

@@ -23,6 +23,7 @@ from PIL import Image
 
 from ..config import DataConfig, get_preset
 from ..errors import ConfigError, DataError
+from ..files import atomic_write_json
 from .arrays import NUMPY_SUFFIXES, read_numpy
 from .cache import cache_root, cache_stem, list_folder, no_images_error, parallel_map
 
@@ -88,10 +89,7 @@ def _scan_folder(folder: Path, cfg: DataConfig) -> DataSummary:
         in_subfolders = all(len(Path(rel).parts) == 2 for rel, _, _ in listing.stats)
         scan = {"count": len(listing.files) - unreadable, "unreadable": unreadable, "sizes": dict(sizes),
                 "modes": dict(modes), "classes": len(classes) if in_subfolders and len(classes) > 1 else 0}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(scan) + "\n")
-        tmp.replace(path)
+        atomic_write_json(path, scan, indent=None)
     if not scan["sizes"]:
         raise no_images_error(listing, scan["unreadable"])
     short = [min(map(int, wh.split("x"))) for wh, n in scan["sizes"].items() for _ in range(n)]

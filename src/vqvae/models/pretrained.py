@@ -17,8 +17,6 @@ resuming training (checkpoints stay the training format).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -27,6 +25,7 @@ from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from ..errors import CheckpointError
+from ..files import atomic_write_bytes
 
 FORMAT = "vqvae-toolkit-model"
 VERSION = 1
@@ -139,21 +138,6 @@ def write_model_folder(folder: str | Path, models: dict[str, dict], metrics: dic
     meta = {"format": FORMAT, "version": VERSION, "note": USE_NOTE, "models": entries, "metrics": metrics or {}}
     atomic_write_bytes(folder / "config.json", (json.dumps(meta, indent=2) + "\n").encode())
     return folder
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Temporary file in the same folder, flushed, renamed over `path`: never half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str | Path) -> None:
