@@ -552,3 +552,37 @@ def test_exported_model_folder_is_readable_by_others(trained_run, tmp_path, caps
     for p in (tmp_path / "m").iterdir():
         assert stat.S_IMODE(p.stat().st_mode) == 0o644, p
     assert stat.S_IMODE((tmp_path / "m").stat().st_mode) == 0o755
+
+
+def test_a_run_folder_has_one_writer_and_a_killed_holder_leaves_no_lock(trained_run, tmp_path, capsys):
+    import signal
+    import subprocess
+    import sys
+    import time
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom vqvae.runlock import run_lock\n"
+                               "with run_lock(sys.argv[1], 'train'):\n    print('held', flush=True)\n    time.sleep(60)",
+                               str(run)], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        before = (run / "metrics.json").read_bytes()
+        for args in (["train", "--resume", run, "--set", "train.epochs=4"], ["train-prior", run, "--resume"],
+                     ["evaluate", run, "--no-samples"], ["sample", run]):
+            one_line_error(cli(capsys, *args), f"{run} is in use: process {holder.pid} (")
+        assert (run / "metrics.json").read_bytes() == before
+        # a model folder or another --out is not the run: those commands still work meanwhile
+        assert cli(capsys, "sample", run, "--out", tmp_path / "s").code == 0
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    # the kernel released the lock with the killed process: no stale lock to remove by hand
+    assert cli(capsys, "train", "--resume", run, "--set", "train.epochs=4").code == 0
+    assert json.loads((run / "metrics.json").read_text())["vqvae"]["epochs"] == 4
+
+
+def test_a_failed_new_run_leaves_no_folder_for_its_lock(tmp_path, capsys):
+    result = cli(capsys, "train", "--preset", "tiny", "--data", tmp_path / "nothing-here", "--out", tmp_path / "x",
+                 "--set", "train.device=cpu")
+    assert result.code == 2 and not (tmp_path / "x").exists()

@@ -9,6 +9,7 @@ from .data import describe_data
 from .errors import DataError
 from .evaluation import evaluate
 from .report import summary_text
+from .runlock import locks_run
 from .runs import read_metrics, update_metrics
 from .sampling import sample
 from .training.distributed import is_main_process
@@ -16,6 +17,7 @@ from .training.prior_stage import train_prior
 from .training.vqvae_stage import train_vqvae
 
 
+@locks_run("pipeline", lambda a: a["run_dir"])
 def run_pipeline(config: RunConfig, run_dir: str | Path, progress: bool = True) -> dict:
     """The whole job: VQ-VAE, cached codes, prior, samples, evaluation and report, in one folder."""
     run_dir = Path(run_dir)

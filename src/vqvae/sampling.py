@@ -17,6 +17,7 @@ from .errors import ConfigError
 from .figures import save_grid
 from .files import atomic_save_npy, atomic_write_text
 from .models import code_dtype
+from .runlock import locks_run
 from .runs import check_prior_matches, load_prior, load_vqvae, prior_fingerprint
 from .training.distributed import resolve_device
 
@@ -75,6 +76,7 @@ def effective_guidance(prior, configured: float) -> float:
     return configured if prior.conditional and prior.null_class is not None else 1.0
 
 
+@locks_run("sample", lambda a: a["out_dir"] or a["run_dir"], only_run_folders=True)
 def sample(run_dir: str | Path, out_dir: str | Path | None = None, num_samples: int | None = None,
            batch_size: int | None = None, temperature: float | None = None, top_k: int | None = None,
            seed: int | None = None, class_: str | int | None = None, prior_path: str | Path | None = None,

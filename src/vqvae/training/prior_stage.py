@@ -20,6 +20,7 @@ from ..errors import ConfigError, DataError
 from ..figures import plot_history
 from ..files import atomic_save_npy, atomic_write_text
 from ..models import VQVAE, Prior, PriorSpec, build_prior, code_dtype
+from ..runlock import locks_run
 from ..runs import codebook_fingerprint, load_vqvae, update_metrics
 from .distributed import DistContext, all_reduce_sum, barrier, setup
 from .loop import Stage, TrainResult, check_resume_config, fit, require_finite, use_best_weights
@@ -155,6 +156,7 @@ def heldout_bits(model: Prior, batches: TensorBatches, max_batches: int = 0) -> 
     return nats / max(count, 1) / LN2
 
 
+@locks_run("train-prior", lambda a: a["run_dir"])
 def train_prior(config: RunConfig, run_dir: str | Path, resume: bool = False,
                 data: Splits | tuple[ImageSet, ImageSet] | None = None) -> TrainResult:
     """Train the prior of the run in `run_dir` on codes of its VQ-VAE (RUN/checkpoints/vqvae-*.pt).

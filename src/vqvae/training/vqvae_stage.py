@@ -12,6 +12,7 @@ from ..figures import plot_history, save_reconstruction_grid, spread_indices
 from ..metrics.codebook import codebook_stats
 from ..metrics.reconstruction import evaluate_reconstruction
 from ..models import VQVAE
+from ..runlock import locks_run
 from ..runs import update_metrics
 from .distributed import DistContext, all_reduce_sum, barrier, setup
 from .loop import Stage, TrainResult, check_resume_config, fit, require_finite, use_best_weights
@@ -106,6 +107,7 @@ def build_vqvae(config: RunConfig, device: torch.device) -> VQVAE:
     return model
 
 
+@locks_run("train", lambda a: a["run_dir"])
 def train_vqvae(config: RunConfig, run_dir: str | Path, resume: bool = False,
                 data: Splits | tuple[ImageSet, ImageSet] | None = None) -> TrainResult:
     """Train a VQ-VAE into `run_dir` (created), or continue it with `resume=True`.
