@@ -586,3 +586,47 @@ def test_a_failed_new_run_leaves_no_folder_for_its_lock(tmp_path, capsys):
     result = cli(capsys, "train", "--preset", "tiny", "--data", tmp_path / "nothing-here", "--out", tmp_path / "x",
                  "--set", "train.device=cpu")
     assert result.code == 2 and not (tmp_path / "x").exists()
+
+
+def test_a_runs_sample_files_cannot_be_overwritten_by_another_commands_out(trained_run, tmp_path, capsys):
+    run = trained_run
+    def stamps():  # .lock is rewritten by every command that takes it
+        return {p.name: p.stat().st_mtime_ns for p in run.iterdir() if p.is_file() and p.name != ".lock"}
+
+    before = stamps()
+    for args, name in ((["reconstruct", run, "--out", run / "samples.png"], "samples.png"),
+                       (["evaluate", run, "--no-samples", "--out", run / "samples.npy"], "samples.npy"),
+                       (["decode", run, "{codes}", "--out", run / "samples.jpg"], "samples.npy"),
+                       (["evaluate", run, "--no-samples", "--out", run / "samples.json"], "samples.json")):
+        if "{codes}" in args:
+            assert cli(capsys, "encode", run, "--out", tmp_path / "codes").code == 0
+            args = [tmp_path / "codes" if a == "{codes}" else a for a in args]
+        one_line_error(cli(capsys, *args), f"would overwrite the file {name} of the run")
+    assert stamps() == before
+
+
+def test_cached_samples_are_keyed_to_their_content(trained_run, tmp_path):
+    from vqvae.sampling import cached_samples
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    prior, config, _ = api.load_prior(run)
+    first = cached_samples(run, config, prior, 8, "cpu")
+    meta = json.loads((run / "samples.json").read_text())
+    # another command's images put in place of samples.npy, samples.json untouched
+    np.save(run / "samples.npy", np.zeros((16, 1, SIZE, SIZE), np.uint8))
+    again = cached_samples(run, config, prior, 8, "cpu")
+    assert torch.equal(again, first) and again.abs().sum() > 0  # re-drawn (same seed), not the zeros
+    assert json.loads((run / "samples.json").read_text())["npy_sha256"] == meta["npy_sha256"]
+    # a samples.npy that is not a plain array is re-drawn too, not loaded
+    np.save(run / "samples.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    assert torch.equal(cached_samples(run, config, prior, 8, "cpu"), first)
+
+
+def test_sample_never_writes_into_a_model_folder_or_another_run(trained_run, tmp_path, capsys):
+    assert cli(capsys, "export", trained_run, "--format", "folder", "--out", tmp_path / "m").code == 0
+    listing = sorted(p.name for p in (tmp_path / "m").iterdir())
+    one_line_error(cli(capsys, "sample", tmp_path / "m"), "pass --out FOLDER")
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == listing
+    other = tmp_path / "other"
+    shutil.copytree(trained_run, other)
+    one_line_error(cli(capsys, "sample", trained_run, "--out", other), "is another run's folder")

@@ -108,6 +108,17 @@ def fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
+def file_sha256(path: Path) -> str:
+    """The hex sha256 of a file's bytes, read in chunks."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def atomic_write_bytes(path: Path, data: bytes | memoryview) -> None:
     atomic_write(path, lambda f: f.write(data))
 

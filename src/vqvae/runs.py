@@ -3,7 +3,9 @@
     RUN/config.json                 resolved config
     RUN/checkpoints/{vqvae,prior}-{last,best}.pt
     RUN/metrics.json                one section per stage ("vqvae", "prior", "samples", ...)
-    RUN/reconstructions.png, curves.png, prior_curves.png, samples.png, samples.npy,
+    RUN/reconstructions.png, curves.png, prior_curves.png, codebook_usage.png
+    RUN/samples.{png,npy,json}, samples_codes.npy   the run's samples (samples.json: their settings and hash)
+    RUN/.lock                       held while a command writes to the run (runlock.py)
     RUN/codes/                      cached code maps the prior trains on
     RUN/report.md, RUN/tensorboard/
 
@@ -26,7 +28,8 @@ from .checkpoint import load_checkpoint
 
 # What a run writes into its own folder: no output option may name one of these.
 RUN_FILES = ("config.json", "metrics.json", "report.md", "report.html", "reconstructions.png", "curves.png",
-             "prior_curves.png", "codebook_usage.png")
+             "prior_curves.png", "codebook_usage.png", "samples.png", "samples.npy", "samples_codes.npy",
+             "samples.json", ".lock")
 RUN_FOLDERS = ("checkpoints", "codes", "tensorboard")
 
 
