@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import stat
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -630,3 +631,101 @@ def test_sample_never_writes_into_a_model_folder_or_another_run(trained_run, tmp
     other = tmp_path / "other"
     shutil.copytree(trained_run, other)
     one_line_error(cli(capsys, "sample", trained_run, "--out", other), "is another run's folder")
+
+
+def _export(trained_run, out, capsys):
+    assert cli(capsys, "export", trained_run, "--format", "folder", "--out", out).code == 0
+    return out
+
+
+def test_a_model_folder_with_swapped_or_edited_files_is_refused(trained_run, tmp_path, capsys):
+    from vqvae.models.pretrained import write_model_folder
+    a = _export(trained_run, tmp_path / "a", capsys)
+    other = tmp_path / "b"
+    write_model_folder(other, {"vqvae": {"config": json.loads((a / "config.json").read_text())["models"]["vqvae"]
+                                         ["config"], "model_state": {k: v + 1 for k, v in
+                                                                     VQVAE.from_pretrained(a).state_dict().items()}}})
+    shutil.copy(other / "vqvae.safetensors", a / "vqvae.safetensors")  # a weights file of another export
+    one_line_error(cli(capsys, "reconstruct", a, "--out", tmp_path / "r.png"), "vqvae.safetensors is not the file "
+                   "exported with this config.json")
+    a = _export(trained_run, tmp_path / "c", capsys)
+    for edit in (("quantizer", "distance", "cosine"), ("model", "image_size", 32)):
+        meta = json.loads((a / "config.json").read_text())
+        saved = json.loads(json.dumps(meta))
+        meta["models"]["vqvae"]["config"][edit[0]][edit[1]] = edit[2]
+        (a / "config.json").write_text(json.dumps(meta))
+        one_line_error(cli(capsys, "reconstruct", a, "--out", tmp_path / "r.png"), "config was changed after export")
+        (a / "config.json").write_text(json.dumps(saved))
+    assert cli(capsys, "reconstruct", a, "--out", tmp_path / "r.png").code == 0
+
+
+def test_an_export_killed_midway_leaves_the_old_folder_whole(trained_run, tmp_path, capsys, monkeypatch):
+    from vqvae.models import pretrained
+    folder = _export(trained_run, tmp_path / "m", capsys)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    real = pretrained.atomic_write_bytes
+
+    def killed_at_config(path, data):
+        if Path(path).name == "config.json":
+            raise KeyboardInterrupt  # as a kill after the weights were written
+        real(path, data)
+
+    monkeypatch.setattr(pretrained, "atomic_write_bytes", killed_at_config)
+    with pytest.raises(KeyboardInterrupt):  # a new export of a prior-less model, killed before its config.json
+        pretrained.write_model_folder(folder, {"vqvae": {"config": json.loads((folder / "config.json").read_text())
+                                                         ["models"]["vqvae"]["config"],
+                                                         "model_state": VQVAE.from_pretrained(folder).state_dict()}})
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["m"]  # no temporary folder left
+    # a temporary folder a SIGKILL left is removed by the next export to the same place
+    (tmp_path / ".m.x1y2.tmp").mkdir()
+    monkeypatch.setattr(pretrained, "atomic_write_bytes", real)
+    _export(trained_run, folder, capsys)
+    assert [p.name for p in tmp_path.iterdir()] == ["m"]
+
+
+@pytest.mark.parametrize("content", [b'["a list"]', b'{"format": "vqvae-toolkit-model", "version": 1}',
+                                     b'{"format": "vqvae-toolkit-model", "version": "1", "models": {}}',
+                                     b'{"format": "vqvae-toolkit-model", "version": 1, "models": {"vqvae": 5}}',
+                                     b'{"format": "vqvae-toolkit-model", "version": 1, "models": []}',
+                                     b'{"format": "vqvae-toolkit-model", "version": 1, "models": {"vqvae": {}}}',
+                                     b'{"format": "vqvae-toolkit-model", \xff\xfe}'])
+def test_a_model_folder_config_of_the_wrong_structure_is_one_line(content, trained_run, tmp_path, capsys):
+    folder = _export(trained_run, tmp_path / "m", capsys)
+    (folder / "config.json").write_bytes(content)
+    for args in (["reconstruct", folder, "--out", tmp_path / "r.png"], ["sample", folder, "--out", tmp_path / "s"],
+                 ["export", folder, "--format", "folder", "--out", tmp_path / "again"]):
+        result = cli(capsys, *args)
+        assert result.code == 2 and len([l for l in result.err.splitlines() if l.startswith("error:")]) == 1, result
+
+
+def test_a_run_config_that_is_not_utf8_is_one_line(trained_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    (run / "config.json").write_bytes(b'{"train": \xff\xfe}')
+    for args in (["train-prior", run], ["train", "--resume", run]):
+        result = cli(capsys, *args)
+        assert result.code == 2 and len([l for l in result.err.splitlines() if l.startswith("error:")]) == 1, result
+
+
+@pytest.mark.parametrize("payload,message", [
+    ({"format": "vqvae-toolkit-checkpoint", "version": 1, "kind": "vqvae"}, "holds no config"),
+    ({"format": "vqvae-toolkit-checkpoint", "version": "1", "kind": "vqvae"}, "not a whole number"),
+    ({"format": "vqvae-toolkit-checkpoint", "version": 1, "kind": "vqvae", "config": {}, "model_state": {"w": 1}},
+     "model_state is not a mapping of tensor names to tensors"),
+    ({"format": "vqvae-toolkit-checkpoint", "version": 1, "kind": "vqvae", "config": {}}, "model_state is not"),
+])
+def test_crafted_checkpoints_are_one_line(payload, message, tmp_path, capsys):
+    torch.save(payload, tmp_path / "x.pt")
+    one_line_error(cli(capsys, "reconstruct", tmp_path / "x.pt", "--out", tmp_path / "r.png"), message)
+
+
+@pytest.mark.parametrize("quantizer", ['"vq"', "null", "[1]"])
+def test_codes_json_whose_quantizer_is_not_an_object_is_one_line(quantizer, trained_run, tmp_path, capsys):
+    assert cli(capsys, "encode", trained_run, "--out", tmp_path / "c").code == 0
+    meta = (tmp_path / "c" / "codes.json").read_text()
+    meta = json.loads(meta)
+    meta["quantizer"] = json.loads(quantizer)
+    (tmp_path / "c" / "codes.json").write_text(json.dumps(meta))
+    one_line_error(cli(capsys, "decode", trained_run, tmp_path / "c", "--out", tmp_path / "d.png"),
+                   "codes.json's 'quantizer' is")

@@ -129,7 +129,11 @@ def decode(checkpoint: str | Path, codes: str | Path, out: str | Path, device: s
     indices, meta = load_codes(codes)
     K, size = model.codebook_size, model.latent_size
     kind = model.quantizer_config.kind
-    recorded = meta.get("quantizer", {}).get("kind")
+    quantizer = meta.get("quantizer", {})
+    if not isinstance(quantizer, dict):
+        raise DataError(f"codes.json's 'quantizer' is {json.dumps(quantizer)}; expected the object `encode` writes "
+                        f"(repair it, or remove codes.json to decode the codes without its checks)")
+    recorded = quantizer.get("kind")
     if recorded not in (None, kind):
         raise ConfigError(f"these codes come from a quantizer.kind={recorded} model; this VQ-VAE is kind={kind}")
     if meta.get("codebook_size") not in (None, K):

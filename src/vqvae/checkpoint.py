@@ -51,11 +51,19 @@ def load_checkpoint(path: Path, kind: str | None = None, map_location="cpu") -> 
         raise CheckpointError(f"{path} is not a checkpoint of this toolkit: {_refusal_reason(e)}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a checkpoint of this toolkit (no '{FORMAT}' marker)")
-    if payload.get("version", 0) > VERSION:
+    version = payload.get("version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise CheckpointError(f"{path} is damaged: its format version is {version!r}, not a whole number")
+    if version > VERSION:
         raise CheckpointError(f"{path} has checkpoint format version {payload['version']}; this version of the "
                               f"toolkit reads up to {VERSION}: upgrade the package")
     if kind is not None and payload.get("kind") != kind:
         raise CheckpointError(f"{path} holds a {payload.get('kind')!r} model, but a {kind!r} checkpoint is needed")
+    state = payload.get("model_state")
+    if not isinstance(payload.get("config"), dict):
+        raise CheckpointError(f"{path} is damaged: it holds no config (the settings its model is rebuilt from)")
+    if not isinstance(state, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()):
+        raise CheckpointError(f"{path} is damaged: its model_state is not a mapping of tensor names to tensors")
     return payload
 
 

@@ -28,6 +28,11 @@ def _umask() -> int:
     return mask
 
 
+def default_mode(folder: bool = False) -> int:
+    """The permissions a new file (0666) or folder (0777) gets under the user's umask."""
+    return (0o777 if folder else 0o666) & ~_umask()
+
+
 def os_error_text(e: OSError) -> str:
     """What went wrong, in words a user acts on."""
     if e.errno == errno.ENOSPC:
@@ -57,7 +62,7 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
-        os.fchmod(fd, 0o666 & ~_umask())
+        os.fchmod(fd, default_mode())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -84,7 +89,7 @@ def commit_file(tmp: Path, path: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, default_mode())
         os.replace(tmp, path)
         fsync_folder(path.parent)
     except OSError as e:
