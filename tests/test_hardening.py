@@ -729,3 +729,31 @@ def test_codes_json_whose_quantizer_is_not_an_object_is_one_line(quantizer, trai
     (tmp_path / "c" / "codes.json").write_text(json.dumps(meta))
     one_line_error(cli(capsys, "decode", trained_run, tmp_path / "c", "--out", tmp_path / "d.png"),
                    "codes.json's 'quantizer' is")
+
+
+def test_a_truncated_best_checkpoint_names_the_intact_last_one(trained_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    best = run / "checkpoints" / "vqvae-best.pt"
+    best.write_bytes(best.read_bytes()[:1000])
+    one_line_error(cli(capsys, "train-prior", run, "--resume"), "vqvae-last.pt beside it is intact",
+                   f"mv {best} {best}.damaged")
+    best.rename(best.with_name("vqvae-best.pt.damaged"))
+    assert cli(capsys, "reconstruct", run, "--out", tmp_path / "r.png").code == 0
+
+
+@pytest.mark.parametrize("command", ["reconstruct", "decode"])
+def test_image_out_without_an_image_extension_writes_nothing(command, trained_run, tmp_path, capsys):
+    assert cli(capsys, "encode", trained_run, "--out", tmp_path / "c").code == 0
+    args = [command, trained_run] + ([tmp_path / "c"] if command == "decode" else []) + ["--out", tmp_path / "out.gif"]
+    one_line_error(cli(capsys, *args), "must end in .png, .jpg, .jpeg")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]
+
+
+def test_a_closed_pipe_ends_quietly(tmp_path):
+    import subprocess
+    import sys
+    result = subprocess.run(f"{sys.executable} -m vqvae.cli presets | head -1", shell=True, capture_output=True,
+                            text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+                            executable="/bin/bash")
+    assert result.stdout.startswith("mnist") and "Traceback" not in result.stderr and result.stderr == ""

@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
+import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -301,6 +304,12 @@ def main(argv: list[str] | None = None) -> int:
     except VQVAEError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader of our output went away (`vqvae train ... | head -1`): stop quietly, as a
+        # command killed by SIGPIPE would, and keep the interpreter's exit flush from failing again.
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except OSError as e:
         # The machine's, not the program's: a full disk, no permission to write, a read-only disk.
         if e.errno not in ENVIRONMENT_ERRORS:

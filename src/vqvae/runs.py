@@ -48,11 +48,18 @@ def read_run_config(run_dir: Path) -> RunConfig:
         raise ConfigError(f"{path} cannot be used: {e}") from None
 
 
-def check_output_path(path: str | Path, option: str = "--out", folder: bool = False) -> Path:
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")  # what an image --out may be written as
+
+
+def check_output_path(path: str | Path, option: str = "--out", folder: bool = False,
+                      suffixes: tuple[str, ...] = ()) -> Path:
     """Refuse an output path that would overwrite a run's own files (config, metrics,
-    checkpoints, codes cache, figures) or that is a file where a folder is needed (or the
-    reverse). Returns the path."""
+    checkpoints, codes cache, figures), that is a file where a folder is needed (or the
+    reverse), or whose extension is not one of `suffixes` (when given). Returns the path."""
     path = Path(path)
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise OutputError(f"{option} {path}: the file name must end in {', '.join(suffixes)} (the format is "
+                          f"chosen by the extension), e.g. {path.with_suffix(suffixes[0]).name}")
     if folder and path.exists() and not path.is_dir():
         raise OutputError(f"{option} {path} is an existing file; it must name a folder")
     if not folder and path.is_dir():
@@ -131,7 +138,20 @@ def read_model(path: Path, kind: str) -> dict:
     path = Path(path)
     if path.suffix == ".safetensors":
         return read_model_folder(path.parent, kind)
-    return load_checkpoint(path, kind=kind)
+    try:
+        return load_checkpoint(path, kind=kind)
+    except CheckpointError as e:
+        last = path.with_name(f"{kind}-last.pt")
+        if path.name != f"{kind}-best.pt" or not last.is_file():
+            raise
+        try:
+            load_checkpoint(last, kind=kind)
+        except CheckpointError:
+            raise e from None
+        # The best checkpoint is damaged (a truncated copy, a full disk) but the last one is intact:
+        # say so rather than stop, and let the user choose it.
+        raise CheckpointError(f"{e}. {last.name} beside it is intact: to use it, move the damaged file away "
+                              f"(mv {path} {path}.damaged) and run the command again") from None
 
 
 def vqvae_from_checkpoint(ckpt: dict, source: str | Path = "checkpoint") -> tuple[VQVAE, RunConfig]:
