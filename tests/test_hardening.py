@@ -757,3 +757,17 @@ def test_a_closed_pipe_ends_quietly(tmp_path):
                             text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
                             executable="/bin/bash")
     assert result.stdout.startswith("mnist") and "Traceback" not in result.stderr and result.stderr == ""
+
+
+def test_sizes_that_cannot_fit_are_refused_before_allocating(trained_run, bar_folder, tmp_path, capsys, monkeypatch):
+    one_line_error(cli(capsys, "train", "--preset", "tiny", "--out", tmp_path / "x", "--set",
+                       *tiny_overrides(bar_folder), "quantizer.codebook_size=1000000000"),
+                   "the VQ-VAE needs at least", "reduce quantizer.codebook_size")
+    assert not (tmp_path / "x").exists()
+    one_line_error(cli(capsys, "sample", trained_run, "-n", "1000000000000", "--out", tmp_path / "s"),
+                   "--num-samples 1000000000000", "at most about")
+    assert not (tmp_path / "s").exists()
+    from vqvae import resources
+    monkeypatch.setattr(resources, "available_memory", lambda device: 10 ** 6)  # a 1 MB machine
+    one_line_error(cli(capsys, "train-prior", trained_run, "--set", "prior.num_layers=1000"),
+                   "the pixelcnn prior needs at least", "reduce prior.num_layers")

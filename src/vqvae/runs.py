@@ -25,6 +25,7 @@ from .files import atomic_write_text, remove_stale_temporaries
 from .models import VQVAE, Prior, PriorSpec, build_prior
 from .models.pretrained import is_model_folder, load_weights, read_model_folder, weights_file
 from .checkpoint import load_checkpoint
+from .resources import check_model_fits
 
 # What a run writes into its own folder: no output option may name one of these.
 RUN_FILES = ("config.json", "metrics.json", "report.md", "report.html", "reconstructions.png", "curves.png",
@@ -156,6 +157,8 @@ def read_model(path: Path, kind: str) -> dict:
 
 def vqvae_from_checkpoint(ckpt: dict, source: str | Path = "checkpoint") -> tuple[VQVAE, RunConfig]:
     config = RunConfig.from_dict(ckpt["config"])
+    check_model_fits(lambda: VQVAE(config.model, config.quantizer), "cpu", f"the VQ-VAE of {source}",
+                     "its config asks for more than this machine holds", training=False)
     model = VQVAE(config.model, config.quantizer)
     load_weights(model, ckpt["model_state"], source)
     return model, config
@@ -204,6 +207,8 @@ def load_prior(path: str | Path, device: str | torch.device = "cpu") -> tuple[Pr
     if kind != config.prior.kind:
         raise CheckpointError(f"{path} records a {kind} prior but its config says prior.kind={config.prior.kind!r}")
     spec = PriorSpec(**{**ckpt["prior_spec"], "class_names": tuple(ckpt["prior_spec"]["class_names"])})
+    check_model_fits(lambda: build_prior(config.prior, spec, dropout=0.0), "cpu", f"the prior of {source}",
+                     "its config asks for more than this machine holds", training=False)
     model = build_prior(config.prior, spec, dropout=0.0)
     load_weights(model, ckpt["model_state"], source)
     return model.to(device).eval(), config, {"vqvae_fingerprint": ckpt.get("vqvae_fingerprint")}

@@ -18,6 +18,7 @@ from .figures import save_grid
 from .files import atomic_save_npy, atomic_write_text, file_sha256
 from .models import code_dtype
 from .models.pretrained import is_model_folder
+from .resources import check_output_fits
 from .runlock import locks_run
 from .runs import check_prior_matches, load_prior, load_vqvae, prior_fingerprint
 from .training.distributed import resolve_device
@@ -112,6 +113,11 @@ def sample(run_dir: str | Path, out_dir: str | Path | None = None, num_samples: 
     if guidance is None:  # the run's setting: it applies where the prior can be guided
         guidance = effective_guidance(prior, s.guidance)
     check_guidance(prior, guidance)
+    # Checked before anything is drawn: the images are held (as floats) and saved whole.
+    m, h = vqvae.model_config, prior.spec.latent_size
+    pixels = m.in_channels * m.image_size * m.image_size
+    check_output_fits("samples", n, memory_per_item=pixels * 5 + h * h * 8 + 8, disk_per_item=pixels + h * h * 4,
+                      device="cpu", folder=out_dir, option="--num-samples")
     labels, row = class_labels(prior, class_, n, dev)
     n = len(labels) if labels is not None else n
     generator = torch.Generator(device=dev).manual_seed(seed)

@@ -12,6 +12,7 @@ from ..figures import plot_history, save_reconstruction_grid, spread_indices
 from ..metrics.codebook import codebook_stats
 from ..metrics.reconstruction import evaluate_reconstruction
 from ..models import VQVAE
+from ..resources import check_model_fits
 from ..runlock import locks_run
 from ..runs import update_metrics
 from .distributed import DistContext, all_reduce_sum, barrier, setup
@@ -120,6 +121,8 @@ def train_vqvae(config: RunConfig, run_dir: str | Path, resume: bool = False,
     """
     run_dir = Path(run_dir)
     ctx = setup(config.train.device)
+    check_model_fits(lambda: VQVAE(config.model, config.quantizer), ctx.device, "the VQ-VAE",
+                     "reduce quantizer.codebook_size, model.hidden_channels or model.code_dim")
     if resume:
         check_resume_config(run_dir, "vqvae", config, ("model", "quantizer"))
     splits = as_splits(data, config.data)
