@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import stat
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -444,3 +445,329 @@ def test_config_and_codes_cache_are_written_atomically(tmp_path, monkeypatch):
     (tmp_path / "codes" / "train.json").write_text('{"fingerprint": ')
     assert torch.equal(cached_codes(model, data, "train", tmp_path, torch.device("cpu")), codes)
     assert math.isfinite(float(codes.float().mean()))
+
+
+# --------------------------------------------------------------------------- issue 16, run side
+
+def test_train_prior_set_only_changes_prior_settings(trained_run, capsys):
+    before = (trained_run / "config.json").read_bytes()
+    for key in ("data.dataset=elsewhere", "train.lr=0.5", "data.image_size=32", "quantizer.codebook_size=8"):
+        one_line_error(cli(capsys, "train-prior", trained_run, "--set", key), f"--set {key.split('=')[0]}",
+                       "prior.*, prior_train.*, sample.*")
+    assert (trained_run / "config.json").read_bytes() == before
+
+
+@pytest.mark.parametrize("args", [["train", "--preset", "tiny", "--out", "{tmp}/x", "--set", "train.epochs=0"],
+                                  ["train-prior", "{run}", "--set", "prior_train.epochs=0"]])
+def test_zero_epochs_is_refused(args, trained_run, tmp_path, capsys):
+    before = (trained_run / "metrics.json").read_bytes()
+    args = [a.format(tmp=tmp_path, run=trained_run) for a in args]
+    one_line_error(cli(capsys, *args), "epochs=0: must be >= 1")
+    assert (trained_run / "metrics.json").read_bytes() == before and not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["quantizer.fsq_levels=8,5"], "quantizer.fsq_levels=[8, 5] does not apply to quantizer.kind=vq"),
+    (["quantizer.rvq_depth=3"], "quantizer.rvq_depth=3 does not apply to quantizer.kind=vq"),
+    (["quantizer.rvq_dropout=0.5"], "quantizer.rvq_dropout=0.5 does not apply"),
+    (["quantizer.kind=fsq", "quantizer.codebook_size=64", "quantizer.entropy_weight=0.5"], "kind lfq"),
+    (["quantizer.kind=fsq", "quantizer.codebook_size=64", "quantizer.update=loss"], "quantizer.update='loss' does not"),
+    (["quantizer.kind=lfq", "quantizer.init=uniform"], "quantizer.init='uniform' does not apply"),
+    (["quantizer.fsq_levels=a,b"], "expected a comma-separated list"),
+    (["quantizer.fsq_levels=8.5,5"], "expected a comma-separated list"),
+    (["preset=cifar10"], "choose it with --preset cifar10"),
+    (["sample.guidance=1e300"], "sample.guidance=1e+300: must be in [0, 100]"),
+    (["sample.temperature=1e-45"], "sample.temperature=1e-45: must be > 0, in"),
+    (["train.seed=36893488147419103232"], "train.seed=36893488147419103232: must be in"),
+])
+def test_options_that_would_be_ignored_or_overflow_are_errors(overrides, message):
+    with pytest.raises(ConfigError) as e:
+        load_config("tiny", overrides)
+    assert message in str(e.value)
+
+
+def test_every_preset_validates_and_a_preset_value_on_another_kind_is_no_error():
+    from vqvae.config import PRESETS
+    for name in PRESETS:
+        load_config(name)
+    # tiny's update=ema is the preset's, not the user's: switching the kind keeps working
+    assert load_config("tiny", ["quantizer.kind=fsq", "quantizer.codebook_size=64"]).quantizer.kind == "fsq"
+
+
+def test_config_file_naming_another_preset_is_an_error(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"preset": "cifar10", "train": {"epochs": 2}}))
+    with pytest.raises(ConfigError, match="names preset 'cifar10' but the preset in use is 'tiny'"):
+        load_config("tiny", [], str(path))
+    path.write_text(json.dumps({"preset": "tiny", "train": {"epochs": 2}}))
+    assert load_config("tiny", [], str(path)).train.epochs == 2
+
+
+def test_test_data_that_is_the_training_data_is_refused(bar_folder, tmp_path, capsys):
+    one_line_error(cli(capsys, "train", "--preset", "tiny", "--data", bar_folder, "--test-data",
+                       f"{bar_folder}/../{bar_folder.name}", "--out", tmp_path / "x"), "is the training data")
+    assert not (tmp_path / "x").exists()
+
+
+def test_device_mps_without_mps_is_an_error(trained_run, tmp_path, capsys):
+    if torch.backends.mps.is_available():
+        pytest.skip("this machine has MPS")
+    one_line_error(cli(capsys, "reconstruct", trained_run, "--device", "mps", "--out", tmp_path / "r.png"),
+                   "no MPS")
+
+
+def test_one_atomic_writer_keeps_old_file_on_failure_and_uses_the_umask(tmp_path, monkeypatch):
+    from vqvae import files
+    target = tmp_path / "a.json"
+    files.atomic_write_json(target, {"v": 1})
+    old_umask = os.umask(0o022)
+    try:
+        files.atomic_save_npy(tmp_path / "a.npy", np.arange(3))
+        files.atomic_torch_save({"x": torch.ones(1)}, tmp_path / "a.pt")
+        for name in ("a.json", "a.npy", "a.pt"):
+            assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == 0o644, name
+    finally:
+        os.umask(old_umask)
+
+    def half_then_fail(f):
+        f.write(b'{"v": 2')
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(Exception, match="the disk is full"):
+        files.atomic_write(target, half_then_fail)
+    assert json.loads(target.read_text()) == {"v": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "a.npy", "a.pt"]  # no temporary left
+    # the folder is flushed after the rename
+    synced = []
+    monkeypatch.setattr(files, "fsync_folder", lambda folder: synced.append(folder))
+    files.atomic_write_text(target, "x")
+    assert synced == [tmp_path]
+
+
+def test_exported_model_folder_is_readable_by_others(trained_run, tmp_path, capsys):
+    old_umask = os.umask(0o022)
+    try:
+        assert cli(capsys, "export", trained_run, "--format", "folder", "--out", tmp_path / "m").code == 0
+    finally:
+        os.umask(old_umask)
+    for p in (tmp_path / "m").iterdir():
+        assert stat.S_IMODE(p.stat().st_mode) == 0o644, p
+    assert stat.S_IMODE((tmp_path / "m").stat().st_mode) == 0o755
+
+
+def test_a_run_folder_has_one_writer_and_a_killed_holder_leaves_no_lock(trained_run, tmp_path, capsys):
+    import signal
+    import subprocess
+    import sys
+    import time
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom vqvae.runlock import run_lock\n"
+                               "with run_lock(sys.argv[1], 'train'):\n    print('held', flush=True)\n    time.sleep(60)",
+                               str(run)], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        before = (run / "metrics.json").read_bytes()
+        for args in (["train", "--resume", run, "--set", "train.epochs=4"], ["train-prior", run, "--resume"],
+                     ["evaluate", run, "--no-samples"], ["sample", run]):
+            one_line_error(cli(capsys, *args), f"{run} is in use: process {holder.pid} (")
+        assert (run / "metrics.json").read_bytes() == before
+        # a model folder or another --out is not the run: those commands still work meanwhile
+        assert cli(capsys, "sample", run, "--out", tmp_path / "s").code == 0
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    # the kernel released the lock with the killed process: no stale lock to remove by hand
+    assert cli(capsys, "train", "--resume", run, "--set", "train.epochs=4").code == 0
+    assert json.loads((run / "metrics.json").read_text())["vqvae"]["epochs"] == 4
+
+
+def test_a_failed_new_run_leaves_no_folder_for_its_lock(tmp_path, capsys):
+    result = cli(capsys, "train", "--preset", "tiny", "--data", tmp_path / "nothing-here", "--out", tmp_path / "x",
+                 "--set", "train.device=cpu")
+    assert result.code == 2 and not (tmp_path / "x").exists()
+
+
+def test_a_runs_sample_files_cannot_be_overwritten_by_another_commands_out(trained_run, tmp_path, capsys):
+    run = trained_run
+    def stamps():  # .lock is rewritten by every command that takes it
+        return {p.name: p.stat().st_mtime_ns for p in run.iterdir() if p.is_file() and p.name != ".lock"}
+
+    before = stamps()
+    for args, name in ((["reconstruct", run, "--out", run / "samples.png"], "samples.png"),
+                       (["evaluate", run, "--no-samples", "--out", run / "samples.npy"], "samples.npy"),
+                       (["decode", run, "{codes}", "--out", run / "samples.jpg"], "samples.npy"),
+                       (["evaluate", run, "--no-samples", "--out", run / "samples.json"], "samples.json")):
+        if "{codes}" in args:
+            assert cli(capsys, "encode", run, "--out", tmp_path / "codes").code == 0
+            args = [tmp_path / "codes" if a == "{codes}" else a for a in args]
+        one_line_error(cli(capsys, *args), f"would overwrite the file {name} of the run")
+    assert stamps() == before
+
+
+def test_cached_samples_are_keyed_to_their_content(trained_run, tmp_path):
+    from vqvae.sampling import cached_samples
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    prior, config, _ = api.load_prior(run)
+    first = cached_samples(run, config, prior, 8, "cpu")
+    meta = json.loads((run / "samples.json").read_text())
+    # another command's images put in place of samples.npy, samples.json untouched
+    np.save(run / "samples.npy", np.zeros((16, 1, SIZE, SIZE), np.uint8))
+    again = cached_samples(run, config, prior, 8, "cpu")
+    assert torch.equal(again, first) and again.abs().sum() > 0  # re-drawn (same seed), not the zeros
+    assert json.loads((run / "samples.json").read_text())["npy_sha256"] == meta["npy_sha256"]
+    # a samples.npy that is not a plain array is re-drawn too, not loaded
+    np.save(run / "samples.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    assert torch.equal(cached_samples(run, config, prior, 8, "cpu"), first)
+
+
+def test_sample_never_writes_into_a_model_folder_or_another_run(trained_run, tmp_path, capsys):
+    assert cli(capsys, "export", trained_run, "--format", "folder", "--out", tmp_path / "m").code == 0
+    listing = sorted(p.name for p in (tmp_path / "m").iterdir())
+    one_line_error(cli(capsys, "sample", tmp_path / "m"), "pass --out FOLDER")
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == listing
+    other = tmp_path / "other"
+    shutil.copytree(trained_run, other)
+    one_line_error(cli(capsys, "sample", trained_run, "--out", other), "is another run's folder")
+
+
+def _export(trained_run, out, capsys):
+    assert cli(capsys, "export", trained_run, "--format", "folder", "--out", out).code == 0
+    return out
+
+
+def test_a_model_folder_with_swapped_or_edited_files_is_refused(trained_run, tmp_path, capsys):
+    from vqvae.models.pretrained import write_model_folder
+    a = _export(trained_run, tmp_path / "a", capsys)
+    other = tmp_path / "b"
+    write_model_folder(other, {"vqvae": {"config": json.loads((a / "config.json").read_text())["models"]["vqvae"]
+                                         ["config"], "model_state": {k: v + 1 for k, v in
+                                                                     VQVAE.from_pretrained(a).state_dict().items()}}})
+    shutil.copy(other / "vqvae.safetensors", a / "vqvae.safetensors")  # a weights file of another export
+    one_line_error(cli(capsys, "reconstruct", a, "--out", tmp_path / "r.png"), "vqvae.safetensors is not the file "
+                   "exported with this config.json")
+    a = _export(trained_run, tmp_path / "c", capsys)
+    for edit in (("quantizer", "distance", "cosine"), ("model", "image_size", 32)):
+        meta = json.loads((a / "config.json").read_text())
+        saved = json.loads(json.dumps(meta))
+        meta["models"]["vqvae"]["config"][edit[0]][edit[1]] = edit[2]
+        (a / "config.json").write_text(json.dumps(meta))
+        one_line_error(cli(capsys, "reconstruct", a, "--out", tmp_path / "r.png"), "config was changed after export")
+        (a / "config.json").write_text(json.dumps(saved))
+    assert cli(capsys, "reconstruct", a, "--out", tmp_path / "r.png").code == 0
+
+
+def test_an_export_killed_midway_leaves_the_old_folder_whole(trained_run, tmp_path, capsys, monkeypatch):
+    from vqvae.models import pretrained
+    folder = _export(trained_run, tmp_path / "m", capsys)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    real = pretrained.atomic_write_bytes
+
+    def killed_at_config(path, data):
+        if Path(path).name == "config.json":
+            raise KeyboardInterrupt  # as a kill after the weights were written
+        real(path, data)
+
+    monkeypatch.setattr(pretrained, "atomic_write_bytes", killed_at_config)
+    with pytest.raises(KeyboardInterrupt):  # a new export of a prior-less model, killed before its config.json
+        pretrained.write_model_folder(folder, {"vqvae": {"config": json.loads((folder / "config.json").read_text())
+                                                         ["models"]["vqvae"]["config"],
+                                                         "model_state": VQVAE.from_pretrained(folder).state_dict()}})
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["m"]  # no temporary folder left
+    # a temporary folder a SIGKILL left is removed by the next export to the same place
+    (tmp_path / ".m.x1y2.tmp").mkdir()
+    monkeypatch.setattr(pretrained, "atomic_write_bytes", real)
+    _export(trained_run, folder, capsys)
+    assert [p.name for p in tmp_path.iterdir()] == ["m"]
+
+
+@pytest.mark.parametrize("content", [b'["a list"]', b'{"format": "vqvae-toolkit-model", "version": 1}',
+                                     b'{"format": "vqvae-toolkit-model", "version": "1", "models": {}}',
+                                     b'{"format": "vqvae-toolkit-model", "version": 1, "models": {"vqvae": 5}}',
+                                     b'{"format": "vqvae-toolkit-model", "version": 1, "models": []}',
+                                     b'{"format": "vqvae-toolkit-model", "version": 1, "models": {"vqvae": {}}}',
+                                     b'{"format": "vqvae-toolkit-model", \xff\xfe}'])
+def test_a_model_folder_config_of_the_wrong_structure_is_one_line(content, trained_run, tmp_path, capsys):
+    folder = _export(trained_run, tmp_path / "m", capsys)
+    (folder / "config.json").write_bytes(content)
+    for args in (["reconstruct", folder, "--out", tmp_path / "r.png"], ["sample", folder, "--out", tmp_path / "s"],
+                 ["export", folder, "--format", "folder", "--out", tmp_path / "again"]):
+        result = cli(capsys, *args)
+        assert result.code == 2 and len([l for l in result.err.splitlines() if l.startswith("error:")]) == 1, result
+
+
+def test_a_run_config_that_is_not_utf8_is_one_line(trained_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    (run / "config.json").write_bytes(b'{"train": \xff\xfe}')
+    for args in (["train-prior", run], ["train", "--resume", run]):
+        result = cli(capsys, *args)
+        assert result.code == 2 and len([l for l in result.err.splitlines() if l.startswith("error:")]) == 1, result
+
+
+@pytest.mark.parametrize("payload,message", [
+    ({"format": "vqvae-toolkit-checkpoint", "version": 1, "kind": "vqvae"}, "holds no config"),
+    ({"format": "vqvae-toolkit-checkpoint", "version": "1", "kind": "vqvae"}, "not a whole number"),
+    ({"format": "vqvae-toolkit-checkpoint", "version": 1, "kind": "vqvae", "config": {}, "model_state": {"w": 1}},
+     "model_state is not a mapping of tensor names to tensors"),
+    ({"format": "vqvae-toolkit-checkpoint", "version": 1, "kind": "vqvae", "config": {}}, "model_state is not"),
+])
+def test_crafted_checkpoints_are_one_line(payload, message, tmp_path, capsys):
+    torch.save(payload, tmp_path / "x.pt")
+    one_line_error(cli(capsys, "reconstruct", tmp_path / "x.pt", "--out", tmp_path / "r.png"), message)
+
+
+@pytest.mark.parametrize("quantizer", ['"vq"', "null", "[1]"])
+def test_codes_json_whose_quantizer_is_not_an_object_is_one_line(quantizer, trained_run, tmp_path, capsys):
+    assert cli(capsys, "encode", trained_run, "--out", tmp_path / "c").code == 0
+    meta = (tmp_path / "c" / "codes.json").read_text()
+    meta = json.loads(meta)
+    meta["quantizer"] = json.loads(quantizer)
+    (tmp_path / "c" / "codes.json").write_text(json.dumps(meta))
+    one_line_error(cli(capsys, "decode", trained_run, tmp_path / "c", "--out", tmp_path / "d.png"),
+                   "codes.json's 'quantizer' is")
+
+
+def test_a_truncated_best_checkpoint_names_the_intact_last_one(trained_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    best = run / "checkpoints" / "vqvae-best.pt"
+    best.write_bytes(best.read_bytes()[:1000])
+    one_line_error(cli(capsys, "train-prior", run, "--resume"), "vqvae-last.pt beside it is intact",
+                   f"mv {best} {best}.damaged")
+    best.rename(best.with_name("vqvae-best.pt.damaged"))
+    assert cli(capsys, "reconstruct", run, "--out", tmp_path / "r.png").code == 0
+
+
+@pytest.mark.parametrize("command", ["reconstruct", "decode"])
+def test_image_out_without_an_image_extension_writes_nothing(command, trained_run, tmp_path, capsys):
+    assert cli(capsys, "encode", trained_run, "--out", tmp_path / "c").code == 0
+    args = [command, trained_run] + ([tmp_path / "c"] if command == "decode" else []) + ["--out", tmp_path / "out.gif"]
+    one_line_error(cli(capsys, *args), "must end in .png, .jpg, .jpeg")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]
+
+
+def test_a_closed_pipe_ends_quietly(tmp_path):
+    import subprocess
+    import sys
+    result = subprocess.run(f"{sys.executable} -m vqvae.cli presets | head -1", shell=True, capture_output=True,
+                            text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+                            executable="/bin/bash")
+    assert result.stdout.startswith("mnist") and "Traceback" not in result.stderr and result.stderr == ""
+
+
+def test_sizes_that_cannot_fit_are_refused_before_allocating(trained_run, bar_folder, tmp_path, capsys, monkeypatch):
+    one_line_error(cli(capsys, "train", "--preset", "tiny", "--out", tmp_path / "x", "--set",
+                       *tiny_overrides(bar_folder), "quantizer.codebook_size=1000000000"),
+                   "the VQ-VAE needs at least", "reduce quantizer.codebook_size")
+    assert not (tmp_path / "x").exists()
+    one_line_error(cli(capsys, "sample", trained_run, "-n", "1000000000000", "--out", tmp_path / "s"),
+                   "--num-samples 1000000000000", "at most about")
+    assert not (tmp_path / "s").exists()
+    from vqvae import resources
+    monkeypatch.setattr(resources, "available_memory", lambda device: 10 ** 6)  # a 1 MB machine
+    one_line_error(cli(capsys, "train-prior", trained_run, "--set", "prior.num_layers=1000"),
+                   "the pixelcnn prior needs at least", "reduce prior.num_layers")

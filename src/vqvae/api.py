@@ -28,7 +28,7 @@ from .metrics.codebook import codebook_stats
 from .models import quantizer_info
 from .pipeline import run_pipeline
 from .report import write_report
-from .runs import check_output_path, codebook_fingerprint, load_prior, load_vqvae
+from .runs import IMAGE_SUFFIXES, check_output_path, codebook_fingerprint, load_prior, load_vqvae
 from .sampling import decode_and_save, sample
 from .training.distributed import resolve_device
 from .training.loop import TrainResult
@@ -52,7 +52,7 @@ def reconstruct(checkpoint: str | Path, out: str | Path, data: str | None = None
     """Side-by-side grid: rows of originals, each followed by its reconstructions. The images
     are a spread of the set (every class where there are labels, else evenly spaced)."""
     check_value("--num", num_images, at_least(1))
-    out = check_output_path(out)
+    out = check_output_path(out, suffixes=IMAGE_SUFFIXES)
     dev = resolve_device(device)
     model, config = load_vqvae(checkpoint, dev)
     images = _images(config, data)
@@ -127,14 +127,18 @@ def decode(checkpoint: str | Path, codes: str | Path, out: str | Path, device: s
     Codes must come from this VQ-VAE: the fingerprint `encode` records in codes.json is checked
     (codes of another model with the same codebook size would decode to garbage), and so is
     the code-map size."""
-    out = check_output_path(out)
+    out = check_output_path(out, suffixes=IMAGE_SUFFIXES)
     check_output_path(Path(out).with_suffix(".npy"))
     dev = resolve_device(device)
     model, _ = load_vqvae(checkpoint, dev)
     indices, meta = load_codes(codes)
     K, size = model.codebook_size, model.latent_size
     kind = model.quantizer_config.kind
-    recorded = meta.get("quantizer", {}).get("kind")
+    quantizer = meta.get("quantizer", {})
+    if not isinstance(quantizer, dict):
+        raise DataError(f"codes.json's 'quantizer' is {json.dumps(quantizer)}; expected the object `encode` writes "
+                        f"(repair it, or remove codes.json to decode the codes without its checks)")
+    recorded = quantizer.get("kind")
     if recorded not in (None, kind):
         raise ConfigError(f"these codes come from a quantizer.kind={recorded} model; this VQ-VAE is kind={kind}")
     if meta.get("codebook_size") not in (None, K):

@@ -8,14 +8,13 @@ tensors and primitive containers, so a checkpoint can never run code.
 """
 from __future__ import annotations
 
-import io
 import pickle
 from pathlib import Path
 
 import torch
 
 from .errors import CheckpointError
-from .files import atomic_write_bytes
+from .files import atomic_torch_save
 
 FORMAT = "vqvae-toolkit-checkpoint"
 VERSION = 1
@@ -33,18 +32,10 @@ def strip_wrapper_prefixes(state: dict) -> dict:
     return out
 
 
-def atomic_save(obj, path: Path) -> None:
-    """torch.save, atomically (see files.py): a crash or a full disk leaves the old file intact.
-    Serialised in memory first, so a write error is an ordinary OSError that says what failed."""
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    atomic_write_bytes(path, buffer.getbuffer())
-
-
 def save_checkpoint(path: Path, kind: str, config: dict, model_state: dict, **extra) -> None:
     payload = {"format": FORMAT, "version": VERSION, "kind": kind, "config": config,
                "model_state": strip_wrapper_prefixes(model_state), **extra}
-    atomic_save(payload, path)
+    atomic_torch_save(payload, path)  # a crash or a full disk leaves the old file intact
 
 
 def load_checkpoint(path: Path, kind: str | None = None, map_location="cpu") -> dict:
@@ -60,11 +51,19 @@ def load_checkpoint(path: Path, kind: str | None = None, map_location="cpu") -> 
         raise CheckpointError(f"{path} is not a checkpoint of this toolkit: {_refusal_reason(e)}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a checkpoint of this toolkit (no '{FORMAT}' marker)")
-    if payload.get("version", 0) > VERSION:
+    version = payload.get("version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise CheckpointError(f"{path} is damaged: its format version is {version!r}, not a whole number")
+    if version > VERSION:
         raise CheckpointError(f"{path} has checkpoint format version {payload['version']}; this version of the "
                               f"toolkit reads up to {VERSION}: upgrade the package")
     if kind is not None and payload.get("kind") != kind:
         raise CheckpointError(f"{path} holds a {payload.get('kind')!r} model, but a {kind!r} checkpoint is needed")
+    state = payload.get("model_state")
+    if not isinstance(payload.get("config"), dict):
+        raise CheckpointError(f"{path} is damaged: it holds no config (the settings its model is rebuilt from)")
+    if not isinstance(state, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()):
+        raise CheckpointError(f"{path} is damaged: its model_state is not a mapping of tensor names to tensors")
     return payload
 
 

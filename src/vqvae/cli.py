@@ -2,15 +2,18 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
+import os
+import signal
 import sys
 import time
 import warnings
 from pathlib import Path
 
 from . import api, export
-from .config import PRESETS, RunConfig, apply_overrides, get_preset, load_config
+from .config import PRESETS, RunConfig, apply_overrides, check_sections, get_preset, load_config
 from .data import choose_preset
 from .errors import CheckpointError, ConfigError, VQVAEError
 from .models.pretrained import is_model_folder
@@ -70,6 +73,10 @@ NOT_WITH_RESUME = {"preset": "--preset", "config": "--config", "out": "--out", "
                    "test_data": "--test-data"}
 
 
+# What `train-prior --set` may change: the VQ-VAE and data it trains on are the run's.
+PRIOR_SECTIONS = ("prior", "prior_train", "sample")
+
+
 def _run_config(args, extra: list[str] | None = None) -> tuple[RunConfig, Path, bool]:
     """(config, run folder, resume?) from --preset/--config/--set, or from the run being resumed."""
     if args.resume:
@@ -120,6 +127,7 @@ def cmd_train_prior(args):
         raise CheckpointError(f"{run_dir} is a model folder, for use, not training: train the prior in the run folder")
     if not (run_dir / "config.json").is_file():
         raise CheckpointError(f"{run_dir} is not a run folder (no config.json): train a VQ-VAE there first")
+    check_sections(args.overrides, PRIOR_SECTIONS, "train-prior")
     config = read_run_config(run_dir)
     extra = ["prior.conditional=true"] if args.conditional else []
     if args.device:
@@ -213,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--conditional", action="store_true", help="condition on the dataset's class labels")
     p.add_argument("--resume", action="store_true", help="continue the prior from its last checkpoint")
     p.add_argument("--device", help="auto (default), cpu, cuda ...")
-    _set_arg(p, "override prior.* and prior_train.* fields, e.g. --set prior_train.epochs=5 (repeatable)")
+    _set_arg(p, "override prior.*, prior_train.* and sample.* fields, e.g. --set prior_train.epochs=5 (repeatable)")
     p.set_defaults(func=cmd_train_prior)
 
     p = sub.add_parser("reconstruct", help="originals beside reconstructions, as a grid PNG", formatter_class=fmt)
@@ -309,6 +317,12 @@ def main(argv: list[str] | None = None) -> int:
     except VQVAEError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader of our output went away (`vqvae train ... | head -1`): stop quietly, as a
+        # command killed by SIGPIPE would, and keep the interpreter's exit flush from failing again.
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except OSError as e:
         # The machine's, not the program's: a full disk, no permission to write, a read-only disk.
         if e.errno not in ENVIRONMENT_ERRORS:

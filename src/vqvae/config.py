@@ -211,6 +211,19 @@ def fsq_levels(q: QuantizerConfig) -> list[int]:
     return FSQ_LEVELS[q.codebook_size]
 
 
+# Options that only one quantizer kind reads (the vq-only and codebook-only ones are in _check_quantizer).
+KIND_ONLY_OPTIONS = {"fsq_levels": "fsq", "fsq_normalise": "fsq", "entropy_weight": "lfq",
+                     "entropy_diversity": "lfq", "entropy_temperature": "lfq", "lfq_commitment_weight": "lfq",
+                     "rvq_depth": "rvq", "rvq_dropout": "rvq"}
+# Codebook options (vq and rvq) that presets set: on fsq/lfq they are an error when a --set or
+# --config changes them (a preset's own value is no mistake of the user's; see apply_overrides).
+CODEBOOK_CHOICES = ("update", "init")
+
+
+def _shown(value) -> str:
+    return json.dumps(value) if isinstance(value, list) else repr(value)
+
+
 def _check_quantizer(q: QuantizerConfig) -> None:
     """Checks across quantizer fields (each field's own range is in RULES)."""
     # Options of one kind set on another are mistakes: say so instead of ignoring them. (search_precision is
@@ -222,9 +235,12 @@ def _check_quantizer(q: QuantizerConfig) -> None:
         if getattr(q, name) != default:
             raise ConfigError(f"quantizer.{name}={getattr(q, name)!r} does not apply to quantizer.kind={q.kind}; "
                               f"it is an option of kind vq{' and rvq' if name in codebook_only else ''}")
-    if q.kind != "fsq" and q.fsq_normalise != "batch":
-        raise ConfigError(f"quantizer.fsq_normalise={q.fsq_normalise!r} does not apply to quantizer.kind={q.kind}; "
-                          f"it is an option of kind fsq")
+    # Options of one kind only, compared with the dataclass default (no preset sets them).
+    defaults = QuantizerConfig()
+    for name, kind in KIND_ONLY_OPTIONS.items():
+        if q.kind != kind and getattr(q, name) != getattr(defaults, name):
+            raise ConfigError(f"quantizer.{name}={_shown(getattr(q, name))} does not apply to quantizer.kind={q.kind}; "
+                              f"it is an option of kind {kind}")
     if q.kind == "fsq":
         levels = fsq_levels(q)
         if any(level < 2 for level in levels):
@@ -437,7 +453,7 @@ RULES: dict[str, Rule] = {
     "quantizer.lfq_commitment_weight": at_least(0),
     "quantizer.rvq_depth": at_least(1),
     "quantizer.rvq_dropout": in_range(0, 1),
-    "train.epochs": at_least(0),
+    "train.epochs": Rule(lambda v: v >= 1, ">= 1 (0 epochs would train nothing)"),
     "train.batch_size": at_least(1),
     "train.lr": above(0),
     "train.lr_schedule": one_of("constant", "cosine"),
@@ -446,7 +462,7 @@ RULES: dict[str, Rule] = {
     "train.weight_decay": at_least(0),
     "train.grad_clip": at_least(0),
     "train.dropout": in_range(0, 1, high_open=True),
-    "train.seed": at_least(0),
+    "train.seed": in_range(0, 2 ** 64 - 1),  # torch seeds are 64-bit
     "train.device": DEVICE,
     "train.amp": one_of("off", "bf16", "auto"),
     "train.compile_mode": one_of("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
@@ -463,12 +479,13 @@ RULES: dict[str, Rule] = {
     "prior.num_heads": at_least(1),
     "prior.label_dropout": in_range(0, 1, high_open=True),
     "sample.top_p": in_range(0, 1, low_open=True),
-    "sample.guidance": at_least(0),
+    # Beyond these the scaled logits overflow float32 and the probabilities become NaN.
+    "sample.guidance": in_range(0, 100),
     "sample.num_samples": at_least(1),
     "sample.batch_size": at_least(1),
-    "sample.temperature": above(0),
+    "sample.temperature": Rule(lambda v: 1e-4 <= v <= 1e4, "> 0, in [0.0001, 10000]"),
     "sample.top_k": at_least(0),
-    "sample.seed": at_least(0),
+    "sample.seed": in_range(0, 2 ** 64 - 1),
 }
 SAME_RULES = {"prior_train": "train"}  # sections of the same dataclass share its rules
 
@@ -537,9 +554,26 @@ def validate(cfg: RunConfig) -> None:
         if rule is not None:
             check_value(key, value, rule)
     _check_quantizer(cfg.quantizer)
+    if cfg.data.test_dataset and _same_data(cfg.data.dataset, cfg.data.test_dataset):
+        raise ConfigError(f"data.test_dataset={cfg.data.test_dataset!r} is the training data "
+                          f"(data.dataset={cfg.data.dataset!r}): testing on the training images measures nothing; "
+                          f"leave --test-data out to hold out a test split, or name other images")
     if cfg.prior.kind == "transformer" and cfg.prior.hidden_channels % cfg.prior.num_heads:
         raise ConfigError(f"prior.num_heads={cfg.prior.num_heads} must divide prior.hidden_channels="
                           f"{cfg.prior.hidden_channels}")
+
+
+def _same_data(a: str, b: str) -> bool:
+    """Whether two data specs name the same images: the same name, or paths to the same file or folder."""
+    if a == b:
+        return True
+    import os
+
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    try:
+        return pa.exists() and pb.exists() and os.path.samefile(pa, pb)
+    except OSError:
+        return False
 
 
 # --------------------------------------------------------------------------- overrides
@@ -561,7 +595,8 @@ def _parse_value(text: str, kind: type, key: str):
         if kind is list:  # "8,5,5,5" or "[8, 5, 5, 5]"
             return [int(v) for v in text.strip("[] ").split(",") if v.strip()]
     except ValueError:
-        expected = {bool: "true or false", int: "a whole number", float: "a number"}[kind]
+        expected = {bool: "true or false", int: "a whole number", float: "a number",
+                    list: "a comma-separated list of whole numbers, e.g. 8,5,5,5"}[kind]
         raise ConfigError(f"{key}={text!r}: expected {expected}") from None
     return text
 
@@ -588,14 +623,20 @@ def apply_overrides(cfg: RunConfig, overrides: list[str] | dict) -> RunConfig:
     so a user changing one does not get a shape error later.
     """
     cfg = copy.deepcopy(cfg)
+    before = copy.deepcopy(cfg.quantizer)
     items = overrides.items() if isinstance(overrides, dict) else [_split(o) for o in overrides]
     fields = {name: (owner, field_name) for name, owner, field_name in _fields(cfg)}
+    changed = set()
     for key, value in items:
+        if key == "preset":
+            raise ConfigError(f"preset={value} cannot be set as a field: the preset is a whole set of settings; "
+                              f"choose it with --preset {value} (or load_config({value!r}, ...))")
         if key not in fields:
             raise ConfigError(f"unknown config field {key!r}; valid fields: {', '.join(fields)}")
         owner, name = fields[key]
         value = _coerce(value, _default_type(owner, name), key)
         setattr(owner, name, value)
+        changed.add(key)
         if key == "data.image_size":
             cfg.model.image_size = value
         if key == "data.channels":
@@ -604,8 +645,24 @@ def apply_overrides(cfg: RunConfig, overrides: list[str] | dict) -> RunConfig:
             cfg.data.image_size = value
         if key == "model.in_channels":
             cfg.data.channels = value
+    q = cfg.quantizer
+    if q.kind in ("fsq", "lfq"):
+        for name in CODEBOOK_CHOICES:
+            if f"quantizer.{name}" in changed and getattr(q, name) != getattr(before, name):
+                raise ConfigError(f"quantizer.{name}={getattr(q, name)!r} does not apply to quantizer.kind={q.kind}, "
+                                  f"which has no codebook; it is an option of kinds vq and rvq")
     validate(cfg)
     return cfg
+
+
+def check_sections(overrides: list[str], allowed: tuple[str, ...], command: str) -> None:
+    """Refuse a --set outside `allowed` sections, e.g. a VQ-VAE or data setting given to
+    `train-prior`, which would rewrite the run's config.json under its trained VQ-VAE."""
+    for item in overrides:
+        key = _split(item)[0]
+        if key.partition(".")[0] not in allowed:
+            raise ConfigError(f"{command} --set {key}: only {', '.join(s + '.*' for s in allowed)} may change here; "
+                              f"{key} belongs to the run's VQ-VAE or data (start a new run with --out to change it)")
 
 
 def _split(item: str) -> tuple[str, str]:
@@ -635,7 +692,7 @@ def flatten_settings(data: dict, source: str) -> dict:
     flat = {}
     for section, values in data.items():
         if section == "preset":
-            continue
+            continue  # checked against the preset in use by load_config
         if not isinstance(values, dict):
             raise ConfigError(f"{source}: section {section!r} must be an object of fields, e.g. "
                               f'{{"{section}": {{...}}}}; got {json.dumps(values)}')
@@ -648,5 +705,12 @@ def load_config(preset: str = "mnist", overrides: list[str] | dict | None = None
     """Preset, then an optional JSON file of (partial) settings, then overrides."""
     cfg = get_preset(preset)
     if config_file:
-        cfg = apply_overrides(cfg, flatten_settings(read_config_file(config_file), str(config_file)))
+        settings = read_config_file(config_file)
+        named = settings.get("preset", "")
+        # A config file is applied over the preset chosen by --preset; one that names another preset
+        # (a run's config.json, say) would otherwise be silently applied over the wrong one.
+        if named not in ("", preset):
+            raise ConfigError(f"{config_file} names preset {named!r} but the preset in use is {preset!r}: pass "
+                              f"--preset {named} to use it (a config file's settings apply over --preset)")
+        cfg = apply_overrides(cfg, flatten_settings(settings, str(config_file)))
     return apply_overrides(cfg, overrides or [])

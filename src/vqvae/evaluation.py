@@ -13,12 +13,14 @@ from .metrics.protocol import SCORE_IMAGES, score_samples, scored_images, why_un
 from .metrics.reconstruction import evaluate_reconstruction
 from .models.pretrained import is_model_folder
 from .report import write_report
+from .runlock import locks_run
 from .runs import check_output_path, check_prior_matches, load_prior, load_vqvae, update_metrics
 from .sampling import cached_samples
 from .training.distributed import resolve_device
 from .training.prior_stage import encode_images, heldout_bits
 
 
+@locks_run("evaluate", lambda a: a["path"], only_run_folders=True)
 def evaluate(path: str | Path, data: str | None = None, out: str | Path | None = None, num_samples: int | None = None,
              device: str = "auto", samples: bool = True) -> dict:
     """Metrics for a checkpoint or a run folder.

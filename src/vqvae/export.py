@@ -15,8 +15,6 @@ files written.
 from __future__ import annotations
 
 import inspect
-import json
-import os
 import warnings
 from pathlib import Path
 
@@ -27,6 +25,7 @@ from ._version import __version__
 from .config import RunConfig
 from .data import load_dataset, load_splits
 from .errors import DataError, ExportError
+from .files import atomic_write_json, commit_file
 from .models import VQVAE
 from .models.pretrained import is_model_folder, read_folder_config, write_model_folder
 from .runs import (check_prior_matches, find_checkpoint, load_prior, load_vqvae, read_metrics, read_model,
@@ -216,7 +215,7 @@ def export_onnx_model(model: VQVAE, out: str | Path, images: torch.Tensor | None
         verification = (verify_onnx(model, tmp["encoder"], tmp["decoder"], images, images_from)
                         if images is not None else {"skipped": "not asked for"})
         for name in paths:
-            os.replace(tmp[name], paths[name])
+            commit_file(tmp[name], paths[name])
     finally:
         for path in tmp.values():
             path.unlink(missing_ok=True)
@@ -234,7 +233,7 @@ def export_onnx_model(model: VQVAE, out: str | Path, images: torch.Tensor | None
                     "output": {"name": "images", "shape": ["batch", m.in_channels, m.image_size, m.image_size],
                                "dtype": "float32"}},
         "verification": verification}
-    (out / "export.json").write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write_json(out / "export.json", report)
     return report
 
 

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import torch
 
+from .files import atomic_save_figure
+
 
 def spread_indices(n: int, count: int, labels: torch.Tensor | None = None) -> list[int]:
     """`count` of `n` images chosen across the whole set, for a figure: with labels, each class
@@ -25,8 +27,10 @@ def save_grid(images: torch.Tensor, path: Path, nrow: int = 8, padding: int = 2)
     from torchvision.utils import save_image
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(images.detach().float().clamp(0, 1).cpu(), str(path), nrow=nrow, padding=padding, pad_value=1.0)
+    # The format follows the name's extension (PNG or JPEG; callers check it before any work).
+    image_format = "JPEG" if path.suffix.lower() in (".jpg", ".jpeg") else "PNG"
+    atomic_save_figure(path, lambda f: save_image(images.detach().float().clamp(0, 1).cpu(), f, nrow=nrow,
+                                                  padding=padding, pad_value=1.0, format=image_format))
     return path
 
 
@@ -54,7 +58,7 @@ def plot_history(history: list[dict], path: Path, panels: list[tuple[str, list[s
     plt = _plt()
     fig = history_figure(history, panels, title)
     path = Path(path)
-    fig.savefig(path, dpi=100)
+    atomic_save_figure(path, lambda f: fig.savefig(f, dpi=100, format="png"))
     plt.close(fig)
     return path
 
@@ -100,6 +104,6 @@ def plot_usage_histogram(counts: torch.Tensor, path: Path, title: str = "codeboo
     ax.set_ylabel("fraction of positions")
     ax.set_title(f"{title}: {(counts > 0).sum().item()} of {len(counts)} codes used")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    atomic_save_figure(Path(path), lambda f: fig.savefig(f, dpi=100, format="png"))
     plt.close(fig)
     return Path(path)

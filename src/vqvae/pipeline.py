@@ -10,6 +10,7 @@ from .errors import DataError
 from .models.vqvae import check_model_config
 from .evaluation import evaluate
 from .report import summary_text
+from .runlock import locks_run
 from .runs import read_metrics, update_metrics
 from .sampling import sample
 from .training.distributed import is_main_process
@@ -17,6 +18,7 @@ from .training.prior_stage import train_prior
 from .training.vqvae_stage import train_vqvae
 
 
+@locks_run("pipeline", lambda a: a["run_dir"])
 def run_pipeline(config: RunConfig, run_dir: str | Path, progress: bool = True) -> dict:
     """The whole job: VQ-VAE, cached codes, prior, samples, evaluation and report, in one folder."""
     run_dir = Path(run_dir)

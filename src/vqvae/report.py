@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .figures import plot_usage_histogram
+from .files import atomic_write_text
 from .runs import read_metrics
 
 # The figures a run may hold, in the order the report shows them.
@@ -48,8 +49,8 @@ def write_report(run_dir: str | Path) -> Path:
         plot_usage_histogram(torch.bincount(torch.from_numpy(np.load(codes_path).astype(np.int64)).flatten(),
                                             minlength=K), run_dir / "codebook_usage.png", "held-out codebook usage")
     md = report_markdown(run_dir, metrics)
-    (run_dir / "report.md").write_text(md + "\n")
-    (run_dir / "report.html").write_text(markdown_page(md, title=f"VQ-VAE run report: {run_dir.name}"))
+    atomic_write_text(run_dir / "report.md", md + "\n")
+    atomic_write_text(run_dir / "report.html", markdown_page(md, title=f"VQ-VAE run report: {run_dir.name}"))
     return run_dir / "report.md"
 
 

@@ -3,7 +3,9 @@
     RUN/config.json                 resolved config
     RUN/checkpoints/{vqvae,prior}-{last,best}.pt
     RUN/metrics.json                one section per stage ("vqvae", "prior", "samples", ...)
-    RUN/reconstructions.png, curves.png, prior_curves.png, samples.png, samples.npy,
+    RUN/reconstructions.png, curves.png, prior_curves.png, codebook_usage.png
+    RUN/samples.{png,npy,json}, samples_codes.npy   the run's samples (samples.json: their settings and hash)
+    RUN/.lock                       held while a command writes to the run (runlock.py)
     RUN/codes/                      cached code maps the prior trains on
     RUN/report.md, RUN/tensorboard/
 
@@ -23,10 +25,12 @@ from .files import atomic_write_text, remove_stale_temporaries
 from .models import VQVAE, Prior, PriorSpec, build_prior
 from .models.pretrained import is_model_folder, load_weights, read_model_folder, weights_file
 from .checkpoint import load_checkpoint
+from .resources import check_model_fits
 
 # What a run writes into its own folder: no output option may name one of these.
 RUN_FILES = ("config.json", "metrics.json", "report.md", "report.html", "reconstructions.png", "curves.png",
-             "prior_curves.png", "codebook_usage.png")
+             "prior_curves.png", "codebook_usage.png", "samples.png", "samples.npy", "samples_codes.npy",
+             "samples.json", ".lock")
 RUN_FOLDERS = ("checkpoints", "codes", "tensorboard")
 
 
@@ -41,11 +45,18 @@ def read_run_config(run_dir: Path) -> RunConfig:
         raise ConfigError(f"{path} cannot be used: {e}") from None
 
 
-def check_output_path(path: str | Path, option: str = "--out", folder: bool = False) -> Path:
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")  # what an image --out may be written as
+
+
+def check_output_path(path: str | Path, option: str = "--out", folder: bool = False,
+                      suffixes: tuple[str, ...] = ()) -> Path:
     """Refuse an output path that would overwrite a run's own files (config, metrics,
-    checkpoints, codes cache, figures) or that is a file where a folder is needed (or the
-    reverse). Returns the path."""
+    checkpoints, codes cache, figures), that is a file where a folder is needed (or the
+    reverse), or whose extension is not one of `suffixes` (when given). Returns the path."""
     path = Path(path)
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise OutputError(f"{option} {path}: the file name must end in {', '.join(suffixes)} (the format is "
+                          f"chosen by the extension), e.g. {path.with_suffix(suffixes[0]).name}")
     if folder and path.exists() and not path.is_dir():
         raise OutputError(f"{option} {path} is an existing file; it must name a folder")
     if not folder and path.is_dir():
@@ -124,11 +135,26 @@ def read_model(path: Path, kind: str) -> dict:
     path = Path(path)
     if path.suffix == ".safetensors":
         return read_model_folder(path.parent, kind)
-    return load_checkpoint(path, kind=kind)
+    try:
+        return load_checkpoint(path, kind=kind)
+    except CheckpointError as e:
+        last = path.with_name(f"{kind}-last.pt")
+        if path.name != f"{kind}-best.pt" or not last.is_file():
+            raise
+        try:
+            load_checkpoint(last, kind=kind)
+        except CheckpointError:
+            raise e from None
+        # The best checkpoint is damaged (a truncated copy, a full disk) but the last one is intact:
+        # say so rather than stop, and let the user choose it.
+        raise CheckpointError(f"{e}. {last.name} beside it is intact: to use it, move the damaged file away "
+                              f"(mv {path} {path}.damaged) and run the command again") from None
 
 
 def vqvae_from_checkpoint(ckpt: dict, source: str | Path = "checkpoint") -> tuple[VQVAE, RunConfig]:
     config = RunConfig.from_dict(ckpt["config"])
+    check_model_fits(lambda: VQVAE(config.model, config.quantizer), "cpu", f"the VQ-VAE of {source}",
+                     "its config asks for more than this machine holds", training=False)
     model = VQVAE(config.model, config.quantizer)
     load_weights(model, ckpt["model_state"], source)
     return model, config
@@ -176,6 +202,8 @@ def load_prior(path: str | Path, device: str | torch.device = "cpu") -> tuple[Pr
     if kind != config.prior.kind:
         raise CheckpointError(f"{path} records prior kind {kind!r} but its config says prior.kind={config.prior.kind!r}")
     spec = PriorSpec(**{**ckpt["prior_spec"], "class_names": tuple(ckpt["prior_spec"]["class_names"])})
+    check_model_fits(lambda: build_prior(config.prior, spec, dropout=0.0), "cpu", f"the prior of {source}",
+                     "its config asks for more than this machine holds", training=False)
     model = build_prior(config.prior, spec, dropout=0.0)
     load_weights(model, ckpt["model_state"], source)
     return model.to(device).eval(), config, {"vqvae_fingerprint": ckpt.get("vqvae_fingerprint")}

@@ -13,10 +13,13 @@ import numpy as np
 import torch
 
 from .config import RunConfig, apply_overrides
-from .errors import ConfigError
+from .errors import ConfigError, OutputError
 from .figures import save_grid
-from .files import atomic_write_text
+from .files import atomic_save_npy, atomic_write_text, file_sha256
 from .models import code_dtype
+from .models.pretrained import is_model_folder
+from .resources import check_output_fits
+from .runlock import locks_run
 from .runs import check_prior_matches, load_prior, load_vqvae, prior_fingerprint
 from .training.distributed import resolve_device
 
@@ -26,7 +29,7 @@ def decode_and_save(model, codes: torch.Tensor, npy_path: Path, batch: int = 500
     """Code maps -> images in [0, 1] on the CPU, also saved as uint8 (N, C, H, W) at `npy_path`."""
     images = torch.cat([model.decode_indices(codes[i:i + batch]).float().clamp(0, 1).cpu()
                         for i in range(0, len(codes), batch)])
-    np.save(npy_path, (images * 255).round().to(torch.uint8).numpy())
+    atomic_save_npy(npy_path, (images * 255).round().to(torch.uint8).numpy())
     return images
 
 
@@ -88,6 +91,7 @@ def effective_guidance(prior, configured: float) -> float:
     return configured if prior.conditional and prior.null_class is not None else 1.0
 
 
+@locks_run("sample", lambda a: a["out_dir"] or a["run_dir"], only_run_folders=True)
 def sample(run_dir: str | Path, out_dir: str | Path | None = None, num_samples: int | None = None,
            batch_size: int | None = None, temperature: float | None = None, top_k: int | None = None,
            seed: int | None = None, class_: str | int | None = None, prior_path: str | Path | None = None,
@@ -103,6 +107,14 @@ def sample(run_dir: str | Path, out_dir: str | Path | None = None, num_samples: 
     """
     dev = resolve_device(device)
     run_dir = Path(run_dir)
+    if out_dir is None and is_model_folder(run_dir):
+        raise OutputError(f"{run_dir} is an exported model folder, which is for use and not written to: pass "
+                          f"--out FOLDER for the samples")
+    out_dir = Path(out_dir or run_dir)
+    another_run = (out_dir / "config.json").is_file() and (out_dir / "checkpoints").is_dir()
+    if another_run and out_dir.resolve() != run_dir.resolve():
+        raise OutputError(f"--out {out_dir} is another run's folder: its samples would be replaced by those of "
+                          f"{run_dir}; choose a new folder")
     prior, config, extra = load_prior(prior_path or run_dir, dev)
     vqvae, _ = load_vqvae(vqvae_path or run_dir, dev)
     check_prior_matches(prior, vqvae, extra["vqvae_fingerprint"])
@@ -114,6 +126,11 @@ def sample(run_dir: str | Path, out_dir: str | Path | None = None, num_samples: 
     if guidance is None:  # the run's setting: it applies where the prior can be guided
         guidance = effective_guidance(prior, s.guidance)
     check_guidance(prior, guidance)
+    # Checked before anything is drawn: the images are held (as floats) and saved whole.
+    m, h = vqvae.model_config, prior.spec.latent_size
+    pixels = m.in_channels * m.image_size * m.image_size
+    check_output_fits("samples", n, memory_per_item=pixels * 5 + h * h * 8 + 8, disk_per_item=pixels + h * h * 4,
+                      device="cpu", folder=out_dir, option="--num-samples")
     labels, row = class_labels(prior, class_, n, dev)
     n = len(labels) if labels is not None else n
     generator = torch.Generator(device=dev).manual_seed(seed)
@@ -125,15 +142,14 @@ def sample(run_dir: str | Path, out_dir: str | Path | None = None, num_samples: 
                                   generator, top_p=top_p, guidance=guidance))
     codes = torch.cat(codes)
     sample_seconds = time.perf_counter() - t0
-    out_dir = Path(out_dir or run_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     images = decode_and_save(vqvae, codes, out_dir / f"{name}.npy")
-    np.save(out_dir / f"{name}_codes.npy", codes.cpu().to(code_dtype(prior.spec.codebook_size)).numpy())
+    atomic_save_npy(out_dir / f"{name}_codes.npy", codes.cpu().to(code_dtype(prior.spec.codebook_size)).numpy())
     shown = images[: (row * prior.spec.num_classes if row and labels is not None and class_ == "all" else 100)]
     grid = save_grid(shown, out_dir / f"{name}.png", nrow=row or 10)
     settings = {"prior_fingerprint": prior_fingerprint(prior), "num_samples": n, "temperature": temperature,
                 "top_k": top_k, "top_p": top_p, "guidance": guidance, "seed": seed,
-                "class": None if class_ is None else str(class_)}
+                "class": None if class_ is None else str(class_),
+                "npy_sha256": file_sha256(out_dir / f"{name}.npy")}  # ties the settings to these very images
     atomic_write_text(out_dir / f"{name}.json", json.dumps(settings, indent=2) + "\n")
     return {**settings, "seconds": round(sample_seconds, 3), "samples_per_s": round(n / sample_seconds, 1),
             "grid": str(grid)}
@@ -141,14 +157,21 @@ def sample(run_dir: str | Path, out_dir: str | Path | None = None, num_samples: 
 
 def cached_samples(run_dir: Path, config: RunConfig, prior, n: int, dev) -> torch.Tensor:
     """RUN/samples.npy as float images, re-drawn unless RUN/samples.json shows they came from this
-    very prior (weights fingerprint) with the run's sample settings and at least n of them."""
+    very prior (weights fingerprint) with the run's sample settings, at least n of them, and
+    records the hash of this samples.npy."""
     s = config.sample
     wanted = {"prior_fingerprint": prior_fingerprint(prior), "temperature": s.temperature, "top_k": s.top_k,
               "top_p": s.top_p, "guidance": effective_guidance(prior, s.guidance), "seed": s.seed, "class": None}
     npy, meta_path = run_dir / "samples.npy", run_dir / "samples.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-    fresh = (npy.is_file() and all(meta.get(k) == v for k, v in wanted.items())
-             and meta.get("num_samples", 0) >= n)
+    try:
+        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    except (OSError, ValueError):
+        meta = {}  # damaged: re-drawn
+    # The settings must match, and samples.npy must be the very file they were recorded with
+    # (its hash), not one another command or a person put there since.
+    fresh = (isinstance(meta, dict) and npy.is_file() and all(meta.get(k) == v for k, v in wanted.items())
+             and isinstance(meta.get("num_samples"), int) and meta["num_samples"] >= n
+             and meta.get("npy_sha256") == file_sha256(npy))
     if not fresh:
         sample(run_dir, num_samples=max(n, s.num_samples), temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
                guidance=wanted["guidance"], seed=s.seed, device=str(dev))

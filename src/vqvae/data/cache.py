@@ -40,6 +40,7 @@ from PIL import Image
 
 from ..config import DataConfig
 from ..errors import DataError
+from ..files import atomic_write_json, commit_file
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 CACHE_VERSION = 2  # part of every key: bump when decoding (resize, crop, conversion) changes
@@ -187,13 +188,7 @@ def _checksum(data: dict) -> str:
 
 def write_side_file(path: Path, data: dict) -> None:
     """A cache side file (metadata, scan) as JSON with a checksum of its content, atomically."""
-    tmp = temporary_name(path)
-    try:
-        tmp.write_text(json.dumps({**data, "checksum": _checksum(data)}) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write_json(path, {**data, "checksum": _checksum(data)}, indent=None)
 
 
 def read_side_file(path: Path, shape: dict[str, type]) -> dict | None:
@@ -428,7 +423,7 @@ def _build(listing: FolderListing, cfg: DataConfig, npy_path: Path, progress: bo
         compact.flush()
         del compact, full
         os.replace(tmp2, tmp)
-    os.replace(tmp, npy_path)
+    commit_file(tmp, npy_path)
     print(f"image cache: {len(kept)} images in {time.perf_counter() - start:.1f} s"
           f"{f', {len(skipped)} unreadable' if skipped else ''}", flush=True)
     return kept, skipped

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checkpoint import atomic_save
+from ..files import atomic_torch_save
 
 FEATURE_DIM = 128
 
@@ -158,7 +158,7 @@ def load_or_train_classifier(images, labels, test_images=None, test_labels=None,
         except Exception:
             pass  # a stale or foreign file: retrain and overwrite it
     model, info = train_classifier(images, labels, test_images, test_labels, epochs=epochs)
-    atomic_save({"shape": list(model.shape), "state": model.state_dict(), "info": info}, path)
+    atomic_torch_save({"shape": list(model.shape), "state": model.state_dict(), "info": info}, path)
     return model, dict(info, cached=False)
 
 

@@ -443,10 +443,14 @@ def out_of_memory_advice(stage: Stage, device: torch.device):
     """Turn running out of memory into an error that suggests a smaller batch."""
     try:
         yield
-    except torch.OutOfMemoryError:
+    except (torch.OutOfMemoryError, RuntimeError) as e:
+        # The CPU allocator raises a plain RuntimeError ("DefaultCPUAllocator: can't allocate memory").
+        if not isinstance(e, torch.OutOfMemoryError) and "can't allocate memory" not in str(e):
+            raise
         batch_size = stage.train_cfg.batch_size
         raise TrainingError(f"out of memory on {device} with batch size {batch_size}: try "
-                            f"--set {stage.config_section}.batch_size={max(1, batch_size // 2)}") from None
+                            f"--set {stage.config_section}.batch_size={max(1, batch_size // 2)} (or a smaller "
+                            f"model)") from None
 
 
 def nonfinite_flags(values: torch.Tensor, ctx: DistContext) -> torch.Tensor:

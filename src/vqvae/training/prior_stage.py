@@ -21,6 +21,8 @@ from ..errors import ConfigError, DataError
 from ..figures import plot_history
 from ..files import atomic_save_npy, atomic_write_text
 from ..models import VQVAE, Prior, PriorSpec, build_prior, code_dtype
+from ..resources import check_model_fits
+from ..runlock import locks_run
 from ..runs import codebook_fingerprint, load_vqvae, update_metrics
 from .distributed import DistContext, all_reduce_sum, barrier, setup
 from .loop import Stage, TrainResult, check_resume_config, checkpoint_path, fit, require_finite, use_best_weights
@@ -156,6 +158,7 @@ def heldout_bits(model: Prior, batches: TensorBatches, max_batches: int = 0) -> 
     return nats / max(count, 1) / LN2
 
 
+@locks_run("train-prior", lambda a: a["run_dir"])
 def train_prior(config: RunConfig, run_dir: str | Path, resume: bool = False,
                 data: Splits | tuple[ImageSet, ImageSet] | None = None) -> TrainResult:
     """Train the prior of the run in `run_dir` on codes of its VQ-VAE (RUN/checkpoints/vqvae-*.pt).
@@ -174,6 +177,9 @@ def train_prior(config: RunConfig, run_dir: str | Path, resume: bool = False,
                           f"(quantizer.kind={vq_config.quantizer.kind}) gives {vqvae.indices_per_position} per position; "
                           f"train the VQ-VAE with quantizer.kind=vq, fsq or lfq to train a prior on its codes")
     config.model, config.quantizer = vq_config.model, vq_config.quantizer  # the VQ-VAE's own config is the truth
+    check_model_fits(lambda: build_prior(config.prior, PriorSpec(vqvae.codebook_size, vqvae.latent_size, 0, ()),
+                                         dropout=0.0), ctx.device, f"the {config.prior.kind} prior",
+                     "reduce prior.num_layers or prior.hidden_channels")
     splits = as_splits(data, config.data)
     train_set, val_set, test_set = splits
     if config.prior.conditional and (train_set.labels is None or not train_set.class_names):

@@ -15,6 +15,8 @@ from ..metrics.codebook import codebook_stats
 from ..metrics.reconstruction import evaluate_reconstruction
 from ..models import VQVAE
 from ..models.vqvae import check_model_config
+from ..resources import check_model_fits
+from ..runlock import locks_run
 from ..runs import update_metrics
 from .distributed import DistContext, all_reduce_sum, barrier, setup
 from .loop import Stage, TrainResult, check_resume_config, fit, require_finite, use_best_weights
@@ -109,6 +111,7 @@ def build_vqvae(config: RunConfig, device: torch.device) -> VQVAE:
     return model
 
 
+@locks_run("train", lambda a: a["run_dir"])
 def train_vqvae(config: RunConfig, run_dir: str | Path, resume: bool = False,
                 data: Splits | tuple[ImageSet, ImageSet] | None = None) -> TrainResult:
     """Train a VQ-VAE into `run_dir` (created), or continue it with `resume=True`.
@@ -128,6 +131,8 @@ def train_vqvae(config: RunConfig, run_dir: str | Path, resume: bool = False,
         raise OutputError(f"the run folder {shown} has a name that is not UTF-8 (tensorboard cannot log there); "
                           f"choose a UTF-8 name") from None
     ctx = setup(config.train.device)
+    check_model_fits(lambda: VQVAE(config.model, config.quantizer), ctx.device, "the VQ-VAE",
+                     "reduce quantizer.codebook_size, model.hidden_channels or model.code_dim")
     if resume:
         check_resume_config(run_dir, "vqvae", config, ("model", "quantizer"))
     splits = as_splits(data, config.data)
