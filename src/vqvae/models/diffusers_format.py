@@ -129,9 +129,10 @@ def read_diffusers_folder(folder: str | Path) -> tuple[dict, dict[str, torch.Ten
     except (ValueError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path} is not valid JSON: {e}") from None
     if not isinstance(config, dict) or config.get("_class_name") != CLASS_NAME:
-        found = config.get("_class_name") if isinstance(config, dict) else type(config).__name__
-        raise CheckpointError(f"{folder} holds a {found!r}, not a diffusers {CLASS_NAME} (config.json's _class_name); "
-                              f"only VQModel folders import")
+        found = (f"a JSON {type(config).__name__}, not a diffusers config" if not isinstance(config, dict) else
+                 "no _class_name: it is not a diffusers model folder" if "_class_name" not in config else
+                 f"_class_name {config['_class_name']!r}")
+        raise CheckpointError(f"{path} holds {found}; only diffusers {CLASS_NAME} folders import")
     weights = folder / WEIGHTS_NAME
     if not weights.is_file():
         pickled = [p.name for p in folder.glob("*.bin")]
