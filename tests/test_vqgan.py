@@ -178,3 +178,18 @@ def test_folder_and_onnx_exports_cover_vqgan(tmp_path):
     check = report["verification"]
     assert check["codes_equal"] + check["distance_ties"] == check["codes_compared"] == 32 * 16
     assert check["max_abs_image_difference"] <= IMAGE_TOLERANCE
+
+
+def test_a_64_pixel_colour_folder_gets_celeba_hq_64_and_vqgan_only_by_name(tmp_path):
+    from PIL import Image
+
+    from vqvae.data import choose_preset
+    from vqvae.data.choose import AUTO_PRESETS
+
+    for i in range(3):
+        Image.new("RGB", (64, 64)).save(tmp_path / f"{i}.png")
+    assert choose_preset(None, [f"data.dataset={tmp_path}"]).preset == "celeba-hq-64"
+    assert choose_preset("vqgan-f8-64", [f"data.dataset={tmp_path}"]).preset == "vqgan-f8-64"  # by name it fits
+    shapes = [(get_preset(n).data.image_size, get_preset(n).data.channels) for n in AUTO_PRESETS]
+    assert len(set(shapes)) == len(shapes)  # no two automatic presets tie
+    assert not any(get_preset(n).model.arch == "vqgan" for n in AUTO_PRESETS)

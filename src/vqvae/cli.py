@@ -203,8 +203,11 @@ def cmd_presets(args):
     else:
         for name in PRESETS:
             cfg = get_preset(name)
-            print(f"{name:14s} {cfg.model.image_size}x{cfg.model.image_size}x{cfg.model.in_channels}, "
-                  f"{cfg.model.hidden_channels} channels, {cfg.quantizer.codebook_size} codes ({cfg.quantizer.kind}, "
+            m = cfg.model
+            width = (f"vqgan {m.hidden_channels}x{m.channel_mult}" if m.arch == "vqgan"
+                     else f"{m.hidden_channels} channels")
+            print(f"{name:14s} {m.image_size}x{m.image_size}x{m.in_channels}, "
+                  f"{width}, {cfg.quantizer.codebook_size} codes ({cfg.quantizer.kind}, "
                   f"{cfg.quantizer.update}), "
                   f"{cfg.train.epochs} epochs, batch {cfg.train.batch_size}, lr {cfg.train.lr}; prior "
                   f"{cfg.prior.kind} {cfg.prior.num_layers}x{cfg.prior.hidden_channels}")
