@@ -272,6 +272,27 @@ run("`import --data` a missing folder", "import", "dvq", "--out", "imp", "--data
 run("`import --out` a non-empty folder", "import", "dvq", "--out", "busy")
 run("`import` then `train-prior` with no --data recorded", "import", "dvq", "--out", "imp-nodata", "--preset", "vqgan-tiny")
 run("`train-prior` of an import with no data.dataset", "train-prior", "imp-nodata")
+# --- metrics
+# Weight files for rFID / LPIPS (`evaluate --inception-weights/--lpips-vgg-weights`): each wrong one exit 2, one line.
+# A colour run, since grey images skip both metrics before their weights are read.
+rgb = np.random.default_rng(0).integers(0, 256, (60, 16, 16, 3), dtype=np.uint8)
+Path("colour").mkdir()
+for i, img in enumerate(rgb):
+    Image.fromarray(img).save(f"colour/{i:03d}.png")
+run("setup: tiny colour run", "train", "--preset", "tiny", "--data", "colour", "--out", "crun", "--set", *TINY[1:],
+    "data.channels=3", "model.in_channels=3", "train.epochs=1")
+run("`evaluate --inception-weights missing.pth` (expected: exit 2, no such file)", "evaluate", R, "--no-samples",
+    "--inception-weights", "missing.pth")
+run("`evaluate --lpips-vgg-weights text.pt` (expected: exit 2, not a PyTorch weights file)", "evaluate", "crun",
+    "--no-samples", "--lpips-vgg-weights", "text.pt")
+torch.save({"features.0.weight": torch.zeros(64, 3, 3, 3)}, "partial-vgg.pth")
+run("`evaluate --lpips-vgg-weights` a VGG16 file missing layers (expected: exit 2, names the missing entry)",
+    "evaluate", "crun", "--no-samples", "--lpips-vgg-weights", "partial-vgg.pth")
+run("`evaluate --inception-weights` the VGG16 file (expected: exit 2, not torch-fidelity's Inception-v3)",
+    "evaluate", "crun", "--no-samples", "--inception-weights", "partial-vgg.pth")
+torch.save(Evil(), "evil-weights.pth")
+run("`evaluate --inception-weights` a pickle that runs code (expected: exit 2, not loaded)", "evaluate", "crun",
+    "--no-samples", "--inception-weights", "evil-weights.pth")
 print("| input | exit | outcome (first error line, or last line of output) |\n|---|---|---|")
 for label, code, line in rows:
     print(f"| {label} | {code} | {line.replace('|', '/')} |")

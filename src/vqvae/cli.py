@@ -156,8 +156,12 @@ def cmd_decode(args):
 
 def cmd_evaluate(args):
     result = api.evaluate(args.path, data=args.data, out=args.out, num_samples=args.num_samples,
-                          device=args.device, samples=not args.no_samples)
+                          device=args.device, samples=not args.no_samples, inception_weights=args.inception_weights,
+                          lpips_vgg_weights=args.lpips_vgg_weights, allow_download=args.allow_download)
     print(json.dumps(result, indent=2))
+    skipped = result["perceptual"].get("skipped_line")
+    if skipped:
+        print(skipped, file=sys.stderr)
 
 
 def cmd_sample(args):
@@ -276,6 +280,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-samples", type=int, help="images per row of the calibrated sample score (default 1000; "
                                                    "at most half the held-out images)")
     p.add_argument("--no-samples", action="store_true", help="skip sampling and sample-quality scores")
+    p.add_argument("--inception-weights", metavar="FILE",
+                   help="rFID (and the samples' standard FID): torch-fidelity's Inception-v3 weights file, "
+                        "weights-inception-2015-12-05-6726825d.pth (default: that file in torch.hub's checkpoint "
+                        "folder, if there)")
+    p.add_argument("--lpips-vgg-weights", metavar="FILE",
+                   help="LPIPS: torchvision's VGG16 weights file, vgg16-397923af.pth (default: that file in "
+                        "torch.hub's checkpoint folder, if there); the LPIPS heads ship with the lpips package")
+    p.add_argument("--allow-download", action="store_true",
+                   help="let torch-fidelity and torchvision download missing Inception-v3 / VGG16 weights into "
+                        "torch.hub's checkpoint folder ($TORCH_HOME/hub/checkpoints)")
     _device_arg(p)
     p.set_defaults(func=cmd_evaluate)
 

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..data import ImageSet
+from .pretrained import PretrainedWeights
 from .sample_quality import calibrated_scores, inception_fid, load_or_train_classifier
 
 SCORE_IMAGES = 1000  # images per row of the calibrated sample score, where the held-out data allows
@@ -41,11 +42,12 @@ def in_fixed_random_order(data: ImageSet, count: int, seed: int = 0) -> torch.Te
 
 
 def score_samples(vqvae: nn.Module, samples: torch.Tensor, heldout: ImageSet, train_set: ImageSet,
-                  val_set: ImageSet | None, device: torch.device) -> dict:
+                  val_set: ImageSet | None, device: torch.device, weights: PretrainedWeights | None = None) -> dict:
     """The four calibrated rows for n = len(samples) sample images (float, [0, 1], on the CPU).
 
     `heldout` must hold 2n images (see `scored_images`); the classifier trains on `train_set`
-    and reports its accuracy on `val_set` (else on `heldout`)."""
+    and reports its accuracy on `val_set` (else on `heldout`); `weights` says where the standard
+    FID's Inception weights may come from."""
     n = len(samples)
     accuracy_set = val_set if val_set is not None and val_set.labels is not None and len(val_set) else heldout
     classifier, info = load_or_train_classifier(train_set.tensor(), train_set.labels, accuracy_set.tensor(),
@@ -59,5 +61,5 @@ def score_samples(vqvae: nn.Module, samples: torch.Tensor, heldout: ImageSet, tr
     scores = calibrated_scores(classifier, reference, real, reconstructions, samples)
     scores["heldout"] = f"{heldout.name}: {n} images the reference, {n} others the real row"
     scores["classifier"] = info
-    scores["inception_fid"] = inception_fid(reference, samples)
+    scores["inception_fid"] = inception_fid(reference, samples, weights)
     return scores

@@ -26,9 +26,8 @@ and set decoder-level defects apart from real images (benchmarks/bench_score_cal
 compares it with a 2x2-pooled one; docs/benchmarks.md has the figures). The reconstructions' row
 is the yardstick: samples are compared with what the decoder can reach, not only with real images.
 
-Where Inception weights for the standard FID are already on disk (torchmetrics with
-torch-fidelity, or pytorch-fid), colour data also gets the standard FID; nothing is
-downloaded at run time.
+Where Inception weights for the standard FID are on disk (see metrics/pretrained.py), colour
+data also gets the standard FID; nothing is downloaded unless the user asks.
 """
 from __future__ import annotations
 
@@ -42,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..files import atomic_torch_save
+from .pretrained import PretrainedWeights, inception_fid_metric
 
 FEATURE_DIM = 128
 
@@ -248,35 +248,16 @@ def calibrated_scores(classifier: FeatureClassifier, reference: torch.Tensor, re
     return {"n": n, "k": k, "rows": rows, "samples_vs_reconstructions": round(ratio, 3)}
 
 
-INCEPTION_WEIGHT_FILES = ("weights-inception-2015-12-05-6726825d.pth",  # torch-fidelity (torchmetrics)
-                          "pt_inception-2015-12-05-6726825d.pth")  # pytorch-fid
-
-
-def _inception_weights_on_disk() -> Path | None:
-    folder = Path(torch.hub.get_dir()) / "checkpoints"
-    return next((folder / name for name in INCEPTION_WEIGHT_FILES if (folder / name).is_file()), None)
-
-
-def inception_fid(real: torch.Tensor, fake: torch.Tensor) -> dict:
-    """Standard FID (torchmetrics) for colour images, only when its Inception weights are already on
-    disk: nothing is downloaded at run time."""
+def inception_fid(real: torch.Tensor, fake: torch.Tensor, weights: PretrainedWeights | None = None) -> dict:
+    """Standard FID (torchmetrics over torch-fidelity's Inception-v3) between two sets of colour images,
+    float (N, 3, H, W) in [0, 1], when the Inception weights are on disk or `weights` allows a download
+    (see metrics/pretrained.py)."""
     if real.shape[1] != 3:
         return {"available": False, "reason": "the standard FID is for colour images; these are grayscale"}
-    weights = _inception_weights_on_disk()
-    if weights is None:
-        return {"available": False, "reason": f"no Inception weights in {Path(torch.hub.get_dir()) / 'checkpoints'} "
-                                              f"(not downloaded at run time)"}
-    try:
-        from torchmetrics.image.fid import FrechetInceptionDistance
-    except ImportError:
-        return {"available": False, "reason": "the standard FID needs torchmetrics and torch-fidelity: "
-                                              "pip install 'vqvae[metrics]'"}
-    try:
-        fid = FrechetInceptionDistance(feature=2048, normalize=True)
-    except Exception as e:  # not installed, or the weights would need a download
-        return {"available": False, "reason": f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"}
-    for i in range(0, len(real), 200):
-        fid.update(real[i:i + 200], real=True)
-    for i in range(0, len(fake), 200):
-        fid.update(fake[i:i + 200], real=False)
-    return {"available": True, "fid": round(float(fid.compute()), 3), "weights": str(weights)}
+    metric, source = inception_fid_metric(weights or PretrainedWeights())
+    if metric is None:
+        return {"available": False, "reason": source}
+    for images, is_real in ((real, True), (fake, False)):
+        for i in range(0, len(images), 200):
+            metric.update((images[i:i + 200].clamp(0, 1) * 255).round().to(torch.uint8), real=is_real)
+    return {"available": True, "fid": round(float(metric.compute()), 3), "weights": source}
