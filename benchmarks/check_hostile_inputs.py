@@ -133,6 +133,24 @@ run("`train --resume RUN` whose checkpoints/ holds only a stale .tmp", "train", 
 Path("stale2/checkpoints").mkdir(parents=True); Path("stale2/checkpoints/.vqvae-last.pt.k1ll.tmp").write_bytes(b"half")
 run("`train --out RUN` whose checkpoints/ holds only a stale .tmp", "train", "--preset", "tiny", "--out", "stale2", "--set", *TINY, "train.epochs=1")
 rows.append(("file modes of a new run (umask 022)", "", ", ".join(f"{p}: {oct(os.stat(f'{R}/{p}').st_mode & 0o777)}" for p in ("config.json", "metrics.json", "checkpoints/vqvae-last.pt"))))
+# --- gan-losses
+for s in ["train.adam_betas=0.5", "train.adam_betas=0.5,1", "train.adam_betas=a,b", "train.ema_decay=1",
+          "loss.adversarial=wasserstein", "loss.reconstruction=l3", "loss.perceptual=vgg", "loss.disc_weight=-1",
+          "loss.collapse_action=explode", "loss.collapse_accuracy=0.3"]:
+    run(f"`--set {s}`", "train", "--preset", "tiny", "--out", "x", "--set", s)
+run("`--set loss.adversarial=hinge loss.disc_layers=4` on 16-pixel images (no patch left)", "train", "--preset", "tiny",
+    "--out", "x", "--set", *TINY, "loss.adversarial=hinge", "loss.disc_layers=4")
+run("`--set loss.perceptual=lpips` with loss.lpips_vgg_weights a missing file", "train", "--preset", "tiny", "--out",
+    "x", "--set", *TINY, "loss.perceptual=lpips", "loss.lpips_vgg_weights=nowhere/vgg16.pth")
+Path("notvgg.pth").write_text("hello")
+run("`--set loss.perceptual=lpips` with loss.lpips_vgg_weights a text file", "train", "--preset", "tiny", "--out",
+    "x", "--set", *TINY, "loss.perceptual=lpips", "loss.lpips_vgg_weights=notvgg.pth")
+import torch  # noqa: E402
+torch.save({"features.0.weight": torch.zeros(3)}, "wrongvgg.pth")
+run("`--set loss.perceptual=lpips` with loss.lpips_vgg_weights a state_dict of other shapes", "train", "--preset",
+    "tiny", "--out", "x", "--set", *TINY, "loss.perceptual=lpips", "loss.lpips_vgg_weights=wrongvgg.pth")
+run("`train --resume RUN --set loss.adversarial=hinge` (a discriminator the run never had)", "train", "--resume", R,
+    "--set", "loss.adversarial=hinge", "loss.disc_layers=2")
 print("| input | exit | outcome (first error line, or last line of output) |\n|---|---|---|")
 for label, code, line in rows:
     print(f"| {label} | {code} | {line.replace('|', '/')} |")

@@ -200,7 +200,8 @@ def check_resume_config(run_dir: Path, kind: str, config: RunConfig, sections: t
     changed = [f"{s}.{k}: {saved[s].get(k)!r} -> {now[s][k]!r}" for s, k in fields if saved[s].get(k) != now[s][k]]
     if changed:
         raise ConfigError(f"cannot resume {run_dir} with a different model or data: {'; '.join(changed)}. "
-                          f"Only training settings (train.*, prior_train.*, sample.*) may change on resume")
+                          f"Only training settings (train.*, prior_train.*, sample.*, and loss.* except the discriminator's "
+                          f"adversarial, disc_layers and disc_channels) may change on resume")
 
 
 def amp_enabled(mode: str, device: torch.device) -> bool:
