@@ -102,6 +102,8 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=4, help="epochs of the MSE model (the GAN gets the same time)")
     p.add_argument("--disc-start-fraction", type=float, default=0.25,
                    help="the discriminator starts after this fraction of the GAN run's steps")
+    p.add_argument("--warmup-steps", type=int, default=20,
+                   help="both runs' learning-rate warmup (the preset's 200 is most of a short run)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--grid", type=Path, required=True)
@@ -111,7 +113,7 @@ def main(argv=None) -> int:
     train = load_folder(Path(args.data) / "train", args.train_per_class, 0)
     test = load_folder(Path(args.data) / "test", args.test_per_class, 1)
     base = ["train.device=cpu", "train.progress=false", "data.num_workers=0", "train.amp=off",
-            "train.channels_last=false"]
+            "train.channels_last=false", f"train.warmup_steps={args.warmup_steps}"]
     results, recons = {}, {}
 
     # MSE-only: the cifar10 preset as it is.
