@@ -17,6 +17,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import shutil
 import warnings
 from pathlib import Path
 
@@ -102,8 +103,7 @@ def model_card(model: VQVAE, config: RunConfig, models: dict, metrics: dict) -> 
              f"- images: {m.image_size}x{m.image_size}, {m.in_channels} channel(s), values in [0, 1]",
              f"- codes: a {model.latent_size}x{model.latent_size} map per image, codebook of {model.codebook_size} "
              f"codes of dimension {m.code_dim or m.hidden_channels} ({getattr(q, 'kind', 'vq')}, {q.update} updates)",
-             f"- encoder/decoder: {m.hidden_channels} channels, {m.num_downsamples} downsamplings, "
-             f"{m.num_residual_blocks} residual blocks; {params:,} parameters"]
+             f"- encoder/decoder: {architecture(m)}; {params:,} parameters"]
     if "prior" in models:
         prior_config = models["prior"]["config"]["prior"]
         spec = models["prior"].get("prior_spec", {})
@@ -140,6 +140,16 @@ def model_card(model: VQVAE, config: RunConfig, models: dict, metrics: dict) -> 
               + ("`vqvae sample FOLDER --out samples/`, " if "prior" in models else "")
               + "`vqvae export FOLDER --format onnx --out onnx/`. Loading reads JSON and safetensors only.", ""]
     return "\n".join(lines)
+
+
+def architecture(m) -> str:
+    """The encoder/decoder in a few words, for model cards."""
+    if getattr(m, "arch", "vqvae") == "vqgan":
+        return (f"VQGAN-class, {m.hidden_channels} base channels x {list(m.channel_mult)}, "
+                f"{len(m.channel_mult) - 1} downsamplings, {m.layers_per_block} residual blocks per resolution, "
+                f"attention at 1/{list(m.attention_resolutions)}" + (" and in the middle" if m.mid_attention else ""))
+    return (f"{m.hidden_channels} channels, {m.num_downsamples} downsamplings, "
+            f"{m.num_residual_blocks} residual blocks")
 
 
 # --------------------------------------------------------------------------- ONNX
@@ -252,6 +262,9 @@ def trace_onnx(module: nn.Module, example: torch.Tensor, path: Path, input_name:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # the tracer's deprecation notice, see above
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        # F.pad (the vqgan's asymmetric downsampling pad) is traced with its pads in a reversed Slice,
+        # which the exporter's constant folding leaves as it is and says so: the graph is correct.
+        warnings.filterwarnings("ignore", message="Constant folding - Only steps=1", category=UserWarning)
         torch.onnx.export(module, (example,), str(path), input_names=[input_name], output_names=[output_name],
                           dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}},
                           opset_version=ONNX_OPSET, **options)
