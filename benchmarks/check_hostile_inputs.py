@@ -293,6 +293,24 @@ run("`evaluate --inception-weights` the VGG16 file (expected: exit 2, not torch-
 torch.save(Evil(), "evil-weights.pth")
 run("`evaluate --inception-weights` a pickle that runs code (expected: exit 2, not loaded)", "evaluate", "crun",
     "--no-samples", "--inception-weights", "evil-weights.pth")
+# --- gan-losses
+for s in ["train.adam_betas=0.5", "train.adam_betas=0.5,1", "train.adam_betas=a,b", "train.ema_decay=1",
+          "loss.adversarial=wasserstein", "loss.reconstruction=l3", "loss.perceptual=vgg", "loss.disc_weight=-1",
+          "loss.collapse_action=explode", "loss.collapse_accuracy=0.3"]:
+    run(f"`--set {s}`", "train", "--preset", "tiny", "--out", "x", "--set", s)
+run("`--set loss.adversarial=hinge loss.disc_layers=4` on 16-pixel images (no patch left)", "train", "--preset", "tiny",
+    "--out", "x", "--set", *TINY, "loss.adversarial=hinge", "loss.disc_layers=4")
+run("`--set loss.perceptual=lpips` with loss.lpips_vgg_weights a missing file", "train", "--preset", "tiny", "--out",
+    "x", "--set", *TINY, "loss.perceptual=lpips", "loss.lpips_vgg_weights=nowhere/vgg16.pth")
+Path("notvgg.pth").write_text("hello")
+run("`--set loss.perceptual=lpips` with loss.lpips_vgg_weights a text file", "train", "--preset", "tiny", "--out",
+    "x", "--set", *TINY, "loss.perceptual=lpips", "loss.lpips_vgg_weights=notvgg.pth")
+import torch  # noqa: E402
+torch.save({"features.0.weight": torch.zeros(3)}, "wrongvgg.pth")
+run("`--set loss.perceptual=lpips` with loss.lpips_vgg_weights a state_dict of other shapes", "train", "--preset",
+    "tiny", "--out", "x", "--set", *TINY, "loss.perceptual=lpips", "loss.lpips_vgg_weights=wrongvgg.pth")
+run("`train --resume RUN --set loss.adversarial=hinge` (a discriminator the run never had)", "train", "--resume", R,
+    "--set", "loss.adversarial=hinge", "loss.disc_layers=2")
 print("| input | exit | outcome (first error line, or last line of output) |\n|---|---|---|")
 for label, code, line in rows:
     print(f"| {label} | {code} | {line.replace('|', '/')} |")

@@ -112,6 +112,9 @@ def cmd_train(args):
         test = result.metrics["test"]
         print(f"done: held-out MSE {test['mse_clipped']:.5f} (clipped), PSNR {test['psnr_db']:.2f} dB, "
               f"{test['codes_used']}/{test['codes_used'] + test['dead_codes']} codes used; run folder {run_dir}")
+        if config.loss.adversarial != "none" or config.loss.perceptual != "none":
+            # A perceptual/adversarial run's terms, curves and reconstructions, to judge the GAN by.
+            print(f"report: {api.write_report(run_dir)}")
 
 
 def cmd_pipeline(args):

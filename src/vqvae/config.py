@@ -113,6 +113,11 @@ class QuantizerConfig:
     rvq_dropout: float = 0.0  # rvq: fraction of training images decoded from only a random first 1..depth levels
 
 
+class FloatList(list):
+    """The type of a list field whose default holds floats (Adam's betas): --set parses "0.5,0.9"
+    as numbers; other list fields hold whole numbers (FSQ levels). Values are plain lists."""
+
+
 @dataclass
 class TrainConfig:
     epochs: int = 20
@@ -122,7 +127,11 @@ class TrainConfig:
     warmup_steps: int = 0
     lr_min_ratio: float = 0.0
     weight_decay: float = 0.0
+    adam_betas: list = field(default_factory=lambda: [0.9, 0.999])  # taming's GAN training: 0.5, 0.9
     grad_clip: float = 0.0  # max gradient norm; 0 = off
+    # Exponential moving average of the trained weights: checkpoints' model_state, validation, the
+    # final figures and exports use the average (the raw weights are kept for resuming). 0 = off.
+    ema_decay: float = 0.0
     dropout: float = 0.0  # used by the prior only
     seed: int = 0
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
@@ -136,6 +145,39 @@ class TrainConfig:
     on_nonfinite: str = "stop"  # "stop" the run, or "skip" the batch
     eval_batches: int = 0  # held-out batches evaluated each epoch; 0 = all
     progress: bool = True
+
+
+@dataclass
+class LossConfig:
+    """What the VQ-VAE stage minimises besides its quantizer's terms. The defaults are the seed's
+    (MSE only); taming-transformers' VQGAN adds a perceptual term (LPIPS) and a patch
+    discriminator (Esser et al., CVPR 2021, section 3.1). The discriminator has its own Adam
+    (train.adam_betas, its own learning rate) and is saved in the same checkpoints."""
+
+    reconstruction: str = "l2"  # "l2" (MSE, the seed) or "l1" (taming's)
+    # "none"; "lpips": LPIPS with VGG16 features (an error before training when the VGG16 weights are
+    # missing); "auto": lpips when the weights are found, else none, said in one line.
+    perceptual: str = "none"
+    perceptual_weight: float = 1.0
+    # A torchvision vgg16 state_dict file (the linear heads ship inside the lpips package);
+    # "" = torchvision's own download cache, TORCH_HOME/hub/checkpoints/vgg16-397923af.pth.
+    lpips_vgg_weights: str = ""
+    adversarial: str = "none"  # "none", "hinge" or "non_saturating"
+    disc_weight: float = 0.8  # times the adaptive weight (or alone when adaptive_weight is false)
+    # taming's adaptive weight: |grad of reconstruction+perceptual| / |grad of adversarial| at the
+    # decoder's last layer, so the adversarial term can never dominate the reconstruction's gradient.
+    adaptive_weight: bool = True
+    disc_start: int = 0  # optimiser steps before the discriminator trains and its term is added
+    disc_ramp_steps: int = 0  # then its weight rises linearly from 0 over this many steps; 0 = at once
+    disc_layers: int = 3  # PatchGAN depth (taming's n_layers): patches of 70 pixels at 3
+    disc_channels: int = 64  # width of its first layer (doubled per layer up to 8x)
+    disc_lr: float = 0.0  # the discriminator's learning rate; 0 = train.lr (taming uses one rate)
+    r1_weight: float = 0.0  # R1 gradient penalty on real images (Mescheder et al., 2018); 0 = off
+    # A collapse: the discriminator tells real from reconstructed in at least this fraction of
+    # patches for collapse_steps steps in a row (then its gradient no longer guides the decoder).
+    collapse_accuracy: float = 0.99
+    collapse_steps: int = 200
+    collapse_action: str = "warn"  # "warn" (once per collapse), "stop" the run, or "off"
 
 
 @dataclass
@@ -177,6 +219,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     prior: PriorConfig = field(default_factory=PriorConfig)
     prior_train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=50, lr=1e-3))
@@ -273,6 +316,19 @@ def _check_quantizer(q: QuantizerConfig) -> None:
     if q.kind == "lfq" and (q.codebook_size & (q.codebook_size - 1) or q.codebook_size > 2 ** 16):
         raise ConfigError(f"quantizer.kind=lfq needs codebook_size = 2^bits (one binary channel per bit), at most "
                           f"2^16; got {q.codebook_size}")
+
+
+def _check_loss(loss: LossConfig, image_size: int) -> None:
+    """Checks across loss fields: the patch discriminator must leave at least one patch."""
+    if loss.adversarial == "none":
+        return
+    # Each of disc_layers stride-2 4x4 convs halves the side, the two 4x4 stride-1 convs after
+    # them take one pixel each (taming's NLayerDiscriminator).
+    patches = image_size // 2 ** loss.disc_layers - 2
+    if patches < 1:
+        fits = max(1, (image_size // 3).bit_length() - 1)
+        raise ConfigError(f"loss.disc_layers={loss.disc_layers} leaves no patch of a {image_size}-pixel image for "
+                          f"the discriminator to judge: use loss.disc_layers={fits} or fewer")
 
 
 ARCHS = ("vqvae", "vqgan")
@@ -563,6 +619,8 @@ RULES: dict[str, Rule] = {
     "train.lr_min_ratio": in_range(0, 1),
     "train.weight_decay": at_least(0),
     "train.grad_clip": at_least(0),
+    "train.adam_betas": Rule(lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "two numbers in [0, 1), e.g. 0.5,0.9"),
+    "train.ema_decay": in_range(0, 1, high_open=True),
     "train.dropout": in_range(0, 1, high_open=True),
     "train.seed": in_range(0, 2 ** 64 - 1),  # torch seeds are 64-bit
     "train.device": DEVICE,
@@ -571,6 +629,20 @@ RULES: dict[str, Rule] = {
     "train.checkpoint_every_steps": at_least(0),
     "train.on_nonfinite": one_of("stop", "skip"),
     "train.eval_batches": at_least(0),
+    "loss.reconstruction": one_of("l2", "l1"),
+    "loss.perceptual": one_of("none", "lpips", "auto"),
+    "loss.perceptual_weight": at_least(0),
+    "loss.adversarial": one_of("none", "hinge", "non_saturating"),
+    "loss.disc_weight": at_least(0),
+    "loss.disc_start": at_least(0),
+    "loss.disc_ramp_steps": at_least(0),
+    "loss.disc_layers": in_range(1, 6),
+    "loss.disc_channels": at_least(1),
+    "loss.disc_lr": at_least(0),
+    "loss.r1_weight": at_least(0),
+    "loss.collapse_accuracy": in_range(0.5, 1),
+    "loss.collapse_steps": at_least(1),
+    "loss.collapse_action": one_of("warn", "stop", "off"),
     "prior.num_layers": at_least(1),
     "prior.hidden_channels": at_least(1),
     "prior.first_kernel_size": ODD_POSITIVE,
@@ -606,7 +678,10 @@ def _fields(obj, prefix="") -> list[tuple[str, Any, Any]]:
 
 def _default_type(owner, name: str) -> type:
     """The type a field holds, from its default (every config field has one)."""
-    return type(getattr(type(owner)(), name))
+    default = getattr(type(owner)(), name)
+    if isinstance(default, list) and default and all(isinstance(v, float) for v in default):
+        return FloatList
+    return type(default)
 
 
 def _rule(key: str) -> Rule | None:
@@ -632,6 +707,10 @@ def _type_error(key: str, value, kind: type) -> str | None:
         return None
     if kind is str:
         return None if isinstance(value, str) else f"{key}={shown}: expected a string"
+    if kind is FloatList:
+        ok = isinstance(value, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                             and math.isfinite(v) for v in value)
+        return None if ok else f"{key}={shown}: expected a list of numbers, e.g. 0.5,0.9"
     if kind is list:
         ok = isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
         return None if ok else f"{key}={shown}: expected a list of whole numbers"
@@ -661,6 +740,7 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"data.test_dataset={cfg.data.test_dataset!r} is the training data "
                           f"(data.dataset={cfg.data.dataset!r}): testing on the training images measures nothing; "
                           f"leave --test-data out to hold out a test split, or name other images")
+    _check_loss(cfg.loss, cfg.data.image_size)
     if cfg.prior.kind == "transformer" and cfg.prior.hidden_channels % cfg.prior.num_heads:
         raise ConfigError(f"prior.num_heads={cfg.prior.num_heads} must divide prior.hidden_channels="
                           f"{cfg.prior.hidden_channels}")
@@ -695,11 +775,13 @@ def _parse_value(text: str, kind: type, key: str):
             return int(text)
         if kind is float:
             return float(text)
+        if kind is FloatList:  # "0.5,0.9" or "[0.5, 0.9]"
+            return [float(v) for v in text.strip("[] ").split(",") if v.strip()]
         if kind is list:  # "8,5,5,5" or "[8, 5, 5, 5]"
             return [int(v) for v in text.strip("[] ").split(",") if v.strip()]
     except ValueError:
         expected = {bool: "true or false", int: "a whole number", float: "a number",
-                    list: "a comma-separated list of whole numbers, e.g. 8,5,5,5"}[kind]
+                    list: "a comma-separated list of whole numbers, e.g. 8,5,5,5", FloatList: "numbers, e.g. 0.5,0.9"}[kind]
         raise ConfigError(f"{key}={text!r}: expected {expected}") from None
     return text
 
@@ -714,7 +796,7 @@ def _coerce(value, kind: type, key: str):
     problem = _type_error(key, value, kind)
     if problem:
         raise ConfigError(problem)
-    return value
+    return [float(v) for v in value] if kind is FloatList else value
 
 
 def apply_overrides(cfg: RunConfig, overrides: list[str] | dict) -> RunConfig:

@@ -80,6 +80,7 @@ def report_markdown(run_dir: Path, metrics: dict) -> str:
         lines += [f"- codes used {rec.get('codes_used')} of {rec.get('codes_used', 0) + rec.get('dead_codes', 0)}, "
                   f"perplexity {rec.get('perplexity')}", ""]
     lines += _texture_lines(ev.get("texture", {})) + _perceptual_lines(ev.get("perceptual", {}))
+    lines += objective_lines(metrics.get("vqvae", {}))
     prior = ev.get("prior", {})
     if "test_bits_per_code" in prior:
         given = " given the class" if metrics.get("prior", {}).get("conditional") else ""
@@ -141,6 +142,30 @@ def _perceptual_lines(p: dict) -> list[str]:
     if p.get("skipped_line"):
         parts.append(p["skipped_line"])
     return ["## Perceptual metrics (pretrained networks)", "", *(f"- {part}" for part in parts), ""]
+# Loss terms of a perceptual/adversarial run (training/losses.py), as the report names them.
+OBJECTIVE_TERMS = (("recon", "reconstruction"), ("perceptual", "perceptual (LPIPS)"),
+                   ("adversarial", "adversarial (model's)"), ("adaptive_weight", "adaptive weight applied"),
+                   ("disc_loss", "discriminator loss"), ("logits_real", "discriminator logit, real (mean)"),
+                   ("logits_fake", "discriminator logit, reconstructed (mean)"),
+                   ("disc_accuracy", "discriminator accuracy"), ("r1", "R1 penalty"))
+
+
+def objective_lines(vqvae: dict) -> list[str]:
+    """What the VQ-VAE minimised and, for a perceptual/adversarial run, every term's mean over
+    the last epoch ([] for the seed's MSE-only runs)."""
+    objective, last = vqvae.get("objective", {}), vqvae.get("last_epoch", {})
+    if not objective or (objective.get("reconstruction") == "l2" and objective.get("perceptual") == "none"
+                         and objective.get("adversarial") == "none"):
+        return []
+    settings = ", ".join(f"{k} {v}" for k, v in objective.items() if k != "note")
+    lines = ["## Training objective (VQ-VAE)", "", f"- {settings}"]
+    if objective.get("note"):
+        lines.append(f"- {objective['note']}")
+    rows = [(label, last[key]) for key, label in OBJECTIVE_TERMS if isinstance(last.get(key), (int, float))]
+    if rows:
+        lines += ["", f"Training terms, mean over the last epoch ({last.get('epoch')}):", "", "| term | value |",
+                  "|---|---|"] + [f"| {label} | {value:.4g} |" for label, value in rows]
+    return lines + [""]
 
 
 def _sample_settings(run_dir: Path) -> str:

@@ -9,6 +9,11 @@ supplies the model, its batches, its loss, its per-epoch statistics and its vali
 the non-finite check (stop, or skip the batch leaving every buffer as it was), backward,
 optimiser step, a periodic checkpoint; at the epoch's end: evaluate on validation, keep the
 best, save the last. The final test evaluation is the stage's, after `fit` returns.
+
+A stage may train a second network against its model (a GAN's discriminator, the "critic"):
+both forwards come first, one non-finite check covers both, then one backward and one
+optimiser step per network. The critic has its own optimiser, schedule and checkpoint state.
+An exponential moving average of the model's weights (train.ema_decay) is kept here too.
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ import functools
 import math
 import sys
 import time
+import warnings
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -71,6 +77,12 @@ class Stage(ABC):
         train_cfg: this stage's TrainConfig.
         config_dict: the whole RunConfig as a dict, saved in every checkpoint.
 
+    Optional, for a second network trained against the model (a discriminator):
+        critic: the module (None: no second network). Its trainable parameters get their own
+            optimiser and learning-rate schedule, set by critic_train_cfg; its weights,
+            optimiser and schedule are saved in every checkpoint beside the model's.
+        critic_train_cfg: the TrainConfig of its optimiser (the stage's, usually with another lr).
+
     Methods: `loss` and `evaluate` are required; the others have defaults that do nothing.
     """
 
@@ -82,6 +94,8 @@ class Stage(ABC):
     batches: object  # data.Batches or data.TensorBatches
     train_cfg: TrainConfig
     config_dict: dict
+    critic: nn.Module | None = None
+    critic_train_cfg: TrainConfig | None = None
 
     @abstractmethod
     def loss(self, model: nn.Module, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -94,12 +108,37 @@ class Stage(ABC):
         better) chooses the best checkpoint; {} when the run has no validation split (then the
         last checkpoint is the one kept)."""
 
+    def critic_loss(self, critic: nn.Module, batch) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
+        """With a critic: (its loss, its named terms) on the step's batch, called after `loss` (which
+        may keep what the critic needs, e.g. the model's detached outputs). The loss is None on a
+        step where the critic does not train; the terms have the same names on every step.
+        `critic` is `self.critic` or its DDP wrapper: call that one."""
+        raise NotImplementedError(f"{type(self).__name__} has a critic but no critic_loss")
+
     def begin_epoch(self) -> None:
         """Reset the per-epoch statistics (not called when resuming mid-epoch)."""
 
+    def before_step(self, step: int) -> None:
+        """Before each step's forward: `step` optimiser steps have been taken (for losses that
+        switch on at a step)."""
+
     def after_step(self, values: torch.Tensor) -> None:
         """After each optimiser step. values: the step's loss terms (detached, fp32), stacked in
-        the order `loss` returned them."""
+        the order `loss` returned them, then those of `critic_loss`."""
+
+    def step_problem(self, step: int) -> tuple[str, bool] | None:
+        """After `after_step`: (a one-line message, stop?) when the step revealed a problem the
+        user must hear of (a collapsed discriminator); the loop prints it, or stops the run with
+        it. `step`: the optimiser steps taken."""
+        return None
+
+    def training_state(self) -> dict:
+        """State the stage carries across epochs (counters of consecutive steps), saved in every
+        checkpoint ..."""
+        return {}
+
+    def load_training_state(self, state: dict) -> None:
+        """... and put back on resume ({} from a checkpoint written before the stage had any)."""
 
     def epoch_summary(self) -> dict:
         """The epoch's training statistics for its history record. Called on every process (it
@@ -145,8 +184,10 @@ class TrainResult:
 DATA_FIXED_ON_RESUME = ("dataset", "test_dataset", "test_fraction", "val_fraction", "image_size", "channels")
 
 
-def check_resume_config(run_dir: Path, kind: str, config: RunConfig, sections: tuple[str, ...]) -> None:
-    """A resumed run must build the same model it saved: compare the architecture sections."""
+def check_resume_config(run_dir: Path, kind: str, config: RunConfig, sections: tuple[str, ...],
+                        more: tuple[tuple[str, str], ...] = ()) -> None:
+    """A resumed run must build the same model it saved: compare the architecture sections, and
+    the (section, field) pairs in `more` (those that shape a second network)."""
     path = checkpoint_path(run_dir, kind, "last")
     if not path.is_file():
         return  # nothing to compare with; `fit` says what it does about that
@@ -155,11 +196,12 @@ def check_resume_config(run_dir: Path, kind: str, config: RunConfig, sections: t
     now = config.to_dict()
     # quantizer.search_precision only changes how the same codes are found: free to change.
     fields = [(s, k) for s in sections for k in now[s] if (s, k) != ("quantizer", "search_precision")]
-    fields += [("data", k) for k in DATA_FIXED_ON_RESUME]
+    fields += [("data", k) for k in DATA_FIXED_ON_RESUME] + list(more)
     changed = [f"{s}.{k}: {saved[s].get(k)!r} -> {now[s][k]!r}" for s, k in fields if saved[s].get(k) != now[s][k]]
     if changed:
         raise ConfigError(f"cannot resume {run_dir} with a different model or data: {'; '.join(changed)}. "
-                          f"Only training settings (train.*, prior_train.*, sample.*) may change on resume")
+                          f"Only training settings (train.*, prior_train.*, sample.*, and loss.* except the discriminator's "
+                          f"adversarial, disc_layers and disc_channels) may change on resume")
 
 
 def amp_enabled(mode: str, device: torch.device) -> bool:
@@ -222,20 +264,22 @@ def fit(stage: Stage, run_dir: Path, ctx: DistContext, resume: bool = False) -> 
     cfg, device, model = stage.train_cfg, ctx.device, stage.model
     steps_per_epoch = len(stage.batches)
     total_steps = max(1, cfg.epochs * steps_per_epoch)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_optimizer(params, cfg, device)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_steps))
+    nets = [Optimised.build(model, cfg, total_steps, device)]
+    if stage.critic is not None:
+        nets.append(Optimised.build(stage.critic, stage.critic_train_cfg or cfg, total_steps, device))
+    ema = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     last_path = checkpoint_path(run_dir, stage.kind, "last")
 
     # Restore, or start.
     if start_from_checkpoint(stage, run_dir, ctx, resume):
-        state = restore(stage, last_path, optimizer, scheduler, ctx)
+        state = restore(stage, last_path, nets, ema, ctx)
     else:
         state = LoopState()
         torch.manual_seed(cfg.seed)
-    use_schedule(optimizer, scheduler, lr_lambda(cfg, total_steps, state.schedule_start))
+    for net in nets:
+        use_schedule(net.optimizer, net.scheduler, lr_lambda(net.cfg, total_steps, state.schedule_start))
 
-    train_model = prepare_for_training(stage, ctx)
+    train_model, train_critic = prepare_for_training(stage, ctx)
     autocast = (functools.partial(torch.autocast, device.type, dtype=torch.bfloat16) if amp_enabled(cfg.amp, device)
                 else contextlib.nullcontext)
     writer = _open_tensorboard(run_dir, stage.kind) if ctx.is_main else None
@@ -243,6 +287,8 @@ def fit(stage: Stage, run_dir: Path, ctx: DistContext, resume: bool = False) -> 
     lagged = LaggedCheck(stage, last_path) if device.type == "cuda" and cfg.on_nonfinite == "stop" else None
 
     model.train()
+    if stage.critic is not None:
+        stage.critic.train()
     while state.epoch < cfg.epochs:
         epoch, first_batch = state.epoch, state.batch_in_epoch  # first_batch > 0: resumed mid-epoch
         if first_batch == 0:
@@ -252,11 +298,16 @@ def fit(stage: Stage, run_dir: Path, ctx: DistContext, resume: bool = False) -> 
         for batch in stage.batches.epoch(epoch, first_batch):
             # The forward pass itself changes state (EMA codebooks, usage counters, restarts):
             # a skipped batch must leave all of it as it was, so keep a copy to put back.
-            before = _forward_state(model) if cfg.on_nonfinite == "skip" else None
+            before = [_forward_state(net.module) for net in nets] if cfg.on_nonfinite == "skip" else None
             where = (state.step + 1, epoch, state.batch_in_epoch + 1)  # (step, epoch, batch) for messages
+            stage.before_step(state.step)
             with out_of_memory_advice(stage, device):
                 with autocast():
                     loss, terms = stage.loss(train_model, batch)
+                    critic_loss = None
+                    if stage.critic is not None:
+                        critic_loss, critic_terms = stage.critic_loss(train_critic, batch)
+                        terms = {**terms, **critic_terms}
                 values = torch.stack([t.detach().float() for t in terms.values()])
                 bad = nonfinite_flags(values, ctx)
                 if lagged is not None:
@@ -266,23 +317,30 @@ def fit(stage: Stage, run_dir: Path, ctx: DistContext, resume: bool = False) -> 
                     message = nonfinite_message(stage.kind, where, list(terms), bad)
                     if cfg.on_nonfinite != "skip":
                         raise stop_error(stage, last_path, message)
-                    model.load_state_dict(before, strict=False)
-                    optimizer.zero_grad(set_to_none=True)
+                    for net, kept in zip(nets, before):
+                        net.module.load_state_dict(kept, strict=False)
+                        net.optimizer.zero_grad(set_to_none=True)
                     skipped += 1
                     if ctx.is_main and skipped == 1:  # the first of the epoch; the count comes at its end
                         (bar.write if bar is not None else _warn)(message + "; batch skipped")
                     state.batch_in_epoch += 1
                     continue
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                optimizer.step()
-                scheduler.step()
+                # One backward and one optimiser step per network; the critic's loss was computed on
+                # the model's detached outputs, so the two graphs share nothing.
+                nets[0].step(loss)
+                if len(nets) > 1:
+                    nets[1].step(critic_loss)
+            if ema is not None:
+                ema.update(model)
             state.step += 1
             state.batch_in_epoch += 1
             images_seen += batch[0].shape[0] * ctx.world
             stage.after_step(values)
+            problem = stage.step_problem(state.step)
+            if problem is not None and ctx.is_main and not problem[1]:
+                (bar.write if bar is not None else _warn)(problem[0])
+            if problem is not None and problem[1]:
+                raise TrainingError(problem[0])
             if bar is not None:
                 bar.update(1)
                 if state.step % 5 == 0:
@@ -295,18 +353,20 @@ def fit(stage: Stage, run_dir: Path, ctx: DistContext, resume: bool = False) -> 
                     and state.batch_in_epoch < steps_per_epoch:
                 if lagged is not None:
                     lagged.check()  # never write weights a non-finite step has touched
-                save(stage, run_dir, "last", optimizer, scheduler, state, ctx, stage.epoch_state())
+                save(stage, run_dir, "last", nets, ema, state, ctx, stage.epoch_state())
 
-        # End of epoch: evaluate on validation, keep the best, save.
+        # End of epoch: evaluate on validation (the averaged weights, when kept), keep the best, save.
         if lagged is not None:
             lagged.check()
         if bar is not None:
             bar.close()
         seconds = time.perf_counter() - t0
-        record = {"epoch": epoch + 1, "step": state.step, "lr": scheduler.get_last_lr()[0], **stage.epoch_summary()}
+        record = {"epoch": epoch + 1, "step": state.step, "lr": nets[0].scheduler.get_last_lr()[0],
+                  **stage.epoch_summary()}
         if ctx.is_main:
             model.eval()
-            record.update(stage.evaluate())
+            with ema.applied(model) if ema is not None else contextlib.nullcontext():
+                record.update(stage.evaluate())
             model.train()
         if skipped:
             record["skipped_batches"] = skipped
@@ -322,10 +382,11 @@ def fit(stage: Stage, run_dir: Path, ctx: DistContext, resume: bool = False) -> 
         if improved:
             state.best = record["val_loss"]
         if cfg.keep_best and improved:
-            save(stage, run_dir, "best", optimizer, scheduler, state, ctx)
-        save(stage, run_dir, "last", optimizer, scheduler, state, ctx)
+            save(stage, run_dir, "best", nets, ema, state, ctx)
+        save(stage, run_dir, "last", nets, ema, state, ctx)
         if writer is not None:
-            log_epoch(writer, stage, record)
+            with ema.applied(model) if ema is not None else contextlib.nullcontext():
+                log_epoch(writer, stage, record)
         if ctx.is_main and cfg.progress:
             shown = {k: v for k, v in record.items() if k in stage.summary_keys}
             print(f"{stage.kind} epoch {epoch + 1}/{cfg.epochs}: " +
@@ -333,18 +394,101 @@ def fit(stage: Stage, run_dir: Path, ctx: DistContext, resume: bool = False) -> 
 
     if writer is not None:
         writer.close()
+    if ema is not None:
+        ema.copy_to(model)  # the trained model is the average (what the checkpoints' model_state hold)
     if ctx.is_main and not cfg.keep_last and last_path.exists() and state.epoch >= cfg.epochs:
         last_path.unlink()
     return state
+
+
+@dataclass
+class Optimised:
+    """A network `fit` trains, with its own optimiser and learning-rate schedule."""
+
+    module: nn.Module
+    params: list
+    cfg: TrainConfig
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+
+    @classmethod
+    def build(cls, module: nn.Module, cfg: TrainConfig, total_steps: int, device: torch.device) -> "Optimised":
+        params = [p for p in module.parameters() if p.requires_grad]
+        optimizer = make_optimizer(params, cfg, device)
+        return cls(module, params, cfg, optimizer,
+                   torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_steps)))
+
+    def step(self, loss: torch.Tensor | None) -> None:
+        """One backward and optimiser step (none when `loss` is None); the schedule always advances,
+        so every network's rate follows the step count."""
+        if loss is not None:
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
+            self.optimizer.step()
+        with warnings.catch_warnings():  # a network that has not trained yet (before loss.disc_start)
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+            self.scheduler.step()
+
+
+class WeightAverage:
+    """An exponential moving average of a model's trainable parameters (buffers are the model's
+    own). Its decay warms up as (1 + n) / (10 + n) over the first updates, as taming's LitEma
+    does, so a short run's average is not dominated by its initial weights."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay, self.updates = decay, 0
+        self.names = [name for name, p in model.named_parameters() if p.requires_grad]
+        self.shadow = [p.detach().clone() for _, p in self._params(model)]
+
+    def _params(self, model: nn.Module) -> list:
+        params = dict(model.named_parameters())
+        return [(name, params[name]) for name in self.names]
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        torch._foreach_lerp_(self.shadow, [p.detach() for _, p in self._params(model)], 1 - decay)
+        self.updates += 1
+
+    def state_dict(self, model: nn.Module) -> dict:
+        """The model's state dict with the averaged parameters in place of the trained ones."""
+        state = model.state_dict()
+        state.update({name: value.clone() for name, value in zip(self.names, self.shadow)})
+        return state
+
+    def load(self, state: dict, updates: int) -> None:
+        for name, value in zip(self.names, self.shadow):
+            value.copy_(state[name])
+        self.updates = updates
+
+    @torch.no_grad()
+    def copy_to(self, model: nn.Module) -> None:
+        for (_, p), value in zip(self._params(model), self.shadow):
+            p.copy_(value)
+
+    @contextlib.contextmanager
+    def applied(self, model: nn.Module):
+        """The averaged weights in `model` for the duration (evaluation), the trained ones after."""
+        kept = [p.detach().clone() for _, p in self._params(model)]
+        self.copy_to(model)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for (_, p), value in zip(self._params(model), kept):
+                    p.copy_(value)
 
 
 def make_optimizer(params: list, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
     """Adam, or AdamW when there is weight decay; on GPUs the fused kernel updates every
     parameter in one launch."""
     fused = {"fused": True} if device.type == "cuda" else {}
+    betas = tuple(float(b) for b in cfg.adam_betas)
     if cfg.weight_decay == 0:
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
+        return torch.optim.Adam(params, lr=cfg.lr, betas=betas, weight_decay=cfg.weight_decay, **fused)
+    return torch.optim.AdamW(params, lr=cfg.lr, betas=betas, weight_decay=cfg.weight_decay, **fused)
 
 
 def lr_lambda(cfg: TrainConfig, total_steps: int, start: int = 0):
@@ -383,47 +527,87 @@ def start_from_checkpoint(stage: Stage, run_dir: Path, ctx: DistContext, resume:
     return True
 
 
-def restore(stage: Stage, path: Path, optimizer, scheduler, ctx: DistContext) -> LoopState:
-    """Put the model, optimiser, schedule, epoch statistics and random number generators back
-    as `path` saved them, then apply what this call changes (see `_resumed_settings`)."""
+def restore(stage: Stage, path: Path, nets: list[Optimised], ema: WeightAverage | None,
+            ctx: DistContext) -> LoopState:
+    """Put the model (and critic), optimisers, schedules, weight average, epoch statistics and
+    random number generators back as `path` saved them, then apply what this call changes (see
+    `_resumed_settings`)."""
     ckpt = load_checkpoint(path, kind=stage.kind, map_location=ctx.device)
-    stage.model.load_state_dict(ckpt["model_state"])
-    optimizer.load_state_dict(ckpt["optimizer_state"])
-    scheduler.load_state_dict(ckpt["scheduler_state"])
+    # With a weight average, model_state holds the average and training_model_state the trained weights.
+    stage.model.load_state_dict(ckpt.get("training_model_state", ckpt["model_state"]))
+    main = nets[0]
+    main.optimizer.load_state_dict(ckpt["optimizer_state"])
+    main.scheduler.load_state_dict(ckpt["scheduler_state"])
     state = LoopState.from_dict(ckpt["loop"])
+    notes = []
+    if len(nets) > 1:
+        critic = nets[1]
+        if "critic_state" not in ckpt:
+            raise CheckpointError(f"{path} was saved without the second network (a discriminator) that this "
+                                  f"run's settings train; resume it with its own loss settings")
+        critic.module.load_state_dict(ckpt["critic_state"])
+        critic.optimizer.load_state_dict(ckpt["critic_optimizer_state"])
+        critic.scheduler.load_state_dict(ckpt["critic_scheduler_state"])
+    if ema is not None:
+        if "training_model_state" in ckpt:
+            ema.load(ckpt["model_state"], ckpt.get("ema_updates", 0))
+        else:
+            ema.load(ckpt["model_state"], 0)
+            notes.append(f"{stage.config_section}.ema_decay={stage.train_cfg.ema_decay:g} on resume: the weight "
+                         f"average starts from the weights at step {state.step}")
     stage.load_epoch_state(ckpt.get("epoch_state", {}))
+    stage.load_training_state(ckpt.get("stage_state", {}))
     _set_rng_state(ckpt["rng"], ctx.device)
-    for note in _resumed_settings(stage.train_cfg, ckpt["config"][stage.config_section], state, stage, optimizer,
-                                  scheduler):
+    notes += _resumed_settings(stage.train_cfg, ckpt["config"][stage.config_section], state, stage,
+                               main.optimizer, main.scheduler)
+    if len(nets) > 1:  # the critic's rate and optimiser settings are this call's too
+        _apply_optimizer_settings(nets[1].optimizer, nets[1].scheduler, nets[1].cfg.lr)
+    for note in notes:
         state.notes.append(note)
         if ctx.is_main:
             print(f"{stage.kind}: {note}", flush=True)
     return state
 
 
-def prepare_for_training(stage: Stage, ctx: DistContext) -> nn.Module:
-    """The module the steps call: the stage's model, compiled if asked, wrapped in DDP under
-    torchrun (checkpoints always save the unwrapped model)."""
+def prepare_for_training(stage: Stage, ctx: DistContext) -> tuple[nn.Module, nn.Module | None]:
+    """The modules the steps call: the stage's model (and critic), compiled if asked, wrapped in
+    DDP under torchrun (checkpoints always save the unwrapped modules)."""
     if stage.train_cfg.compile:
         stage.compile(stage.train_cfg.compile_mode)
+        if stage.critic is not None:
+            stage.critic.compile(mode=stage.train_cfg.compile_mode)
     if not ctx.distributed:
-        return stage.model
+        return stage.model, stage.critic
     device = ctx.device
-    # Codebook statistics are all-reduced inside the quantizer, so buffers need no broadcast.
-    return nn.parallel.DistributedDataParallel(
-        stage.model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
+
+    def wrap(module):
+        # Codebook statistics are all-reduced inside the quantizer, so buffers need no broadcast.
+        return nn.parallel.DistributedDataParallel(
+            module, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
+
+    return wrap(stage.model), (wrap(stage.critic) if stage.critic is not None else None)
 
 
-def save(stage: Stage, run_dir: Path, which: str, optimizer, scheduler, state: LoopState, ctx: DistContext,
-         epoch_state: dict | None = None) -> None:
-    """RUN/checkpoints/KIND-WHICH.pt, atomically, on rank 0: everything an exact resume needs."""
+def save(stage: Stage, run_dir: Path, which: str, nets: list[Optimised], ema: WeightAverage | None,
+         state: LoopState, ctx: DistContext, epoch_state: dict | None = None) -> None:
+    """RUN/checkpoints/KIND-WHICH.pt, atomically, on rank 0: everything an exact resume needs.
+    model_state is the model to use (the weight average when one is kept)."""
     if not ctx.is_main:
         return
+    main = nets[0]
+    extra = {}
+    if ema is not None:
+        extra.update(training_model_state=stage.model.state_dict(), ema_updates=ema.updates)
+    if len(nets) > 1:
+        critic = nets[1]
+        extra.update(critic_state=critic.module.state_dict(), critic_optimizer_state=critic.optimizer.state_dict(),
+                     critic_scheduler_state=critic.scheduler.state_dict())
     save_checkpoint(
-        checkpoint_path(run_dir, stage.kind, which), stage.kind, stage.config_dict, stage.model.state_dict(),
-        optimizer_state=optimizer.state_dict(), scheduler_state=scheduler.state_dict(),
+        checkpoint_path(run_dir, stage.kind, which), stage.kind, stage.config_dict,
+        ema.state_dict(stage.model) if ema is not None else stage.model.state_dict(),
+        optimizer_state=main.optimizer.state_dict(), scheduler_state=main.scheduler.state_dict(),
         rng=_rng_state(ctx.device), loop=asdict(state), epoch_state=epoch_state or {},
-        **stage.checkpoint_extra())
+        stage_state=stage.training_state(), **extra, **stage.checkpoint_extra())
 
 
 def progress_bar(stage: Stage, ctx: DistContext, epoch: int, steps_per_epoch: int, done: int):
@@ -525,13 +709,25 @@ def _resumed_settings(cfg: TrainConfig, saved: dict, state: LoopState, stage: St
     if cfg.weight_decay != saved["weight_decay"]:
         notes.append(f"{section}.weight_decay changed on resume: {saved['weight_decay']:g} -> {cfg.weight_decay:g}, "
                      f"applied from step {state.step + 1}")
-    # The loaded state carries the saved optimiser's settings; those of this call's optimiser
-    # hold (weight decay and Adam vs AdamW, fused kernels on the device trained on now).
+    if list(cfg.adam_betas) != list(saved.get("adam_betas", [0.9, 0.999])):
+        notes.append(f"{section}.adam_betas changed on resume: {list(saved.get('adam_betas', [0.9, 0.999]))} -> "
+                     f"{list(cfg.adam_betas)}, applied from step {state.step + 1}")
+    _apply_optimizer_settings(optimizer)
+    return notes
+
+
+def _apply_optimizer_settings(optimizer, scheduler=None, lr: float | None = None) -> None:
+    """The loaded state carries the saved optimiser's settings; those of this call's optimiser
+    hold (betas, weight decay and Adam vs AdamW, fused kernels on the device trained on now),
+    and its base rate `lr` when given."""
     for group in optimizer.param_groups:
-        for key in ("weight_decay", "decoupled_weight_decay", "fused", "foreach"):
+        for key in ("betas", "weight_decay", "decoupled_weight_decay", "fused", "foreach"):
             if key in optimizer.defaults:
                 group[key] = optimizer.defaults[key]
-    return notes
+    if lr is not None and scheduler is not None:
+        for group in optimizer.param_groups:
+            group["initial_lr"] = lr
+        scheduler.base_lrs = [lr] * len(optimizer.param_groups)
 
 
 def require_finite(kind: str, figures: dict, state: LoopState, run_dir: Path, section: str, lr: float) -> None:

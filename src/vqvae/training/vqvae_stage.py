@@ -1,6 +1,10 @@
-"""Stage 1: train the VQ-VAE, then write its run-folder files."""
+"""Stage 1: train the VQ-VAE, then write its run-folder files.
+
+With `loss.*` beyond the seed's MSE (l1, LPIPS, a patch discriminator: training/losses.py) the
+stage trains the discriminator as the loop's second network ("critic")."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from pathlib import Path
@@ -17,11 +21,22 @@ from ..models import VQVAE
 from ..models.vqvae import check_model_config
 from ..resources import check_model_fits
 from ..runlock import locks_run
+from ..nn.discriminator import PatchDiscriminator
+from ..nn.perceptual import LPIPS, missing_weights_advice, vgg16_weights_path
 from ..runs import update_metrics
 from .distributed import DistContext, all_reduce_sum, barrier, setup
+from .losses import CollapseWatch, TokenizerObjective, decoder_last_layer, uses_objective
 from .loop import Stage, TrainResult, check_resume_config, fit, require_finite, use_best_weights
 
 TERMS = ("loss", "recon")  # then the quantizer's own named terms (vq: codebook, commitment)
+# Fields that shape the discriminator: fixed when a run resumes (its weights are in the checkpoint).
+# Curves of a run with a discriminator (panels without data are left out).
+GAN_PANELS = [("adversarial terms", ["adversarial", "disc_loss", "r1"]),
+              ("adaptive weight", ["adaptive_weight"]),
+              ("discriminator logits (mean)", ["logits_real", "logits_fake"]),
+              ("discriminator accuracy", ["disc_accuracy"])]
+GAN_SUMMARY = ("perceptual", "adversarial", "adaptive_weight", "disc_loss", "disc_accuracy")
+CRITIC_FIXED_ON_RESUME = (("loss", "adversarial"), ("loss", "disc_layers"), ("loss", "disc_channels"))
 
 
 class VQVAEStage(Stage):
@@ -30,9 +45,24 @@ class VQVAEStage(Stage):
     summary_keys = ("loss", "recon", "codes_used", "perplexity", "val_mse", "val_codes_used", "images_per_s")
     epoch_statistics = ("counts", "term_sums", "num_batches")  # set by begin_epoch
 
-    def __init__(self, model: VQVAE, config: RunConfig, splits: Splits, ctx: DistContext):
+    def __init__(self, model: VQVAE, config: RunConfig, splits: Splits, ctx: DistContext,
+                 perceptual: LPIPS | None = None):
         self.model = model
         self.terms = TERMS + model.loss_names
+        # The perceptual/adversarial objective, or None for the seed's loss (the model's own).
+        self.objective = TokenizerObjective(config.loss, perceptual) if uses_objective(config.loss) else None
+        if self.objective is not None:
+            self.terms += self.objective.generator_terms
+            self.last_layer = decoder_last_layer(model.decoder)
+        if config.loss.adversarial != "none":
+            self.critic = PatchDiscriminator(config.model.in_channels, config.loss.disc_channels,
+                                             config.loss.disc_layers).to(ctx.device)
+            self.critic_train_cfg = dataclasses.replace(config.train, lr=config.loss.disc_lr or config.train.lr)
+            self.terms += self.objective.critic_terms
+        if self.objective is not None:
+            self.summary_keys = self.summary_keys + tuple(k for k in GAN_SUMMARY if k in self.terms)
+        self.collapse = CollapseWatch(config.loss)
+        self.step = 0
         self.train_cfg = config.train
         self.config_dict = config.to_dict()
         self.ctx = ctx
@@ -48,17 +78,46 @@ class VQVAEStage(Stage):
         self.term_sums = torch.zeros(len(self.terms), device=self.ctx.device)
         self.num_batches = torch.zeros((), device=self.ctx.device)
 
+    def before_step(self, step: int) -> None:
+        self.step = step
+
     def loss(self, model, batch):
         x, _ = batch
         out = model(x)
         self._indices = out.indices
-        terms = {"loss": out.loss, "recon": out.reconstruction_loss, **{k: out.losses[k] for k in self.terms[2:]}}
-        return out.loss, terms
+        quantizer_terms = {k: out.losses[k] for k in self.model.loss_names}
+        if self.objective is None:
+            return out.loss, {"loss": out.loss, "recon": out.reconstruction_loss, **quantizer_terms}
+        self._images, self._reconstructions = x, out.reconstruction.detach()  # for critic_loss
+        g = self.objective.generator(x, out.reconstruction, self.critic, self.last_layer, self.step)
+        total = g.total
+        for name, value in quantizer_terms.items():
+            total = total + self.model.loss_weight(name) * value
+        terms = {"loss": total, "recon": g.terms["recon"], **quantizer_terms,
+                 **{k: g.terms[k] for k in self.objective.generator_terms}}
+        return total, terms
+
+    def critic_loss(self, critic, batch):
+        return self.objective.critic(critic, self._images, self._reconstructions, self.step)
 
     def after_step(self, values) -> None:
         self.counts += self.model.quantizer.usage_counts(self._indices)
         self.term_sums += values
         self.num_batches += 1
+        self._last_values = values
+
+    def step_problem(self, step: int):
+        if self.critic is None:
+            return None
+        v = dict(zip(self.terms, self._last_values.tolist()))
+        return self.collapse.update(v["disc_accuracy"], self.objective.adversarial_factor(self.step) > 0, step,
+                                    (v["logits_real"], v["logits_fake"]))
+
+    def training_state(self) -> dict:
+        return self.collapse.state() if self.critic is not None else {}
+
+    def load_training_state(self, state: dict) -> None:
+        self.collapse.load(state)
 
     def compile(self, mode: str) -> None:
         # Encoder and decoder only: the quantizer's codebook updates are data-dependent.
@@ -79,6 +138,12 @@ class VQVAEStage(Stage):
         shown = {"recon": f"{means['recon']:.4f}"}
         if "commitment" in means:
             shown["commit"] = f"{means['commitment']:.4f}"
+        if self.objective is not None and self.objective.perceptual is not None:
+            shown["lpips"] = f"{means['perceptual']:.4f}"
+        if self.critic is not None:  # the GAN's state at a glance: weight, discriminator loss, logits, accuracy
+            shown.update(adv=f"{means['adversarial']:.3f}", w=f"{means['adaptive_weight']:.3g}",
+                         d=f"{means['disc_loss']:.3f}", real=f"{means['logits_real']:.2f}",
+                         fake=f"{means['logits_fake']:.2f}", acc=f"{means['disc_accuracy']:.2f}")
         return {**shown, "used": f"{int((self.counts > 0).sum())}/{self.counts.numel()}"}
 
     def evaluate(self) -> dict:
@@ -102,6 +167,37 @@ class VQVAEStage(Stage):
         from torchvision.utils import make_grid
 
         writer.add_image("reconstructions", make_grid(torch.cat([x, x_hat]).cpu(), nrow=16), epoch)
+
+
+def build_perceptual(config: RunConfig, device: torch.device) -> tuple[LPIPS | None, str]:
+    """The LPIPS network loss.perceptual asks for, and a one-line note when "auto" found no
+    weights. An explicit "lpips" without its VGG16 weights is a ConfigError naming the file."""
+    setting = config.loss.perceptual
+    if setting == "none":
+        return None, ""
+    path = vgg16_weights_path(config.loss.lpips_vgg_weights)
+    if setting == "auto" and not path.is_file():
+        kept = "reconstruction and adversarial" if config.loss.adversarial != "none" else "reconstruction"
+        return None, f"vqvae: LPIPS is off ({missing_weights_advice(path)}); training with the {kept} terms"
+    return LPIPS(path).to(device), ""
+
+
+def objective_summary(config: RunConfig, perceptual: bool, note: str) -> dict:
+    """What the model was trained to minimise, for metrics.json and the report."""
+    loss = config.loss
+    out = {"reconstruction": loss.reconstruction, "perceptual": "lpips" if perceptual else "none",
+           "adversarial": loss.adversarial}
+    if perceptual:
+        out["perceptual_weight"] = loss.perceptual_weight
+    if loss.adversarial != "none":
+        out.update(disc_weight=loss.disc_weight, adaptive_weight=loss.adaptive_weight, disc_start=loss.disc_start,
+                   disc_ramp_steps=loss.disc_ramp_steps, r1_weight=loss.r1_weight,
+                   adam_betas=list(config.train.adam_betas))
+    if config.train.ema_decay:
+        out["ema_decay"] = config.train.ema_decay
+    if note:
+        out["note"] = note
+    return out
 
 
 def build_vqvae(config: RunConfig, device: torch.device) -> VQVAE:
@@ -133,8 +229,9 @@ def train_vqvae(config: RunConfig, run_dir: str | Path, resume: bool = False,
     ctx = setup(config.train.device)
     check_model_fits(lambda: VQVAE(config.model, config.quantizer), ctx.device, "the VQ-VAE",
                      "reduce quantizer.codebook_size, model.hidden_channels or model.code_dim")
+    perceptual, perceptual_note = build_perceptual(config, ctx.device)  # before any data: a missing file fails fast
     if resume:
-        check_resume_config(run_dir, "vqvae", config, ("model", "quantizer"))
+        check_resume_config(run_dir, "vqvae", config, ("model", "quantizer"), CRITIC_FIXED_ON_RESUME)
     splits = as_splits(data, config.data)
     train_set, test_set = splits.train, splits.test
     if ctx.is_main:
@@ -142,7 +239,9 @@ def train_vqvae(config: RunConfig, run_dir: str | Path, resume: bool = False,
         config.save(run_dir / "config.json")
     torch.manual_seed(config.train.seed)
     model = build_vqvae(config, ctx.device)
-    stage = VQVAEStage(model, config, splits, ctx)
+    stage = VQVAEStage(model, config, splits, ctx, perceptual)
+    if ctx.is_main and perceptual_note:
+        print(perceptual_note, flush=True)
     if ctx.is_main and config.train.progress:
         print(f"vqvae: {len(train_set)} training / {len(splits.val) if splits.val else 0} validation / "
               f"{len(test_set)} test images ({train_set.name}); "
@@ -165,7 +264,8 @@ def train_vqvae(config: RunConfig, run_dir: str | Path, resume: bool = False,
                    "best_val_mse": state.best if splits.val else None, "epochs": state.epoch, "steps": state.step,
                    "train_seconds": round(epoch_seconds, 2),
                    "images_per_s": round(images / epoch_seconds, 1) if epoch_seconds else None,
-                   "last_epoch": last, "this_call_seconds": round(train_seconds, 2), "resume_notes": state.notes}
+                   "last_epoch": last, "this_call_seconds": round(train_seconds, 2), "resume_notes": state.notes,
+                   "objective": objective_summary(config, perceptual is not None, perceptual_note)}
         update_metrics(run_dir, "vqvae", metrics)
         write_vqvae_figures(model, test_set, state.history, run_dir, ctx.device)
     barrier()
@@ -185,7 +285,7 @@ def write_vqvae_figures(model: VQVAE, test_set: ImageSet, history: list, run_dir
     save_reconstruction_grid(x, x_hat, run_dir / "reconstructions.png")
     if history:
         plot_history(history, run_dir / "curves.png", [
-            ("loss terms", ["recon", "commitment", "codebook", "entropy", "val_mse"]),
+            ("loss terms", ["recon", "perceptual", "commitment", "codebook", "entropy", "val_mse"]),
             ("codebook usage (codes used)", ["codes_used", "val_codes_used"]),
             ("perplexity", ["perplexity", "val_perplexity"]),
-        ], title="VQ-VAE training")
+        ] + GAN_PANELS, title="VQ-VAE training")

@@ -1,0 +1,268 @@
+"""Perceptual and adversarial training of the tokenizer (training/losses.py, the critic in the
+loop's Stage contract): the adaptive weight, disc_start, exact resume, DDP, collapse, LPIPS."""
+import json
+import warnings
+
+import pytest
+import torch
+import torchvision
+from conftest import memory_data
+from torch import nn
+
+from vqvae import api
+from vqvae.checkpoint import load_checkpoint, save_checkpoint
+from vqvae.config import LossConfig, apply_overrides
+from vqvae.errors import ConfigError, TrainingError
+from vqvae.models import VQVAE
+from vqvae.nn.discriminator import PatchDiscriminator
+from vqvae.nn.perceptual import LPIPS
+from vqvae.training.losses import (MAX_ADAPTIVE_WEIGHT, TokenizerObjective, adaptive_weight, decoder_last_layer,
+                                   discriminator_loss)
+from vqvae.training.vqvae_stage import VQVAEStage
+
+# A discriminator that fits 16-pixel images (2 stride-2 layers leave 2x2 patches), narrow for speed.
+GAN = ["loss.adversarial=hinge", "loss.reconstruction=l1", "loss.disc_layers=2", "loss.disc_channels=8",
+       "loss.disc_start=3", "train.adam_betas=0.5,0.9", "train.epochs=2", "train.lr_schedule=constant"]
+
+
+def checkpoint(run, which="last"):
+    return load_checkpoint(run / "checkpoints" / f"vqvae-{which}.pt")
+
+
+def test_adaptive_weight_equals_a_hand_computation():
+    """y = h W^T; nll = mean((y - t)^2), adversarial = -mean(c * y): the gradients at W are
+    2/(Bm) (y - t)^T h and -1/(Bm) c^T h, and the weight is the ratio of their norms."""
+    g = torch.Generator().manual_seed(0)
+    h, t, c = torch.randn(5, 3, generator=g), torch.randn(5, 4, generator=g), torch.randn(5, 4, generator=g)
+    layer = nn.Linear(3, 4, bias=False)
+    y = layer(h)
+    nll, adversarial = (y - t).pow(2).mean(), -(c * y).mean()
+    grad_nll = 2 / 20 * (y - t).detach().T @ h
+    grad_adv = -1 / 20 * c.T @ h
+    expected = grad_nll.norm() / (grad_adv.norm() + 1e-4)
+    assert torch.allclose(adaptive_weight(nll, adversarial, layer.weight), expected, rtol=1e-5)
+    # An adversarial term the layer cannot move is clamped, not infinite.
+    assert adaptive_weight(100 * nll, 0 * y.sum(), layer.weight) == MAX_ADAPTIVE_WEIGHT
+
+
+def test_the_decoder_last_layer_is_the_output_convolution(tiny_config):
+    model = VQVAE(tiny_config.model, tiny_config.quantizer)
+    assert decoder_last_layer(model.decoder) is model.decoder.layers[-1].weight
+    assert model.decoder.layers[-1].weight.shape[1] == tiny_config.model.in_channels  # writes the image
+
+
+def test_adversarial_term_is_zero_before_disc_start_and_not_after():
+    objective = TokenizerObjective(LossConfig(adversarial="hinge", disc_start=5, reconstruction="l1"), None)
+    torch.manual_seed(0)
+    decoder = nn.Conv2d(4, 1, 3, padding=1)
+    critic = PatchDiscriminator(1, 8, 2)
+    x, z = torch.rand(4, 1, 16, 16), torch.randn(4, 4, 16, 16)
+    before = objective.generator(x, decoder(z), critic, decoder.weight, step=4)
+    assert before.terms["adversarial"] == 0 and before.terms["adaptive_weight"] == 0
+    assert torch.equal(before.total, before.terms["recon"])
+    assert objective.critic(critic, x, decoder(z).detach(), step=4)[0] is None
+    after = objective.generator(x, decoder(z), critic, decoder.weight, step=5)
+    assert after.terms["adversarial"] != 0 and after.terms["adaptive_weight"] > 0
+    assert not torch.equal(after.total, after.terms["recon"])
+    loss, terms = objective.critic(critic, x, decoder(z).detach(), step=5)
+    assert loss is not None and loss.requires_grad and 0 <= terms["disc_accuracy"] <= 1
+    # The model's loss gives the discriminator no gradient.
+    after.total.backward()
+    assert all(p.grad is None for p in critic.parameters()) and decoder.weight.grad is not None
+
+
+def test_hinge_and_non_saturating_discriminator_losses():
+    real, fake = torch.tensor([2.0, 0.5]), torch.tensor([-2.0, 0.5])
+    assert discriminator_loss(real, fake, "hinge") == pytest.approx(0.5 * (0.25 + 0.75))
+    bce = 0.5 * (nn.functional.binary_cross_entropy_with_logits(real, torch.ones(2))
+                 + nn.functional.binary_cross_entropy_with_logits(fake, torch.zeros(2)))
+    assert discriminator_loss(real, fake, "non_saturating") == pytest.approx(bce.item())
+
+
+def test_gan_training_keeps_the_discriminator_still_until_disc_start(tiny_config, tmp_path):
+    # 4 steps per epoch; the discriminator starts at step 4 (the second epoch).
+    cfg = apply_overrides(tiny_config, GAN + ["loss.disc_start=4"])
+    result = api.train_vqvae(cfg, tmp_path / "run", data=memory_data())
+    first, second = result.history
+    assert first["adversarial"] == 0 and first["disc_loss"] == 0 and first["adaptive_weight"] == 0
+    assert second["adversarial"] != 0 and second["disc_loss"] > 0 and second["adaptive_weight"] > 0
+    ckpt = checkpoint(tmp_path / "run")
+    assert {"critic_state", "critic_optimizer_state", "critic_scheduler_state"} <= set(ckpt)
+    assert ckpt["critic_optimizer_state"]["state"]  # it trained
+    assert ckpt["critic_optimizer_state"]["param_groups"][0]["betas"] == (0.5, 0.9)
+    # Every term is in metrics.json's last epoch, and the curves have the GAN's panels.
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())["vqvae"]
+    for key in ("recon", "adversarial", "adaptive_weight", "disc_loss", "logits_real", "logits_fake", "disc_accuracy"):
+        assert key in metrics["last_epoch"], key
+    assert metrics["objective"]["adversarial"] == "hinge"
+
+
+def _stop_after(calls_wanted):
+    class Stop(Exception):
+        pass
+
+    original = VQVAEStage.after_step
+    calls = {"n": 0}
+
+    def after_step(self, values):
+        original(self, values)
+        calls["n"] += 1
+        if calls["n"] == calls_wanted:
+            raise Stop
+
+    return Stop, original, after_step
+
+
+def test_mid_epoch_resume_with_the_discriminator_is_bitwise(tiny_config, tmp_path):
+    """Killed at step 7 (a checkpoint every 2 steps: the last holds step 6, epoch 2 batch 2), with
+    the discriminator training since step 3, R1 on and a weight average: the resumed run's model,
+    discriminator, optimisers and history equal an uninterrupted run's."""
+    cfg = apply_overrides(tiny_config, GAN + ["train.checkpoint_every_steps=2", "train.ema_decay=0.9",
+                                              "loss.r1_weight=1.0", "loss.disc_ramp_steps=2"])
+    data = memory_data()
+    api.train_vqvae(cfg, tmp_path / "straight", data=data)
+    Stop, original, after_step = _stop_after(7)
+    VQVAEStage.after_step = after_step
+    try:
+        with pytest.raises(Stop):
+            api.train_vqvae(cfg, tmp_path / "killed", data=data)
+    finally:
+        VQVAEStage.after_step = original
+    saved = checkpoint(tmp_path / "killed")
+    assert saved["loop"]["step"] == 6 and saved["loop"]["batch_in_epoch"] == 2
+    api.train_vqvae(cfg, tmp_path / "killed", resume=True, data=data)
+    a, b = checkpoint(tmp_path / "straight"), checkpoint(tmp_path / "killed")
+    for part in ("model_state", "training_model_state", "critic_state"):
+        for key, value in a[part].items():
+            assert torch.equal(value, b[part][key]), (part, key)
+    for key, value in a["critic_optimizer_state"]["state"].items():
+        assert torch.equal(value["exp_avg"], b["critic_optimizer_state"]["state"][key]["exp_avg"])
+    drop = ("seconds", "images_per_s")
+    assert [{k: v for k, v in h.items() if k not in drop} for h in a["loop"]["history"]] == \
+           [{k: v for k, v in h.items() if k not in drop} for h in b["loop"]["history"]]
+    # The weight average is what the checkpoint offers for use, and it differs from the trained weights.
+    assert any(not torch.equal(a["model_state"][k], a["training_model_state"][k]) for k in a["model_state"])
+
+
+def test_an_old_format_checkpoint_still_resumes(tiny_config, tmp_path):
+    """A checkpoint as the toolkit wrote it before the loss section, betas, weight average and
+    stage state existed resumes to the same weights as the new format."""
+    cfg = apply_overrides(tiny_config, ["train.epochs=1", "train.lr_schedule=constant"])
+    data = memory_data()
+    api.train_vqvae(cfg, tmp_path / "new", data=data)
+    path = tmp_path / "new" / "checkpoints" / "vqvae-last.pt"
+    new = load_checkpoint(path)
+    old = {k: v for k, v in new.items() if k not in ("stage_state", "format", "version", "kind", "config",
+                                                     "model_state")}
+    config = json.loads(json.dumps(new["config"]))
+    del config["loss"]
+    for section in ("train", "prior_train"):
+        del config[section]["adam_betas"], config[section]["ema_decay"]
+    (tmp_path / "old" / "checkpoints").mkdir(parents=True)
+    save_checkpoint(tmp_path / "old" / "checkpoints" / "vqvae-last.pt", "vqvae", config, new["model_state"], **old)
+    (tmp_path / "old" / "config.json").write_text((tmp_path / "new" / "config.json").read_text())
+    more = apply_overrides(cfg, ["train.epochs=2"])
+    api.train_vqvae(more, tmp_path / "new", resume=True, data=data)
+    api.train_vqvae(more, tmp_path / "old", resume=True, data=data)
+    a, b = checkpoint(tmp_path / "new"), checkpoint(tmp_path / "old")
+    for key, value in a["model_state"].items():
+        assert torch.equal(value, b["model_state"][key]), key
+
+
+def test_a_collapsed_discriminator_stops_the_run_with_the_step_and_what_to_change(tiny_config, tmp_path, capsys):
+    # A discriminator 50x faster than a barely moving model wins at once.
+    cfg = apply_overrides(tiny_config, GAN + ["loss.disc_start=0", "loss.disc_lr=0.01", "train.lr=1e-6",
+                                              "loss.collapse_accuracy=0.9", "loss.collapse_steps=2",
+                                              "loss.collapse_action=stop", "train.epochs=3"])
+    with pytest.raises(TrainingError) as caught:
+        api.train_vqvae(cfg, tmp_path / "run", data=memory_data())
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "discriminator collapse at step" in message and "loss.disc_weight" in message
+    step = int(message.split("at step ")[1].split(":")[0])
+    assert 2 <= step < 12  # two collapsed steps in a row at least; stopped before the end
+    # "warn" trains on, saying it once.
+    warned = api.train_vqvae(apply_overrides(cfg, ["loss.collapse_action=warn", "train.epochs=2"]), tmp_path / "warn",
+                             data=memory_data())
+    assert len(warned.history) == 2
+    assert sum("discriminator collapse" in line for line in capsys.readouterr().err.splitlines()) == 1
+
+
+@pytest.fixture(scope="module")
+def random_vgg16(tmp_path_factory):
+    """A randomly initialised torchvision VGG16 state_dict of the right shapes (no download)."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("vgg") / "vgg16.pth"
+    features = torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs["D"])  # vgg16's, without its head
+    torch.save({f"features.{k}": v for k, v in features.state_dict().items()}, path)
+    return path
+
+
+def test_lpips_loads_a_torchvision_vgg16_file_into_the_lpips_network(random_vgg16):
+    import lpips
+
+    ours = LPIPS(random_vgg16)
+    state = torch.load(random_vgg16, weights_only=True)
+    assert torch.equal(getattr(ours.net.net.slice5, "28").weight, state["features.28.weight"])
+    assert torch.equal(getattr(ours.net.net.slice1, "0").bias, state["features.0.bias"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # lpips passes torchvision's deprecated `pretrained`
+        reference = lpips.LPIPS(net="vgg", pnet_rand=True, verbose=False)
+    reference.net.load_state_dict(ours.net.net.state_dict())
+    x, y = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
+    assert torch.allclose(ours(x, y), reference(x, y, normalize=True).flatten())
+    assert torch.all(ours(x, x) == 0) and torch.all(ours(x, y) > 0)
+    assert not any(p.requires_grad for p in ours.parameters())
+    ours.train()
+    assert not ours.training  # its heads' dropout never switches on
+
+
+def test_training_with_lpips_on_grey_images(tiny_config, tmp_path, random_vgg16):
+    cfg = apply_overrides(tiny_config, GAN + ["loss.perceptual=lpips", f"loss.lpips_vgg_weights={random_vgg16}",
+                                              "train.epochs=1"])
+    result = api.train_vqvae(cfg, tmp_path / "run", data=memory_data())
+    assert result.history[0]["perceptual"] > 0
+
+
+def test_missing_vgg_weights(tiny_config, tmp_path, capsys):
+    missing = tmp_path / "nowhere" / "vgg16.pth"
+    cfg = apply_overrides(tiny_config, GAN + ["loss.perceptual=lpips", f"loss.lpips_vgg_weights={missing}"])
+    with pytest.raises(ConfigError) as caught:
+        api.train_vqvae(cfg, tmp_path / "run", data=memory_data())
+    assert str(missing) in str(caught.value) and "vgg16" in str(caught.value) and "\n" not in str(caught.value)
+    assert not (tmp_path / "run").exists()  # refused before training started
+    # "auto" says so in one line and trains with the other terms.
+    result = api.train_vqvae(apply_overrides(cfg, ["loss.perceptual=auto", "train.epochs=1"]), tmp_path / "auto",
+                             data=memory_data())
+    out = capsys.readouterr().out
+    assert sum("LPIPS is off" in line for line in out.splitlines()) == 1
+    assert result.history[0]["perceptual"] == 0 and result.history[0]["adversarial"] != 0
+
+
+def test_discriminator_settings_are_checked(tiny_config):
+    with pytest.raises(ConfigError, match="loss.disc_layers=2 or fewer"):
+        apply_overrides(tiny_config, ["loss.adversarial=hinge", "loss.disc_layers=3"])
+    with pytest.raises(ConfigError, match="train.adam_betas"):
+        apply_overrides(tiny_config, ["train.adam_betas=0.5,1.0"])
+
+
+def test_two_gloo_processes_train_the_gan_as_one_process(tiny_config, tmp_path):
+    """The same global batch split over two processes: the adaptive weight (its gradients
+    averaged over processes), the model and the GroupNorm discriminator match one process."""
+    from test_distributed import launch
+
+    # No validation split: 128 training images in 4 batches of 32 that split evenly (16 + 16).
+    cfg = apply_overrides(tiny_config, GAN + ["train.amp=off", "train.channels_last=false", "data.val_fraction=0",
+                                              "loss.disc_start=2", "prior_train.epochs=1"])
+    launch(cfg, tmp_path / "ddp", 2)
+    launch(cfg, tmp_path / "single", 1)
+    ddp, single = checkpoint(tmp_path / "ddp" / "run"), checkpoint(tmp_path / "single" / "run")
+    for a, b in zip(ddp["loop"]["history"], single["loop"]["history"]):
+        for key in ("adaptive_weight", "disc_loss", "logits_real", "logits_fake", "recon"):
+            # Equal to the 6 digits the history keeps; per-process adaptive weights miss by ~1e-3.
+            assert a[key] == pytest.approx(b[key], rel=2e-5, abs=2e-6), (key, a[key], b[key])
+    for key, value in ddp["critic_state"].items():
+        assert torch.allclose(value, single["critic_state"][key], rtol=1e-4, atol=1e-5), key
+    for key, value in ddp["model_state"].items():
+        if value.is_floating_point():  # the k-means-seeded EMA codebook drifts most, by ~2e-4
+            assert torch.allclose(value, single["model_state"][key], rtol=1e-3, atol=1e-3), key
