@@ -311,6 +311,37 @@ run("`--set loss.perceptual=lpips` with loss.lpips_vgg_weights a state_dict of o
     "tiny", "--out", "x", "--set", *TINY, "loss.perceptual=lpips", "loss.lpips_vgg_weights=wrongvgg.pth")
 run("`train --resume RUN --set loss.adversarial=hinge` (a discriminator the run never had)", "train", "--resume", R,
     "--set", "loss.adversarial=hinge", "loss.disc_layers=2")
+# --- maskgit: the MaskGIT prior's options and `inpaint`; every row expects exit 2 with a one-line error
+shutil.copytree(R, "mg", ignore=shutil.ignore_patterns("prior-*.pt"))
+run("setup: a maskgit prior (`train-prior --set prior.kind=maskgit`)", "train-prior", "mg", "--set", "prior.kind=maskgit", "prior.num_heads=2")
+Image.fromarray(images[0]).save("one.png")
+Image.fromarray(np.zeros((16, 16), np.uint8)).save("empty-mask.png")
+Image.fromarray(np.full((8, 8), 255, np.uint8)).save("small-mask.png")
+Image.fromarray(np.zeros((8, 8), np.uint8)).save("small-image.png")
+Path("notimage.png").write_text("not an image")
+INP = ["inpaint", "mg", "--image", "one.png", "--out", "inp.png"]
+for label, extra in [("box outside the image `--mask 0,0,17,4`", ["--mask", "0,0,17,4"]),
+                     ("empty box `--mask 3,3,3,9`", ["--mask", "3,3,3,9"]), ("`--mask a,b,c,d`", ["--mask", "a,b,c,d"]),
+                     ("`--mask` an all-zero mask image", ["--mask", "empty-mask.png"]),
+                     ("`--mask` an 8x8 mask for 16x16 images", ["--mask", "small-mask.png"]),
+                     ("`--mask` a file that is not an image", ["--mask", "notimage.png"]),
+                     ("`--mask /no/such.png`", ["--mask", "/no/such.png"]),
+                     ("`--margin -1`", ["--mask", "0,0,4,4", "--margin", "-1"]),
+                     ("`--margin wide`", ["--mask", "0,0,4,4", "--margin", "wide"]),
+                     ("`--class 1` on an unconditional prior", ["--mask", "0,0,4,4", "--class", "1"]),
+                     ("`--guidance 2` on an unconditional prior", ["--mask", "0,0,4,4", "--guidance", "2"]),
+                     ("`--steps 0`", ["--mask", "0,0,4,4", "--steps", "0"]),
+                     ("`--choice-temperature -1`", ["--mask", "0,0,4,4", "--choice-temperature", "-1"])]:
+    run(f"`inpaint` {label} (expect 2)", *INP, *extra)
+run("`inpaint --image` an 8x8 image for a 16x16 model (expect 2)", "inpaint", "mg", "--image", "small-image.png", "--mask", "0,0,4,4", "--out", "inp.png")
+run("`inpaint --image` a file that is not an image (expect 2)", "inpaint", "mg", "--image", "notimage.png", "--mask", "0,0,4,4", "--out", "inp.png")
+run("`inpaint --out RUN/checkpoints/x.png` (expect 2)", "inpaint", "mg", "--image", "one.png", "--mask", "0,0,4,4", "--out", "mg/checkpoints/x.png")
+run("`inpaint --steps 8` on a pixelcnn prior (expect 2)", "inpaint", R, "--image", "one.png", "--mask", "0,0,4,4", "--out", "inp.png", "--steps", "8")
+run("`sample --steps 8` on a pixelcnn prior (expect 2)", "sample", R, "--steps", "8", "--out", "s")
+run("`sample --steps 0` on a maskgit prior (expect 2)", "sample", "mg", "--steps", "0", "--out", "s")
+run("`train --set sample.steps=8` with prior.kind=pixelcnn (expect 2)", "train", "--preset", "tiny", "--out", "x", "--set", "sample.steps=8")
+run("`train-prior --set prior.kind=maskgit prior.num_heads=3` (16 channels; expect 2)", "train-prior", "mg", "--set", "prior.kind=maskgit", "prior.num_heads=3")
+run("`inpaint` a good box, for contrast (expect 0)", *INP, "--mask", "0,8,16,16")
 print("| input | exit | outcome (first error line, or last line of output) |\n|---|---|---|")
 for label, code, line in rows:
     print(f"| {label} | {code} | {line.replace('|', '/')} |")

@@ -7,7 +7,7 @@
 
 The model commands (reconstruct, encode, decode) are defined here; every other entry point
 lives in the module that does its job and is re-exported: training in training/, sampling in
-sampling.py, evaluation and the run's sample score in evaluation.py (its protocol in
+sampling.py, inpainting in inpainting.py, evaluation and the run's sample score in evaluation.py (its protocol in
 metrics/protocol.py), the report in report.py, the whole job in pipeline.py.
 """
 from __future__ import annotations
@@ -24,6 +24,7 @@ from .errors import ConfigError, DataError
 from .evaluation import evaluate, sample_quality
 from .figures import save_grid, save_reconstruction_grid, spread_indices
 from .files import atomic_save_npy, atomic_write_text
+from .inpainting import inpaint
 from .metrics.codebook import codebook_stats
 from .models import quantizer_info
 from .pipeline import run_pipeline
@@ -36,7 +37,7 @@ from .training.prior_stage import encode_images, train_prior
 from .training.vqvae_stage import train_vqvae
 
 __all__ = ["load_config", "train_vqvae", "train_prior", "reconstruct", "encode", "decode", "evaluate", "sample",
-           "run_pipeline", "load_vqvae", "load_prior", "write_report", "sample_quality", "TrainResult"]
+           "run_pipeline", "load_vqvae", "load_prior", "write_report", "sample_quality", "TrainResult", "inpaint"]
 
 
 def _images(config: RunConfig, data: str | None) -> ImageSet:

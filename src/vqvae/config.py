@@ -182,12 +182,15 @@ class LossConfig:
 
 @dataclass
 class PriorConfig:
-    """Autoregressive prior over code maps: a Gated PixelCNN or a decoder-only transformer."""
+    """Prior over code maps: a Gated PixelCNN or a decoder-only transformer (autoregressive), or
+    MaskGIT (a bidirectional transformer sampled in a few parallel steps)."""
 
-    kind: str = "pixelcnn"  # "pixelcnn" (Gated PixelCNN) or "transformer" (raster-order, KV-cached sampling)
+    # "pixelcnn" (Gated PixelCNN), "transformer" (raster-order, KV-cached sampling) or "maskgit"
+    # (masked-code prediction, sample.steps parallel steps; no exact likelihood)
+    kind: str = "pixelcnn"
     num_layers: int = 15  # gated layers, or transformer blocks
     hidden_channels: int = 128  # PixelCNN channels, or the transformer's embedding width
-    num_heads: int = 4  # transformer only: attention heads (must divide hidden_channels)
+    num_heads: int = 4  # transformer and maskgit: attention heads (must divide hidden_channels)
     first_kernel_size: int = 7  # PixelCNN only
     kernel_size: int = 3  # PixelCNN only
     head_channels: int = 0  # PixelCNN only; 0 = hidden_channels
@@ -212,6 +215,11 @@ class SampleConfig:
     # class sample without it (a preset's value); asking for it by --guidance there is an error.
     guidance: float = 1.0
     seed: int = 0
+    # prior.kind=maskgit only (an error on the autoregressive priors at other values): decoding steps,
+    # and the Gumbel noise on the confidence that picks which draws stay, annealed to 0 over the steps
+    # (the defaults are the MaskGIT reference code's)
+    steps: int = 12
+    choice_temperature: float = 4.5
 
 
 @dataclass
@@ -649,7 +657,7 @@ RULES: dict[str, Rule] = {
     "prior.kernel_size": ODD_POSITIVE,
     "prior.head_channels": at_least(0),
     "prior.train_shifts": in_range(0, 4),
-    "prior.kind": one_of("pixelcnn", "transformer"),
+    "prior.kind": one_of("pixelcnn", "transformer", "maskgit"),
     "prior.num_heads": at_least(1),
     "prior.label_dropout": in_range(0, 1, high_open=True),
     "sample.top_p": in_range(0, 1, low_open=True),
@@ -660,6 +668,8 @@ RULES: dict[str, Rule] = {
     "sample.temperature": Rule(lambda v: 1e-4 <= v <= 1e4, "> 0, in [0.0001, 10000]"),
     "sample.top_k": at_least(0),
     "sample.seed": in_range(0, 2 ** 64 - 1),
+    "sample.steps": in_range(1, 256),
+    "sample.choice_temperature": at_least(0),
 }
 SAME_RULES = {"prior_train": "train"}  # sections of the same dataclass share its rules
 
@@ -741,7 +751,13 @@ def validate(cfg: RunConfig) -> None:
                           f"(data.dataset={cfg.data.dataset!r}): testing on the training images measures nothing; "
                           f"leave --test-data out to hold out a test split, or name other images")
     _check_loss(cfg.loss, cfg.data.image_size)
-    if cfg.prior.kind == "transformer" and cfg.prior.hidden_channels % cfg.prior.num_heads:
+    if cfg.prior.kind != "maskgit":
+        defaults = SampleConfig()
+        for name in ("steps", "choice_temperature"):
+            if getattr(cfg.sample, name) != getattr(defaults, name):
+                raise ConfigError(f"sample.{name}={getattr(cfg.sample, name)} is for prior.kind=maskgit; this run's "
+                                  f"prior is {cfg.prior.kind}, which draws one code per position in raster order")
+    if cfg.prior.kind in ("transformer", "maskgit") and cfg.prior.hidden_channels % cfg.prior.num_heads:
         raise ConfigError(f"prior.num_heads={cfg.prior.num_heads} must divide prior.hidden_channels="
                           f"{cfg.prior.hidden_channels}")
 

@@ -25,7 +25,7 @@ from .runlock import locks_run
 from .runs import check_output_path, check_prior_matches, load_prior, load_vqvae, update_metrics
 from .sampling import cached_samples
 from .training.distributed import resolve_device
-from .training.prior_stage import encode_images, heldout_bits
+from .training.prior_stage import MASKED_NATS_MEANING, encode_images, heldout_figure
 
 
 TEXTURE_IMAGES = 2000  # images per row of the calibrated texture measure, where the held-out data allows
@@ -77,8 +77,12 @@ def evaluate(path: str | Path, data: str | None = None, out: str | Path | None =
         if prior.conditional and labels is None:
             result["prior"] = {"skipped": f"{test_set.name} has no labels for this conditional prior"}
         else:
-            bits = heldout_bits(prior, TensorBatches((codes, labels), 500, dev, shuffle=False))
-            result["prior"] = {"test_bits_per_code": round(bits, 5), "test_codes": len(codes)}
+            value = heldout_figure(prior, TensorBatches((codes, labels), 500, dev, shuffle=False))
+            if prior.config.kind == "maskgit":  # no likelihood: its masked cross-entropy, under its own name
+                result["prior"] = {"test_masked_nats": round(value, 5), "masked_nats_meaning": MASKED_NATS_MEANING,
+                                   "test_codes": len(codes)}
+            else:
+                result["prior"] = {"test_bits_per_code": round(value, 5), "test_codes": len(codes)}
         if samples:
             if train_set is None:
                 train_set, val_set, _ = load_splits(config.data)

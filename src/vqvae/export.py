@@ -91,7 +91,8 @@ def _card_metrics(source: Path) -> dict:
         return read_folder_config(source).get("metrics", {})
     metrics = read_metrics(source)
     keep = {"vqvae": ("test", "test_dataset", "train_dataset", "train_images", "epochs"),
-            "prior": ("test_bits_per_code", "best_val_bits_per_code", "epochs", "conditional", "class_names")}
+            "prior": ("test_bits_per_code", "best_val_bits_per_code", "test_masked_nats", "best_val_masked_nats",
+                      "masked_nats_meaning", "epochs", "conditional", "class_names")}
     return {section: {k: metrics[section][k] for k in keys if k in metrics[section]}
             for section, keys in keep.items() if section in metrics}
 
@@ -135,6 +136,10 @@ def model_card(model: VQVAE, config: RunConfig, models: dict, metrics: dict) -> 
         lines.append("- not recorded (exported from a checkpoint file, not a run folder)")
     if "test_bits_per_code" in prior_metrics:
         lines.append(f"- prior: {prior_metrics['test_bits_per_code']:.4f} bits per code on test codes")
+    elif "test_masked_nats" in prior_metrics:  # MaskGIT has no likelihood: its own figure, named
+        meaning = prior_metrics.get("masked_nats_meaning", "masked cross-entropy; not a likelihood, not bits per code")
+        lines.append(f"- prior (MaskGIT): {prior_metrics['test_masked_nats']:.4f} nats per masked code on test codes "
+                     f"({meaning})")
     lines += ["", "## How to load", "", "```python", "import vqvae", "",
               'model = vqvae.VQVAE.from_pretrained("path/to/this/folder")  # no run folder or training code needed',
               "codes = model.codes(images)                # (B, C, H, W) floats in [0, 1] -> (B, h, w) int64",

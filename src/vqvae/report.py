@@ -85,6 +85,11 @@ def report_markdown(run_dir: Path, metrics: dict) -> str:
     if "test_bits_per_code" in prior:
         given = " given the class" if metrics.get("prior", {}).get("conditional") else ""
         lines += ["## Prior", "", f"- test negative log-likelihood: {prior['test_bits_per_code']:.4f} bits per code{given}"]
+    elif "test_masked_nats" in prior:  # MaskGIT: no likelihood, so no bits per code
+        given = " given the class" if metrics.get("prior", {}).get("conditional") else ""
+        lines += ["## Prior", "", f"- MaskGIT, test masked cross-entropy: {prior['test_masked_nats']:.4f} nats "
+                  f"per masked code{given} ({prior.get('masked_nats_meaning', 'not a likelihood, not bits per code')})"]
+    if "test_bits_per_code" in prior or "test_masked_nats" in prior:
         drawn = _sample_settings(run_dir)
         if drawn:
             lines.append(f"- samples drawn with {drawn}")
@@ -176,7 +181,8 @@ def _sample_settings(run_dir: Path) -> str:
         return ""
     if not isinstance(s, dict):
         return ""
-    parts = [f"{key} {s[key]}" for key in ("temperature", "top_k", "top_p", "guidance") if key in s]
+    parts = [f"{key} {s[key]}" for key in ("temperature", "top_k", "top_p", "guidance", "steps", "choice_temperature")
+             if key in s]
     return ", ".join(parts)
 
 
@@ -211,6 +217,9 @@ def summary_text(run_dir: Path) -> str:
                      f"{r['reconstructions']['high_frequency_power_ratio']:.2f}x the real images'")
     if "test_bits_per_code" in prior:
         lines.append(f"  prior: {prior['test_bits_per_code']:.4f} bits per code on test codes")
+    elif "test_masked_nats" in prior:
+        lines.append(f"  prior (maskgit): {prior['test_masked_nats']:.4f} nats per masked code on test codes "
+                     f"(masked cross-entropy, not a likelihood)")
     if "rows" in sq:
         r = sq["rows"]
         lines.append(f"  samples (n={sq['n']}): Fréchet {r['samples']['frechet_distance']:.2f} = "

@@ -96,11 +96,14 @@ def sample(run_dir: str | Path, out_dir: str | Path | None = None, num_samples: 
            batch_size: int | None = None, temperature: float | None = None, top_k: int | None = None,
            seed: int | None = None, class_: str | int | None = None, prior_path: str | Path | None = None,
            vqvae_path: str | Path | None = None, device: str = "auto", name: str = "samples",
-           top_p: float | None = None, guidance: float | None = None) -> dict:
+           top_p: float | None = None, guidance: float | None = None, steps: int | None = None,
+           choice_temperature: float | None = None) -> dict:
     """Draw new images: prior samples code maps (incrementally), the VQ-VAE decodes them.
 
     Unset options come from the run's `sample` config. `guidance` (conditional priors trained with
-    label dropout): 0 = unconditional, 1 = conditional, > 1 = classifier-free guidance.
+    label dropout): 0 = unconditional, 1 = conditional, > 1 = classifier-free guidance. `steps` and
+    `choice_temperature` are MaskGIT's (an error for the autoregressive priors); temperature,
+    top_k and top_p shape every prior's draw of a code at a position, MaskGIT's too.
     Writes OUT/{name}.png (a grid), OUT/{name}.npy (uint8 (N, C, H, W)), OUT/{name}_codes.npy, and
     OUT/{name}.json: the settings and the prior's fingerprint, which `evaluate` checks before it
     scores cached samples.
@@ -118,9 +121,14 @@ def sample(run_dir: str | Path, out_dir: str | Path | None = None, num_samples: 
     prior, config, extra = load_prior(prior_path or run_dir, dev)
     vqvae, _ = load_vqvae(vqvae_path or run_dir, dev)
     check_prior_matches(prior, vqvae, extra["vqvae_fingerprint"])
+    masked = prior.config.kind == "maskgit"
+    if not masked and (steps is not None or choice_temperature is not None):
+        raise ConfigError(f"--steps and --choice-temperature are for a maskgit prior; this one is {prior.config.kind}, "
+                          f"which draws one code per position in raster order")
     # The run's sample.* settings, with these arguments over them, checked like any config.
     asked = {"num_samples": num_samples, "batch_size": batch_size, "temperature": temperature, "top_k": top_k,
-             "top_p": top_p, "guidance": guidance, "seed": seed}
+             "top_p": top_p, "guidance": guidance, "seed": seed, "steps": steps,
+             "choice_temperature": choice_temperature}
     s = apply_overrides(config, {f"sample.{k}": v for k, v in asked.items() if v is not None}).sample
     n, batch, temperature, top_k, top_p, seed = s.num_samples, s.batch_size, s.temperature, s.top_k, s.top_p, s.seed
     if guidance is None:  # the run's setting: it applies where the prior can be guided
@@ -131,6 +139,7 @@ def sample(run_dir: str | Path, out_dir: str | Path | None = None, num_samples: 
     pixels = m.in_channels * m.image_size * m.image_size
     check_output_fits("samples", n, memory_per_item=pixels * 5 + h * h * 8 + 8, disk_per_item=pixels + h * h * 4,
                       device="cpu", folder=out_dir, option="--num-samples")
+    maskgit_options = {"steps": s.steps, "choice_temperature": s.choice_temperature} if masked else {}
     labels, row = class_labels(prior, class_, n, dev)
     n = len(labels) if labels is not None else n
     generator = torch.Generator(device=dev).manual_seed(seed)
@@ -139,7 +148,7 @@ def sample(run_dir: str | Path, out_dir: str | Path | None = None, num_samples: 
     for start in range(0, n, batch):
         b = min(batch, n - start)
         codes.append(prior.sample(b, labels[start:start + b] if labels is not None else None, temperature, top_k,
-                                  generator, top_p=top_p, guidance=guidance))
+                                  generator, top_p=top_p, guidance=guidance, **maskgit_options))
     codes = torch.cat(codes)
     sample_seconds = time.perf_counter() - t0
     images = decode_and_save(vqvae, codes, out_dir / f"{name}.npy")
@@ -148,7 +157,7 @@ def sample(run_dir: str | Path, out_dir: str | Path | None = None, num_samples: 
     grid = save_grid(shown, out_dir / f"{name}.png", nrow=row or 10)
     settings = {"prior_fingerprint": prior_fingerprint(prior), "num_samples": n, "temperature": temperature,
                 "top_k": top_k, "top_p": top_p, "guidance": guidance, "seed": seed,
-                "class": None if class_ is None else str(class_),
+                "class": None if class_ is None else str(class_), **maskgit_options,
                 "npy_sha256": file_sha256(out_dir / f"{name}.npy")}  # ties the settings to these very images
     atomic_write_text(out_dir / f"{name}.json", json.dumps(settings, indent=2) + "\n")
     return {**settings, "seconds": round(sample_seconds, 3), "samples_per_s": round(n / sample_seconds, 1),
@@ -162,6 +171,8 @@ def cached_samples(run_dir: Path, config: RunConfig, prior, n: int, dev) -> torc
     s = config.sample
     wanted = {"prior_fingerprint": prior_fingerprint(prior), "temperature": s.temperature, "top_k": s.top_k,
               "top_p": s.top_p, "guidance": effective_guidance(prior, s.guidance), "seed": s.seed, "class": None}
+    if prior.config.kind == "maskgit":
+        wanted.update(steps=s.steps, choice_temperature=s.choice_temperature)
     npy, meta_path = run_dir / "samples.npy", run_dir / "samples.json"
     try:
         meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
@@ -174,5 +185,6 @@ def cached_samples(run_dir: Path, config: RunConfig, prior, n: int, dev) -> torc
              and meta.get("npy_sha256") == file_sha256(npy))
     if not fresh:
         sample(run_dir, num_samples=max(n, s.num_samples), temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
-               guidance=wanted["guidance"], seed=s.seed, device=str(dev))
+               guidance=wanted["guidance"], seed=s.seed, device=str(dev),
+               **{k: wanted[k] for k in ("steps", "choice_temperature") if k in wanted})
     return torch.from_numpy(np.load(npy)[:n]).float() / 255

@@ -4,6 +4,7 @@ from __future__ import annotations
 from ..config import PriorConfig
 from .fsq import FiniteScalarQuantizer
 from .lfq import LookupFreeQuantizer
+from .maskgit_prior import MaskGITPrior
 from .pixelcnn import GatedPixelCNN
 from .prior_common import PriorSpec, sample_full_pass, sample_logits
 from .quantizer import (QuantizerOutput, VectorQuantizer, code_dtype, kmeans, nearest_codes, rotation_trick,
@@ -12,8 +13,8 @@ from .rvq import ResidualVectorQuantizer
 from .transformer_prior import TransformerPrior
 from .vqvae import VQVAE, VQVAEOutput, build_quantizer, quantizer_info
 
-Prior = GatedPixelCNN | TransformerPrior
-PRIOR_KINDS = {"pixelcnn": GatedPixelCNN, "transformer": TransformerPrior}
+Prior = GatedPixelCNN | TransformerPrior | MaskGITPrior
+PRIOR_KINDS = {"pixelcnn": GatedPixelCNN, "transformer": TransformerPrior, "maskgit": MaskGITPrior}
 
 
 def build_prior(config: PriorConfig, spec: PriorSpec, dropout: float = 0.0) -> Prior:
@@ -25,5 +26,6 @@ def build_prior(config: PriorConfig, spec: PriorSpec, dropout: float = 0.0) -> P
 
 __all__ = ["VQVAE", "VQVAEOutput", "VectorQuantizer", "FiniteScalarQuantizer", "LookupFreeQuantizer",
            "ResidualVectorQuantizer", "build_quantizer", "quantizer_info", "QuantizerOutput", "nearest_codes",
-           "straight_through", "rotation_trick", "code_dtype", "kmeans", "GatedPixelCNN", "TransformerPrior", "Prior",
+           "straight_through", "rotation_trick", "code_dtype", "kmeans", "GatedPixelCNN", "TransformerPrior", "MaskGITPrior",
+           "Prior",
            "PRIOR_KINDS", "build_prior", "PriorSpec", "sample_logits", "sample_full_pass"]

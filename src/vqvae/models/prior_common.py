@@ -1,12 +1,16 @@
 """What every prior over code maps shares: its spec, how logits become codes, guidance.
 
-Both prior kinds (`GatedPixelCNN`, `TransformerPrior`) offer the same small interface, so the
-training stage, the API and the benchmarks never ask which one they hold:
+Every prior kind (`GatedPixelCNN`, `TransformerPrior`, and MaskGIT's `MaskGITPrior`) offers the
+same small interface, so the API and the benchmarks rarely ask which one they hold:
 
     forward(codes (B, h, w), labels (B,) | None) -> logits (B, K, h, w)   # causal in raster order
+                                                                          # (MaskGIT: bidirectional)
     sample(batch, labels, temperature, top_k, top_p, guidance, generator) -> codes (B, h, w)
-    teacher_forced_logits(codes, labels) -> logits   # the incremental sampler's path, for tests
+    complete(codes, masked, labels, ...) -> codes   # inpainting: re-draw the masked positions
     spec, config, conditional, null_class
+
+The autoregressive ones also have `teacher_forced_logits(codes, labels)`, the incremental
+sampler's path, for tests.
 
 Classifier-free guidance (Ho & Salimans 2022) mixes the conditional and unconditional logits
 of one network: logits = uncond + guidance * (cond - uncond), so guidance 0 is the
@@ -82,7 +86,7 @@ def guided_batch(prior, labels: torch.Tensor | None, guidance: float,
 
 
 def mix_guidance(logits: torch.Tensor, guidance: float, doubled: bool) -> torch.Tensor:
-    """(2B, K) logits of a doubled batch -> (B, K) guided logits; a plain batch passes through."""
+    """(2B, ...) logits of a doubled batch -> (B, ...) guided logits; a plain batch passes through."""
     if not doubled:
         return logits
     cond, uncond = logits.float().chunk(2)
@@ -111,15 +115,21 @@ def check_sampling(temperature: float, top_k: int, top_p: float) -> None:
         raise ConfigError(f"top_p must be in (0, 1] (1 = off), got {top_p}")
 
 
-def sample_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0,
-                  generator: torch.Generator | None = None, top_p: float = 1.0) -> torch.Tensor:
-    """(B, K) logits -> (B,) sampled indices, with temperature, then top-k, then top-p truncation."""
+def truncated_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0,
+                    top_p: float = 1.0) -> torch.Tensor:
+    """(B, K) logits -> (B, K) the probabilities codes are drawn from: temperature, then top-k,
+    then top-p truncation."""
     logits = logits.float() / temperature
     if top_k and top_k < logits.shape[1]:
         kth = logits.topk(top_k, dim=1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
-    logits = filter_top_p(logits, top_p)
-    probs = torch.softmax(logits, dim=1)
+    return torch.softmax(filter_top_p(logits, top_p), dim=1)
+
+
+def sample_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0,
+                  generator: torch.Generator | None = None, top_p: float = 1.0) -> torch.Tensor:
+    """(B, K) logits -> (B,) sampled indices, with temperature, then top-k, then top-p truncation."""
+    probs = truncated_probs(logits, temperature, top_k, top_p)
     return torch.multinomial(probs, 1, generator=generator)[:, 0]
 
 
@@ -188,3 +198,24 @@ class AutoregressivePrior(nn.Module):
             return torch.cat([codes, codes]) if doubled else codes
 
         return self._autoregress(2 * batch if doubled else batch, size, size, run_labels, choose)[:batch]
+
+    @torch.no_grad()
+    def complete(self, codes: torch.Tensor, masked: torch.Tensor, labels: torch.Tensor | None = None,
+                 temperature: float = 1.0, top_k: int = 0, generator: torch.Generator | None = None,
+                 top_p: float = 1.0, guidance: float = 1.0) -> torch.Tensor:
+        """Inpainting with a raster-order prior: each map keeps its codes before its first `masked`
+        (B, H, W) position and re-draws every position from there on, masked or not, since a
+        code's distribution here cannot depend on later codes (MaskGIT's `complete` re-draws the
+        masked positions only)."""
+        check_sampling(temperature, top_k, top_p)
+        B, H, W = codes.shape
+        flat = masked.reshape(B, H * W)
+        first = torch.where(flat.any(1), flat.float().argmax(1), torch.full((B,), H * W, device=codes.device))
+        run_labels, doubled = guided_batch(self, labels, guidance)
+
+        def choose(logits, i, j):
+            drawn = sample_logits(mix_guidance(logits, guidance, doubled), temperature, top_k, generator, top_p)
+            kept = torch.where(i * W + j < first, codes[:, i, j], drawn)
+            return torch.cat([kept, kept]) if doubled else kept
+
+        return self._autoregress(2 * B if doubled else B, H, W, run_labels, choose)[:B]

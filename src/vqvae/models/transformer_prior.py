@@ -24,9 +24,12 @@ from .prior_common import AutoregressivePrior, PriorSpec, check_labels, class_ta
 
 
 class SelfAttention(nn.Module):
-    def __init__(self, width: int, num_heads: int, dropout: float):
+    """Multi-head self-attention; `causal` hides later positions (False: MaskGIT's bidirectional prior)."""
+
+    def __init__(self, width: int, num_heads: int, dropout: float, causal: bool = True):
         super().__init__()
         self.num_heads = num_heads
+        self.causal = causal
         self.qkv = nn.Linear(width, 3 * width)
         self.proj = nn.Linear(width, width)
         self.dropout = dropout
@@ -44,7 +47,7 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = self._heads(x)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal,
                                            dropout_p=self.dropout if self.training else 0.0)
         return self._merge(y)
 
@@ -61,10 +64,10 @@ class SelfAttention(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block: x + attn(LN(x)), then x + MLP(LN(x))."""
 
-    def __init__(self, width: int, num_heads: int, dropout: float):
+    def __init__(self, width: int, num_heads: int, dropout: float, causal: bool = True):
         super().__init__()
         self.norm1 = nn.LayerNorm(width)
-        self.attn = SelfAttention(width, num_heads, dropout)
+        self.attn = SelfAttention(width, num_heads, dropout, causal)
         self.norm2 = nn.LayerNorm(width)
         self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width),
                                  nn.Dropout(dropout))

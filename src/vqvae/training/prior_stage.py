@@ -1,4 +1,9 @@
-"""Stage 2: encode the data once, train a prior (Gated PixelCNN or transformer) on the cached code maps.
+"""Stage 2: encode the data once, train a prior (Gated PixelCNN, transformer or MaskGIT) on the cached
+code maps.
+
+The autoregressive priors are trained and chosen on their likelihood (bits per code); MaskGIT, which
+has none, on its masked cross-entropy (nats per masked code; on held-out codes at the fixed mask
+ratios of models/maskgit_prior.py). The two figures are kept under different names everywhere.
 
 The seed's source re-encodes every batch with the VQ-VAE on every prior epoch; the codes
 never change (the VQ-VAE is frozen), so here they are computed once, stored in RUN/codes/,
@@ -20,7 +25,9 @@ from ..data import Batches, ImageSet, Splits, TensorBatches, as_splits, relabel
 from ..errors import ConfigError, DataError
 from ..figures import plot_history
 from ..files import atomic_save_npy, atomic_write_text
-from ..models import VQVAE, Prior, PriorSpec, build_prior, code_dtype
+from ..models import VQVAE, MaskGITPrior, Prior, PriorSpec, build_prior, code_dtype
+from ..models.maskgit_prior import VALIDATION_MASK_RATIOS, VALIDATION_MASK_SEED, masked_cross_entropy, \
+    training_mask, validation_masks
 from ..resources import check_model_fits
 from ..runlock import locks_run
 from ..runs import codebook_fingerprint, load_vqvae, update_metrics
@@ -93,6 +100,10 @@ class PriorStage(Stage):
     def __init__(self, model: Prior, config: RunConfig, train_codes, train_labels, val_codes, val_labels,
                  ctx: DistContext, fingerprint: str):
         self.model = model
+        self.masked = isinstance(model, MaskGITPrior)
+        # What an epoch reports: bits per code, or (MaskGIT) nats per masked code.
+        self.figure = "masked_nats" if self.masked else "bits"
+        self.summary_keys = (self.figure, f"val_{self.figure}", "images_per_s")
         self.train_cfg = config.prior_train
         self.config_dict = config.to_dict()
         self.ctx = ctx
@@ -115,7 +126,10 @@ class PriorStage(Stage):
             # Classifier-free guidance: some maps train the unconditional prior, under the null class.
             dropped = torch.rand(labels.shape, device=labels.device) < self.label_dropout
             labels = labels.masked_fill(dropped, self.model.null_class)
-        nats = F.cross_entropy(model(codes, labels).float(), codes)
+        if self.masked:
+            nats = masked_cross_entropy(model, codes, labels, training_mask(codes), self.model.mask_token)
+        else:
+            nats = F.cross_entropy(model(codes, labels).float(), codes)
         return nats, {"loss": nats}
 
     def after_step(self, values) -> None:
@@ -124,16 +138,17 @@ class PriorStage(Stage):
 
     def epoch_summary(self) -> dict:
         mean = all_reduce_sum(self.nats_sum.clone()) / all_reduce_sum(self.num_batches.clone()).clamp_min(1)
-        return {"bits": round(mean.item() / LN2, 5)}
+        return {self.figure: round(mean.item() / (1 if self.masked else LN2), 5)}
 
     def postfix(self) -> dict:
-        return {"bits/code": f"{(self.nats_sum / self.num_batches.clamp_min(1)).item() / LN2:.4f}"}
+        mean = (self.nats_sum / self.num_batches.clamp_min(1)).item()
+        return {"nats/masked code": f"{mean:.4f}"} if self.masked else {"bits/code": f"{mean / LN2:.4f}"}
 
     def evaluate(self) -> dict:
         if self.val_batches is None:
             return {}
-        bits = heldout_bits(self.model, self.val_batches, self.train_cfg.eval_batches)
-        return {"val_loss": bits, "val_bits": round(bits, 5)}
+        value = heldout_figure(self.model, self.val_batches, self.train_cfg.eval_batches)
+        return {"val_loss": value, f"val_{self.figure}": round(value, 5)}
 
     def checkpoint_extra(self) -> dict:
         spec = self.model.spec
@@ -156,6 +171,38 @@ def heldout_bits(model: Prior, batches: TensorBatches, max_batches: int = 0) -> 
         count += codes.numel()
     model.train(was_training)
     return nats / max(count, 1) / LN2
+
+
+@torch.no_grad()
+def heldout_masked_nats(model: MaskGITPrior, batches: TensorBatches, max_batches: int = 0) -> float:
+    """MaskGIT's held-out figure: cross-entropy in nats per masked code, the mean over the mask ratios
+    VALIDATION_MASK_RATIOS of the per-ratio means; the masked positions come from a fixed seed
+    (VALIDATION_MASK_SEED), so every epoch and checkpoint is scored on the same ones."""
+    was_training = model.training
+    model.eval()
+    nats = [0.0] * len(VALIDATION_MASK_RATIOS)
+    count = [0] * len(VALIDATION_MASK_RATIOS)
+    for b, (codes, labels) in enumerate(batches.epoch(0)):
+        if max_batches and b >= max_batches:
+            break
+        for r, masked in enumerate(validation_masks(tuple(codes.shape), codes.device)):
+            nats[r] += masked_cross_entropy(model, codes, labels, masked, model.mask_token, reduction="sum").item()
+            count[r] += int(masked.sum())
+    model.train(was_training)
+    return sum(n / max(c, 1) for n, c in zip(nats, count)) / len(nats)
+
+
+def heldout_figure(model: Prior, batches: TensorBatches, max_batches: int = 0) -> float:
+    """The held-out figure a prior's checkpoints are chosen on: bits per code (autoregressive), or
+    nats per masked code (MaskGIT, which has no likelihood)."""
+    if isinstance(model, MaskGITPrior):
+        return heldout_masked_nats(model, batches, max_batches)
+    return heldout_bits(model, batches, max_batches)
+
+
+MASKED_NATS_MEANING = (f"MaskGIT's masked cross-entropy, nats per masked code: mean over mask ratios "
+                       f"{', '.join(map(str, VALIDATION_MASK_RATIOS))} (positions fixed by seed "
+                       f"{VALIDATION_MASK_SEED}); not a likelihood, not comparable with bits per code")
 
 
 @locks_run("train-prior", lambda a: a["run_dir"])
@@ -223,25 +270,31 @@ def train_prior(config: RunConfig, run_dir: str | Path, resume: bool = False,
     state = fit(stage, run_dir, ctx, resume=resume)
     use_best_weights(model, run_dir, "prior", ctx.device)
     metrics = {}
+    figure = stage.figure
     if ctx.is_main:
-        val_bits = [h["val_bits"] for h in state.history if "val_bits" in h]
+        val_values = [h[f"val_{figure}"] for h in state.history if f"val_{figure}" in h]
         seconds = sum(h["seconds"] for h in state.history)
-        test_bits = heldout_bits(model, TensorBatches((test_codes, test_set.labels if model.conditional else None), 500,
-                                                      ctx.device, shuffle=False))
-        metrics = {"val_bits_per_code": val_bits[-1] if val_bits else None,
-                   "best_val_bits_per_code": min(val_bits, default=None),
-                   "test_bits_per_code": round(test_bits, 5),
-                   "train_bits_per_code": state.history[-1]["bits"]
-                   if state.history else None, "epochs": state.epoch, "train_seconds": round(seconds, 2),
+        test_value = heldout_figure(model, TensorBatches((test_codes, test_set.labels if model.conditional else None),
+                                                         500, ctx.device, shuffle=False))
+        # Autoregressive priors: *_bits_per_code; MaskGIT: *_masked_nats, with what it means.
+        name = "masked_nats" if stage.masked else "bits_per_code"
+        metrics = {f"val_{name}": val_values[-1] if val_values else None,
+                   f"best_val_{name}": min(val_values, default=None),
+                   f"test_{name}": round(test_value, 5),
+                   f"train_{name}": state.history[-1][figure] if state.history else None,
+                   **({"masked_nats_meaning": MASKED_NATS_MEANING} if stage.masked else {}),
+                   "kind": model.config.kind, "epochs": state.epoch, "train_seconds": round(seconds, 2),
                    "codebook_size": spec.codebook_size, "latent_size": spec.latent_size,
                    "conditional": bool(spec.num_classes), "class_names": list(spec.class_names),
-                   "history": [{k: h.get(k) for k in ("epoch", "bits", "val_bits", "seconds")} for h in state.history],
+                   "history": [{k: h.get(k) for k in ("epoch", figure, f"val_{figure}", "seconds")}
+                               for h in state.history],
                    "resume_notes": state.notes}
         update_metrics(run_dir, "prior", metrics)
         if state.history:
-            plot_history(state.history, run_dir / "prior_curves.png",
-                         [("loss (bits per code)", ["bits", "val_bits"])], title="Prior training")
+            label = "loss (nats per masked code)" if stage.masked else "loss (bits per code)"
+            plot_history(state.history, run_dir / "prior_curves.png", [(label, [figure, f"val_{figure}"])],
+                         title="Prior training")
     barrier()
     if ctx.is_main:
-        require_finite("prior", {"bits_per_code": test_bits}, state, run_dir, "prior_train", config.prior_train.lr)
+        require_finite("prior", {name: test_value}, state, run_dir, "prior_train", config.prior_train.lr)
     return TrainResult(run_dir, metrics, state.history, model)

@@ -1,0 +1,199 @@
+"""MaskGIT: sampling speed against the cached autoregressive transformer, and inpainting on held-out MNIST.
+
+    python benchmarks/bench_maskgit.py speed --json benchmarks/results/cpu-maskgit-sampling-speed.json
+    python benchmarks/bench_maskgit.py inpaint --run runs/maskgit-mnist \\
+        --json benchmarks/results/cpu-maskgit-inpainting.json --png benchmarks/results/cpu-maskgit-inpainting.png
+
+1. `speed`: 32x32 code maps, 512 codes, both priors 4 blocks of width 128 with 4 heads (the same
+   blocks; MaskGIT without the causal mask), untrained (the time of a draw does not depend on the
+   weights): seconds per batch of MaskGIT with 8 steps and of the transformer's KV-cached sampler,
+   the best of a few repeats, and their ratio.
+2. `inpaint`: trains (unless --run holds one) an mnist-preset VQ-VAE at a small CPU budget and a
+   class-conditional MaskGIT prior with label dropout on its codes, through `api.train_vqvae` and
+   `api.train_prior`, then inpaints the lower half (rows 14-27, blanked) of --num held-out digits
+   from the 10,000 MNIST test images (a fixed random subset) with `inpainting.inpaint_images`, the
+   function `vqvae inpaint` runs, in three modes: no class (the prior's unconditional mode), the
+   digit's own class, and another class c = (class + 1 + k) mod 10, k random. Figures: the fraction
+   of re-drawn code positions whose code differs from the original (unblanked) digit's; the
+   fraction classified as the original class (as c for the edit) by the calibrated score's
+   classifier (trained on the run's training split, as `evaluate` trains it); the seam, the mean
+   absolute difference between pixel rows 13 and 14 (across the mask's edge) against the same
+   statistic of the real digits; and, for the code-mask rule, how often blanking the lower half
+   changes the codes of each code row (rows the rule keeps vs rows it re-draws).
+The machine may be shared and loaded: timings are only comparable within one run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vqvae import api
+from vqvae.config import PriorConfig, load_config
+from vqvae.data import load_dataset, load_splits
+from vqvae.figures import save_grid
+from vqvae.inpainting import code_mask, inpaint_images, receptive_field
+from vqvae.metrics.sample_quality import load_or_train_classifier, predict
+from vqvae.models import MaskGITPrior, PriorSpec, TransformerPrior
+from vqvae.runs import load_prior, load_vqvae, read_metrics
+
+HERE = Path(__file__).resolve().parent
+MNIST_TEST = HERE.parent.parent / "shared" / "data" / "mnist"
+
+
+def speed(args) -> dict:
+    torch.manual_seed(0)
+    spec = PriorSpec(codebook_size=512, latent_size=32)
+    width = dict(num_layers=4, hidden_channels=128, num_heads=4)
+    maskgit = MaskGITPrior(PriorConfig(kind="maskgit", **width), spec).eval()
+    transformer = TransformerPrior(PriorConfig(kind="transformer", **width), spec).eval()
+
+    def best_time(fn, repeats):
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return min(times), times
+
+    g = torch.Generator().manual_seed(0)
+    mg, mg_all = best_time(lambda: maskgit.sample(args.batch, steps=8, generator=g), args.repeats)
+    ar, ar_all = best_time(lambda: transformer.sample(args.batch, generator=g), args.repeats)
+    return {"what": "seconds to draw one batch of 32x32 code maps (512 codes); best of repeats",
+            "model": {**width, "codebook_size": 512, "latent_size": 32,
+                      "parameters_maskgit": sum(p.numel() for p in maskgit.parameters()),
+                      "parameters_transformer": sum(p.numel() for p in transformer.parameters())},
+            "batch": args.batch, "torch_threads": torch.get_num_threads(),
+            "maskgit_8_steps_s": round(mg, 3), "transformer_kv_cached_s": round(ar, 3),
+            "speedup_maskgit_over_transformer": round(ar / mg, 2),
+            "all_times_s": {"maskgit": [round(t, 3) for t in mg_all], "transformer": [round(t, 3) for t in ar_all]}}
+
+
+def train_run(run: Path, args) -> dict:
+    cfg = load_config("mnist", [f"train.epochs={args.vqvae_epochs}", "train.progress=false",
+                                "prior.kind=maskgit", f"prior.num_layers={args.layers}",
+                                f"prior.hidden_channels={args.width}", "prior.num_heads=4",
+                                "prior.conditional=true", "prior.label_dropout=0.1", "prior.train_shifts=1",
+                                f"prior_train.epochs={args.prior_epochs}", "prior_train.lr=1e-3",
+                                "prior_train.warmup_steps=100", "prior_train.progress=false",
+                                "prior_train.dropout=0.1", "train.device=cpu", "prior_train.device=cpu"])
+    t0 = time.perf_counter()
+    api.train_vqvae(cfg, run)
+    t1 = time.perf_counter()
+    api.train_prior(cfg, run)
+    t2 = time.perf_counter()
+    return {"vqvae_train_s": round(t1 - t0, 1), "prior_train_s": round(t2 - t1, 1)}
+
+
+def seam(images: torch.Tensor, row: int) -> float:
+    """Mean |x[row - 1] - x[row]| over columns and images, in [0, 1] units."""
+    x = images.float() / 255
+    return (x[:, :, row - 1] - x[:, :, row]).abs().mean().item()
+
+
+def inpaint(args) -> dict:
+    run = Path(args.run)
+    out: dict = {"run": str(run)}
+    if not (run / "checkpoints" / "prior-best.pt").is_file():
+        out["training"] = train_run(run, args)
+    metrics = read_metrics(run)
+    out["vqvae_test"] = {k: metrics["vqvae"]["test"].get(k) for k in ("mse_clipped", "codes_used")}
+    out["prior"] = {k: metrics["prior"].get(k) for k in ("kind", "best_val_masked_nats", "test_masked_nats",
+                                                         "masked_nats_meaning", "epochs", "train_seconds")}
+    vqvae, config = load_vqvae(run, "cpu")
+    prior, prior_config, _ = load_prior(run, "cpu")
+    out["prior"]["size"] = {k: getattr(prior_config.prior, k) for k in ("num_layers", "hidden_channels", "num_heads")}
+    test = load_dataset(str(MNIST_TEST), config.data)
+    order = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:args.num]
+    images = torch.stack([test[int(i)][0] for i in order])  # uint8 (N, 1, 28, 28)
+    labels = test.labels[order]
+    train_set, val_set, _ = load_splits(config.data)
+    classifier, info = load_or_train_classifier(train_set.tensor(), train_set.labels, val_set.tensor(),
+                                                val_set.labels)
+    out["classifier"] = {"heldout_accuracy": info.get("heldout_accuracy"), "trained_on": train_set.name}
+    real_pred = predict(classifier, images.float() / 255).argmax(1)
+    out["classifier"]["accuracy_on_these_real_digits"] = round((real_pred == labels).float().mean().item(), 4)
+
+    mask = torch.zeros(28, 28, dtype=torch.bool)
+    mask[14:] = True
+    codes_mask = code_mask(mask, vqvae.latent_size)
+    original_codes = vqvae.codes(images.float() / 255)
+    blanked_codes = vqvae.codes(images.masked_fill(mask, 0).float() / 255)
+    changed_by_blanking = (original_codes != blanked_codes).float().mean((0, 2))  # per code row
+    field = receptive_field(vqvae)
+    out["code_mask"] = {
+        "rule": "code re-drawn when a masked pixel lies in its 4x4 cell grown by 2 pixels (default margin)",
+        "rows_redrawn": [int(r) for r in torch.nonzero(codes_mask.any(1)).flatten()],
+        "codes_redrawn": int(codes_mask.sum()),
+        "fraction_changed_by_blanking_per_code_row": [round(v, 4) for v in changed_by_blanking.tolist()],
+        "encoder_receptive_field": {"size": field.size, "start": field.start, "stride": field.stride,
+                                    "codes_it_would_redraw": int(code_mask(mask, vqvae.latent_size,
+                                                                           field=field).sum())}}
+    g = torch.Generator().manual_seed(1)
+    other = (labels + 1 + torch.randint(0, 9, labels.shape, generator=g)) % 10
+    modes = {"no_class": (None, 0.0), "own_class": (labels, args.guidance), "other_class": (other, args.guidance)}
+    out["sampling"] = {"steps": args.steps, "choice_temperature": args.choice_temperature, "temperature": 1.0,
+                       "guidance_with_a_class": args.guidance}
+    out["seam_real_digits"] = round(seam(images, 14), 4)
+    shown = [images[:10], images.masked_fill(mask, 0)[:10]]
+    for name, (mode_labels, guidance) in modes.items():
+        t0 = time.perf_counter()
+        given = mode_labels if mode_labels is not None else torch.zeros_like(labels)
+        result = inpaint_images(vqvae, prior, images, mask, given, generator=torch.Generator().manual_seed(2),
+                                guidance=guidance, steps=args.steps, choice_temperature=args.choice_temperature)
+        seconds = time.perf_counter() - t0
+        assert torch.equal(result.images[:, :, :14], images[:, :, :14])  # kept pixels, bit for bit
+        predicted = predict(classifier, result.images.float() / 255).argmax(1)
+        target = other if name == "other_class" else labels
+        differs = (result.codes != original_codes)[:, codes_mask].float().mean().item()
+        out[name] = {"classified_as_" + ("c" if name == "other_class" else "original_class"):
+                     round((predicted == target).float().mean().item(), 4),
+                     "redrawn_codes_differing_from_original": round(differs, 4),
+                     "seam": round(seam(result.images, 14), 4), "seconds": round(seconds, 2)}
+        if name == "other_class":
+            out[name]["classified_as_original_class"] = round((predicted == labels).float().mean().item(), 4)
+        shown.append(result.images[:10])
+    if args.png:
+        save_grid(torch.cat(shown).float() / 255, Path(args.png), nrow=10)
+        out["png"] = "rows: original, blanked lower half, inpainted without a class, with its own class, as class c"
+    out["num_digits"] = args.num
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="part", required=True)
+    p = sub.add_parser("speed")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--json")
+    p = sub.add_parser("inpaint")
+    p.add_argument("--run", required=True)
+    p.add_argument("--num", type=int, default=500)
+    p.add_argument("--vqvae-epochs", type=int, default=8)
+    p.add_argument("--prior-epochs", type=int, default=8)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--width", type=int, default=128)
+    p.add_argument("--steps", type=int, default=12)
+    p.add_argument("--choice-temperature", type=float, default=4.5)
+    p.add_argument("--guidance", type=float, default=2.0)
+    p.add_argument("--png")
+    p.add_argument("--json")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    result = speed(args) if args.part == "speed" else inpaint(args)
+    result["machine"] = ("a shared 2-core CPU machine loaded by other jobs (8 helpers at once); torch threads 1; "
+                         "timings compare only within this run")
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,286 @@
+"""Inpainting and editing: re-draw a region of images with a run's prior, keep the rest.
+
+The steps, for images x and a pixel mask M (True = re-draw):
+1. Blank: the masked pixels are set to 0 before encoding, so the encoder never sees them and
+   no code can carry anything of the original region.
+2. Code mask: a code is re-drawn when a masked pixel lies in its reach (`code_mask`): its own
+   cell of S x S pixels (S = image size / code map size), grown by `margin` pixels on each side
+   (default S // 2: the encoder's first layer, a 4x4 stride-2 conv, already reads half a cell
+   across each edge), or, with margin "rf", its whole receptive field (`receptive_field`: exact
+   for the encoder's convolutions; on small images it covers most of the map, so the re-drawn
+   region is nearly everything). The codes kept are the blanked image's codes; a kept code can
+   still have seen the blank at its edge, which is why the margin exists: a larger one re-draws
+   more of what saw the blank, at the cost of context.
+3. Re-draw: MaskGIT re-draws exactly the masked codes given all others, in `steps` steps whose
+   schedule runs over the number of masked codes. The autoregressive priors cannot condition on
+   later codes, so they keep each map's codes before its first masked position (raster order)
+   and re-draw everything from there on (`AutoregressivePrior.complete`).
+4. Decode and paste: the decoded images fill the masked pixels only; every other pixel is the
+   original's, bit for bit (uint8 in, uint8 out).
+`class_` re-draws the region as that class (conditional priors); without it, a conditional prior
+trained with label dropout draws in its unconditional mode (guidance 0).
+"""
+from __future__ import annotations
+
+import copy
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from .config import apply_overrides
+from .data import load_dataset
+from .errors import ConfigError, DataError
+from .figures import save_grid
+from .files import atomic_save_npy, atomic_write_bytes, atomic_write_text
+from .models import VQVAE
+from .runs import check_output_path, check_prior_matches, load_prior, load_vqvae
+from .sampling import check_guidance, class_labels, effective_guidance
+from .training.distributed import resolve_device
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+@dataclass
+class ReceptiveField:
+    """The input rows (and columns) code i reads: [stride * i + start, stride * i + start + size)."""
+
+    size: int
+    start: int
+    stride: int
+
+
+def receptive_field(model: VQVAE, probes: int = 4) -> ReceptiveField:
+    """The encoder's receptive field, measured on a float64 copy: the pixels with a nonzero gradient
+    of one code position's latent (a random projection of its channels), unioned over random inputs
+    (a ReLU that is off for one input is on for another). The probe image is 4x the model's size, so
+    image borders do not clip the field of its centre code; a field wider than that (attention)
+    covers any image anyway."""
+    encoder = copy.deepcopy(model.encoder).cpu().double().eval()
+    S = 2 ** model.model_config.num_downsamples
+    side = 4 * model.model_config.image_size
+    centre = side // S // 2
+    generator = torch.Generator().manual_seed(0)
+    reached = torch.zeros(side, side, dtype=torch.bool)
+    for _ in range(probes):
+        x = torch.randn(1, model.model_config.in_channels, side, side, generator=generator, dtype=torch.float64)
+        x.requires_grad_(True)
+        z = encoder(x)  # (1, D, h, w)
+        weights = torch.randn(z.shape[1], generator=generator, dtype=torch.float64)
+        (z[0, :, centre, centre] * weights).sum().backward()
+        reached |= x.grad[0].abs().sum(0) > 0
+    rows = torch.nonzero(reached.any(1)).flatten()
+    cols = torch.nonzero(reached.any(0)).flatten()
+    size = int(max(rows.max() - rows.min(), cols.max() - cols.min())) + 1
+    return ReceptiveField(size=size, start=int(min(rows.min(), cols.min())) - S * centre, stride=S)
+
+
+def code_mask(pixel_mask: torch.Tensor, latent_size: int, margin: int | None = None,
+              field: ReceptiveField | None = None) -> torch.Tensor:
+    """(H, W) bool pixel mask -> (h, w) bool code mask: code (i, j) is re-drawn when a masked pixel
+    lies in its cell grown by `margin` pixels (default: half a cell), or, given `field`, in its
+    receptive field."""
+    H, W = pixel_mask.shape
+    S = H // latent_size
+    if field is not None:
+        start, size = field.start, field.size
+    else:
+        margin = S // 2 if margin is None else margin
+        if margin < 0:
+            raise ConfigError(f"--margin {margin}: must be >= 0 pixels, or 'rf'")
+        start, size = -margin, S + 2 * margin
+    # Summed-area table: the number of masked pixels in any window, in one lookup per code.
+    table = torch.zeros(H + 1, W + 1, dtype=torch.long)
+    table[1:, 1:] = pixel_mask.long().cumsum(0).cumsum(1)
+    lo = (torch.arange(latent_size) * S + start).clamp(0, H)
+    hi = (torch.arange(latent_size) * S + start + size).clamp(0, H)
+    count = table[hi][:, hi] - table[lo][:, hi] - table[hi][:, lo] + table[lo][:, lo]
+    return count > 0
+
+
+def parse_mask(spec: str, size: int) -> torch.Tensor:
+    """A box "x0,y0,x1,y1" (pixels; x1, y1 exclusive) or a mask image (nonzero = re-draw) ->
+    (size, size) bool. An empty mask or one of another size is an error."""
+    text = str(spec).strip()
+    parts = text.split(",")
+    if len(parts) == 4 and not Path(text).exists():
+        try:
+            x0, y0, x1, y1 = (int(p) for p in parts)
+        except ValueError:
+            raise ConfigError(f"--mask {spec!r}: a box is four whole numbers x0,y0,x1,y1 in pixels") from None
+        if not (0 <= x0 < x1 <= size and 0 <= y0 < y1 <= size):
+            raise ConfigError(f"--mask {spec!r}: a box needs 0 <= x0 < x1 <= {size} and 0 <= y0 < y1 <= {size} "
+                              f"(pixels of the {size}x{size} images; x1 and y1 exclusive)")
+        mask = torch.zeros(size, size, dtype=torch.bool)
+        mask[y0:y1, x0:x1] = True
+        return mask
+    path = Path(text)
+    if not path.is_file():
+        raise ConfigError(f"--mask {spec!r} is neither a box x0,y0,x1,y1 nor an existing mask image")
+    try:
+        with Image.open(path) as img:
+            array = np.asarray(img.convert("L"))
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise DataError(f"--mask {path} is not a readable image: {e}") from None
+    if array.shape != (size, size):
+        raise ConfigError(f"--mask {path} is {array.shape[1]}x{array.shape[0]} pixels; the images are "
+                          f"{size}x{size}")
+    mask = torch.from_numpy(array > 0)
+    if not mask.any():
+        raise ConfigError(f"--mask {path} selects no pixel (all zero): nothing to re-draw")
+    return mask
+
+
+def read_images(spec: str | Path, config) -> torch.Tensor:
+    """uint8 (N, C, H, W) at the model's size: one image file (it must have that size), or a folder
+    or .npy/.npz of images (converted and resized as for training)."""
+    path = Path(spec)
+    size, channels = config.model.image_size, config.model.in_channels
+    if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+        try:
+            with Image.open(path) as img:
+                array = np.array(img.convert("L" if channels == 1 else "RGB"))
+        except (UnidentifiedImageError, OSError, ValueError) as e:
+            raise DataError(f"--image {path} is not a readable image: {e}") from None
+        if array.shape[:2] != (size, size):
+            raise DataError(f"--image {path} is {array.shape[1]}x{array.shape[0]} pixels; this model's images are "
+                            f"{size}x{size} (a folder or .npy of images is resized; a single image is not)")
+        array = array[:, :, None] if array.ndim == 2 else array
+        return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))[None]
+    if not path.exists():
+        raise DataError(f"--image {path} does not exist")
+    data_cfg = apply_overrides(config, {"data.num_workers": 0}).data
+    images = load_dataset(str(path), data_cfg)
+    return torch.stack([images[i][0] for i in range(len(images))])
+
+
+@dataclass
+class InpaintResult:
+    images: torch.Tensor  # uint8 (N, C, H, W): the originals with the masked pixels re-drawn
+    blanked: torch.Tensor  # uint8 (N, C, H, W): what the encoder was given
+    codes: torch.Tensor  # (N, h, w): the code maps decoded
+    code_mask: torch.Tensor  # (h, w) bool: the codes re-drawn (MaskGIT; AR priors re-draw more, see module doc)
+
+
+@torch.no_grad()
+def inpaint_images(vqvae: VQVAE, prior, images: torch.Tensor, pixel_mask: torch.Tensor,
+                   labels: torch.Tensor | None = None, margin: int | str | None = None,
+                   generator: torch.Generator | None = None, batch_size: int = 500, **sampling) -> InpaintResult:
+    """Re-draw the `pixel_mask` (H, W) region of uint8 `images` (N, C, H, W); `sampling` holds the
+    prior's options (temperature, top_k, top_p, guidance; MaskGIT's steps, choice_temperature)."""
+    if images.dtype != torch.uint8 or images.dim() != 4:
+        raise DataError(f"images must be uint8 (N, C, H, W); got {images.dtype} {tuple(images.shape)}")
+    vqvae.check_images(images.float())
+    if tuple(pixel_mask.shape) != tuple(images.shape[-2:]):
+        raise ConfigError(f"the mask is {pixel_mask.shape[-1]}x{pixel_mask.shape[0]} pixels; the images are "
+                          f"{images.shape[-1]}x{images.shape[-2]}")
+    if not pixel_mask.any():
+        raise ConfigError("the mask selects no pixel: nothing to re-draw")
+    pixel_mask = pixel_mask.cpu().bool()
+    device = next(vqvae.parameters()).device
+    field = receptive_field(vqvae) if margin == "rf" else None
+    codes_masked = code_mask(pixel_mask, vqvae.latent_size, None if margin == "rf" else margin, field)
+    images = images.cpu()
+    blanked = images.masked_fill(pixel_mask[None, None], 0)
+    out_codes, out_images = [], []
+    for start in range(0, len(images), batch_size):
+        x = blanked[start:start + batch_size].to(device)
+        codes = vqvae.codes(x.float() / 255)  # (b, h, w)
+        masked = codes_masked.to(device).expand_as(codes)
+        part_labels = labels[start:start + batch_size].to(device) if labels is not None else None
+        codes = prior.complete(codes, masked, part_labels, generator=generator, **sampling)
+        decoded = (vqvae.decode_indices(codes).float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+        out_codes.append(codes.cpu())
+        out_images.append(torch.where(pixel_mask[None, None], decoded, images[start:start + batch_size]))
+    return InpaintResult(torch.cat(out_images), blanked, torch.cat(out_codes), codes_masked)
+
+
+def parse_margin(text: str | int | None) -> int | str | None:
+    """--margin: None (half a code cell), a whole number of pixels >= 0, or "rf"."""
+    if text is None or text == "rf":
+        return text
+    try:
+        value = int(text)
+    except (TypeError, ValueError):
+        value = -1
+    if value < 0 or (isinstance(text, float) and text != value):
+        raise ConfigError(f"--margin {text!r}: a whole number of pixels >= 0, or 'rf' (the encoder's receptive "
+                          f"field)")
+    return value
+
+
+def inpaint(run_dir: str | Path, image: str | Path | torch.Tensor, mask: str | torch.Tensor, out: str | Path,
+            class_: str | int | None = None, margin: int | str | None = None, seed: int | None = None,
+            temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
+            guidance: float | None = None, steps: int | None = None, choice_temperature: float | None = None,
+            device: str = "auto") -> dict:
+    """Re-draw the `mask` region of `image` with the run's prior (see the module docstring).
+
+    `image`: an image file at the model's size, a folder or .npy of images, or a uint8 tensor
+    (N, C, H, W). `mask`: a box "x0,y0,x1,y1" in pixels (x1, y1 exclusive), a mask image (nonzero =
+    re-draw), or a bool tensor (H, W); one mask for every image. Writes OUT (a PNG grid of the
+    results), OUT.npy (uint8 (N, C, H, W)) and OUT.json (settings and the code mask).
+    Unset sampling options come from the run's sample config."""
+    out = check_output_path(out)
+    for path in (out.with_suffix(".npy"), out.with_suffix(".json")):
+        check_output_path(path)
+    margin = parse_margin(margin)
+    dev = resolve_device(device)
+    run_dir = Path(run_dir)
+    prior, config, extra = load_prior(run_dir, dev)
+    vqvae, vq_config = load_vqvae(run_dir, dev)
+    check_prior_matches(prior, vqvae, extra["vqvae_fingerprint"])
+    masked_prior = prior.config.kind == "maskgit"
+    if not masked_prior and (steps is not None or choice_temperature is not None):
+        raise ConfigError(f"--steps and --choice-temperature are for a maskgit prior; this one is {prior.config.kind}")
+    asked = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "seed": seed, "steps": steps,
+             "choice_temperature": choice_temperature}
+    s = apply_overrides(config, {f"sample.{k}": v for k, v in asked.items() if v is not None}).sample
+    size = vq_config.model.image_size
+    pixel_mask = mask if isinstance(mask, torch.Tensor) else parse_mask(mask, size)
+    images = image if isinstance(image, torch.Tensor) else read_images(image, vq_config)
+    if class_ is not None and class_ != "":
+        if str(class_) == "all":
+            raise ConfigError("--class all is for sampling; inpainting takes one class index or name")
+        labels, _ = class_labels(prior, class_, len(images), dev)
+        if guidance is None:
+            guidance = effective_guidance(prior, s.guidance)
+    elif prior.conditional:
+        if prior.null_class is None:
+            raise ConfigError("this prior is class-conditional and was trained without label dropout: pass --class "
+                              "to say what to draw")
+        if guidance not in (None, 0.0):
+            raise ConfigError("--guidance needs --class: without a class, a conditional prior inpaints in its "
+                              "unconditional mode")
+        labels = torch.zeros(len(images), dtype=torch.long, device=dev)  # any class: guidance 0 ignores it
+        guidance = 0.0
+    else:
+        labels = None
+        guidance = 1.0 if guidance is None else guidance
+    check_guidance(prior, guidance)
+    sampling = {"temperature": s.temperature, "top_k": s.top_k, "top_p": s.top_p, "guidance": guidance}
+    if masked_prior:
+        sampling.update(steps=s.steps, choice_temperature=s.choice_temperature)
+    generator = torch.Generator(device=dev).manual_seed(s.seed)
+    result = inpaint_images(vqvae, prior, images, pixel_mask, labels, margin, generator, **sampling)
+    atomic_save_npy(out.with_suffix(".npy"), result.images.numpy())
+    if len(images) == 1:  # one image: the result itself, at its own size
+        buffer = io.BytesIO()
+        array = result.images[0].permute(1, 2, 0).numpy()
+        Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array).save(buffer, format="PNG")
+        atomic_write_bytes(out, buffer.getvalue())
+        grid = out
+    else:
+        grid = save_grid(result.images.float() / 255, out, nrow=min(10, len(images)))
+    cell = size // vqvae.latent_size
+    settings = {"images": len(images), "mask_pixels": int(pixel_mask.sum()),
+                "margin": margin if margin is not None else cell // 2,
+                "codes_redrawn": int(result.code_mask.sum()), "code_mask": result.code_mask.int().tolist(),
+                "prior_kind": prior.config.kind, "class": None if class_ is None else str(class_), **sampling,
+                "seed": s.seed}
+    atomic_write_text(out.with_suffix(".json"), json.dumps(settings, indent=2) + "\n")
+    return {**settings, "out": str(grid)}

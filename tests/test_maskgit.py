@@ -1,0 +1,337 @@
+"""MaskGIT prior: masking schedule, iterative decoding, guidance, training and checkpoint choice."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import tiny_overrides
+from vqvae import api
+from vqvae.cli import main
+from vqvae.config import PriorConfig, load_config
+from vqvae.data import TensorBatches
+from vqvae.errors import ConfigError
+from vqvae.models import MaskGITPrior, PriorSpec
+from vqvae.models import maskgit_prior as maskgit_module
+from vqvae.models.maskgit_prior import (VALIDATION_MASK_RATIOS, cosine_mask_ratio, training_mask,
+                                        training_mask_counts, validation_masks)
+from vqvae.runs import load_prior, read_metrics
+from vqvae.training.prior_stage import heldout_masked_nats
+
+MASKGIT_SETTINGS = ["prior.kind=maskgit", "prior.num_layers=2", "prior.hidden_channels=16", "prior.num_heads=2"]
+
+
+def maskgit(conditional=False, label_dropout=0.0, size=5, codes=6, classes=3):
+    torch.manual_seed(0)
+    config = PriorConfig(kind="maskgit", num_layers=2, hidden_channels=16, num_heads=2, conditional=conditional,
+                         label_dropout=label_dropout)
+    return MaskGITPrior(config, PriorSpec(codebook_size=codes, latent_size=size, num_classes=classes)).eval()
+
+
+# ---------------------------------------------------------------------- masking schedule
+
+def test_training_mask_counts_follow_the_cosine_schedule():
+    L = 49
+    u = torch.tensor([0.0, 0.25, 0.5, 0.75, 0.999999])
+    expected = [49, math.floor(49 * math.cos(math.pi / 8)), math.floor(49 * math.cos(math.pi / 4)),
+                math.floor(49 * math.cos(3 * math.pi / 8)), 1]  # at least one masked
+    assert training_mask_counts(u, L).tolist() == expected
+    codes = torch.zeros(2000, 7, 7, dtype=torch.long)
+    counts = training_mask(codes, torch.Generator().manual_seed(0)).flatten(1).sum(1).float()
+    assert counts.min() >= 1 and counts.max() <= L
+    # E[cos(pi/2 u)] = 2/pi of the codes (minus the floor's half a code on average)
+    assert abs(counts.mean().item() - (L * 2 / math.pi - 0.5)) < 1.0
+
+
+def test_validation_masks_are_fixed_and_at_the_stated_ratios():
+    first = validation_masks((4, 5, 5), "cpu")
+    again = validation_masks((4, 5, 5), "cpu")
+    assert [m.flatten(1).sum(1).tolist() for m in first] == [[round(r * 25)] * 4 for r in VALIDATION_MASK_RATIOS]
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert cosine_mask_ratio(0.0) == 1.0 and abs(cosine_mask_ratio(1.0)) < 1e-12
+
+
+# ---------------------------------------------------------------------- iterative decoding
+
+def record_inputs(model, monkeypatch) -> list[torch.Tensor]:
+    seen = []
+    forward = MaskGITPrior.forward
+
+    def spy(self, codes, labels=None):
+        seen.append(codes.clone())
+        return forward(self, codes, labels)
+
+    monkeypatch.setattr(MaskGITPrior, "forward", spy)
+    return seen
+
+
+def test_a_step_never_changes_a_known_code_and_follows_the_schedule(monkeypatch):
+    model = maskgit(codes=6, size=6)
+    generator = torch.Generator().manual_seed(3)
+    codes = torch.randint(0, 6, (4, 6, 6), generator=generator)
+    masked = torch.zeros_like(codes, dtype=torch.bool)
+    masked[0] = True
+    masked[1, 3:] = True  # a lower half
+    masked[2, 2, 2] = True  # a single code
+    masked[3, :, :4] = True
+    seen = record_inputs(model, monkeypatch)
+    steps = 8
+    out = model.complete(codes, masked, steps=steps, generator=generator)
+    assert len(seen) == steps
+    for inputs in seen:  # every step's input keeps every known code as it was
+        assert torch.equal(inputs[~masked], codes[~masked])
+    assert torch.equal(out[~masked], codes[~masked])
+    assert (out != model.mask_token).all() and out.max() < 6
+    # After step t, max(1, min(still masked - 1, floor(N cos(pi/2 t/T)))) codes stay masked (the reference's rule).
+    start = masked.flatten(1).sum(1)
+    for t in range(1, steps):
+        left = (seen[t] == model.mask_token).flatten(1).sum(1)
+        before = (seen[t - 1] == model.mask_token).flatten(1).sum(1)
+        planned = torch.floor(start * math.cos(math.pi / 2 * t / steps)).long()
+        assert left.tolist() == torch.maximum(torch.ones_like(left), torch.minimum(before - 1, planned)).tolist()
+
+
+def test_one_step_with_top_k_1_takes_the_argmax():
+    model = maskgit(codes=6)
+    out = model.sample(3, steps=1, top_k=1, generator=torch.Generator().manual_seed(0))
+    all_masked = torch.full((3, 5, 5), model.mask_token)
+    assert torch.equal(out, model(all_masked).argmax(1))
+
+
+def test_guidance_zero_equals_the_unconditional_logits(monkeypatch):
+    model = maskgit(conditional=True, label_dropout=0.1)
+    seen = []
+    mix = maskgit_module.mix_guidance
+
+    def spy(logits, guidance, doubled):
+        out = mix(logits, guidance, doubled)
+        seen.append(out.clone())
+        return out
+
+    monkeypatch.setattr(maskgit_module, "mix_guidance", spy)
+    labels = torch.tensor([0, 1, 2])
+    model.sample(3, labels, guidance=0.0, steps=1, generator=torch.Generator().manual_seed(0))
+    all_masked = torch.full((3, 5, 5), model.mask_token)
+    unconditional = model(all_masked, torch.full((3,), model.null_class)).flatten(2).transpose(1, 2)
+    conditional = model(all_masked, labels).flatten(2).transpose(1, 2)
+    assert torch.allclose(seen[0], unconditional, atol=1e-5)
+    assert not torch.allclose(seen[0], conditional, atol=1e-3)
+    with pytest.raises(ValueError, match="label dropout"):
+        maskgit(conditional=True).sample(2, torch.tensor([0, 1]), guidance=2.0)
+
+
+def test_every_position_sees_every_other_code():
+    """Bidirectional: the logits at the first position change with the last code (a causal prior's could not)."""
+    model = maskgit(codes=6)
+    codes = torch.full((1, 5, 5), model.mask_token)
+    changed = codes.clone()
+    changed[0, 4, 4] = 2
+    assert not torch.allclose(model(codes)[0, :, 0, 0], model(changed)[0, :, 0, 0])
+
+
+# ---------------------------------------------------------------------- config
+
+def test_steps_and_choice_temperature_are_maskgit_options(bar_folder):
+    with pytest.raises(ConfigError, match="sample.steps=8 is for prior.kind=maskgit"):
+        load_config("tiny", ["sample.steps=8"])
+    with pytest.raises(ConfigError, match="sample.choice_temperature=2.0 is for prior.kind=maskgit"):
+        load_config("tiny", ["prior.kind=transformer", "prior.num_heads=2", "sample.choice_temperature=2"])
+    cfg = load_config("tiny", MASKGIT_SETTINGS + ["sample.steps=8", "sample.choice_temperature=2"])
+    assert cfg.sample.steps == 8
+    with pytest.raises(ConfigError, match="sample.steps=0"):
+        load_config("tiny", MASKGIT_SETTINGS + ["sample.steps=0"])
+
+
+# ---------------------------------------------------------------------- training through the normal path
+
+@pytest.fixture(scope="module")
+def maskgit_run(bar_folder, tmp_path_factory):
+    """A tiny run with a VQ-VAE and a class-conditional MaskGIT prior (label dropout: guidance works)."""
+    run = tmp_path_factory.mktemp("maskgit-run")
+    cfg = load_config("tiny", tiny_overrides(bar_folder) + MASKGIT_SETTINGS + [
+        "prior.conditional=true", "prior.label_dropout=0.2", "prior_train.epochs=3", "sample.steps=6"])
+    api.train_vqvae(cfg, run)
+    result = api.train_prior(cfg, run)
+    return run, result
+
+
+def test_api_trains_a_maskgit_prior_and_chooses_checkpoints_on_the_masked_loss(maskgit_run):
+    run, result = maskgit_run
+    metrics = read_metrics(run)["prior"]
+    assert metrics["kind"] == "maskgit"
+    assert not any("bits" in key for key in metrics)  # no likelihood is claimed
+    history = [h["val_masked_nats"] for h in metrics["history"]]
+    assert metrics["best_val_masked_nats"] == min(history) and "0.25, 0.5, 0.75" in metrics["masked_nats_meaning"]
+    # The kept weights are the best epoch's on the masked validation loss: re-scoring them gives that figure.
+    prior, _, _ = load_prior(run)
+    assert isinstance(prior, MaskGITPrior)
+    val_codes = torch.from_numpy(np.load(run / "codes" / "val.npy")).long()
+    from vqvae.data import load_splits
+    from vqvae.runs import read_run_config
+    val_labels = load_splits(read_run_config(run).data).val.labels
+    score = heldout_masked_nats(prior, TensorBatches((val_codes, val_labels), 500, torch.device("cpu"),
+                                                     shuffle=False))
+    assert score == pytest.approx(min(history), abs=2e-5)
+    assert torch.equal(result.model.cpu().state_dict()["head.weight"], prior.state_dict()["head.weight"])
+
+
+def test_cli_trains_and_samples_a_maskgit_prior(maskgit_run, tmp_path, capsys):
+    run, _ = maskgit_run
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("prior-*.pt"))
+    assert main(["train-prior", str(copy), "--set", "prior_train.epochs=1", "prior.conditional=false"]) == 0
+    assert "nats per masked code" in capsys.readouterr().out
+    out = tmp_path / "samples"
+    assert main([str(a) for a in ("sample", copy, "--out", out, "-n", 5, "--steps", 4, "--choice-temperature", 1.0,
+                                  "--top-k", 3)]) == 0
+    settings = json.loads((out / "samples.json").read_text())
+    assert settings["steps"] == 4 and settings["choice_temperature"] == 1.0
+    assert np.load(out / "samples.npy").shape == (5, 1, 16, 16)
+    # conditional, guided, from the module's run
+    assert main([str(a) for a in ("sample", run, "--out", tmp_path / "guided", "-n", 4, "--guidance", 2.0,
+                                  "--class", "all")]) == 0
+    assert json.loads((tmp_path / "guided" / "samples.json").read_text())["steps"] == 6  # the run's sample.steps
+
+
+def test_steps_on_an_autoregressive_prior_is_a_one_line_error(trained_run, tmp_path, capsys):
+    assert main(["sample", str(trained_run), "--out", str(tmp_path), "-n", "2", "--steps", "8"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --steps and --choice-temperature are for a maskgit prior") and err.count("\n") == 1
+
+
+def test_evaluate_and_report_keep_the_masked_loss_out_of_bits_per_code(maskgit_run, tmp_path):
+    run, _ = maskgit_run
+    result = api.evaluate(run, samples=False, device="cpu")
+    assert "test_masked_nats" in result["prior"] and "test_bits_per_code" not in result["prior"]
+    report = (run / "report.md").read_text()
+    assert "MaskGIT, test masked cross-entropy" in report and "nats per masked code" in report
+    assert "negative log-likelihood" not in report and "bits per code given" not in report
+    from vqvae import export
+
+    export.export_folder(run, tmp_path / "folder")
+    card = (tmp_path / "folder" / "README.md").read_text()
+    assert "nats per masked code" in card and "bits per code on test codes" not in card
+
+
+# ---------------------------------------------------------------------- inpainting
+
+from PIL import Image  # noqa: E402
+
+from conftest import bar_images  # noqa: E402
+from vqvae.config import ModelConfig, QuantizerConfig  # noqa: E402
+from vqvae.inpainting import code_mask, inpaint_images, parse_mask, receptive_field  # noqa: E402
+from vqvae.models import VQVAE  # noqa: E402
+
+
+def test_receptive_field_of_the_seed_encoder_is_exact():
+    # Two 4x4 stride-2 convs (pad 1): 4 + 3*2 = 10 pixels, first one at -1 - 2 = -3; a 3x3 conv at stride 4:
+    # +8 (-7); two residual blocks, each a 3x3 conv: +16 (-15). 34 pixels from 4i - 15.
+    model = VQVAE(ModelConfig(image_size=64), QuantizerConfig(codebook_size=8)).eval()
+    field = receptive_field(model)
+    assert (field.size, field.start, field.stride) == (34, -15, 4)
+    # What it means: blanking pixels outside a code's field leaves that code's latent bit for bit the same.
+    x = torch.rand(1, 1, 64, 64)
+    mask = torch.zeros(64, 64, dtype=torch.bool)
+    mask[40:, 40:] = True
+    outside = ~code_mask(mask, 16, field=field)
+    z, z_blanked = model.encode(x), model.encode(x.masked_fill(mask, 0))
+    assert outside.sum() > 50
+    assert torch.equal(z[0][:, outside], z_blanked[0][:, outside])
+    assert not torch.equal(z[0][:, ~outside], z_blanked[0][:, ~outside])
+
+
+def test_code_mask_rule():
+    mask = torch.zeros(28, 28, dtype=torch.bool)
+    mask[14:] = True  # the lower half; code rows are 4-pixel cells
+    assert code_mask(mask, 7).any(1).tolist() == [False] * 3 + [True] * 4  # row 3 holds pixels 12..15
+    assert code_mask(mask, 7, margin=3).any(1).tolist() == [False] * 2 + [True] * 5  # cell 2 grown to 5..14
+    mask = torch.zeros(28, 28, dtype=torch.bool)
+    mask[0, 27] = True  # one pixel: the one code over it, and its neighbours only with a margin
+    assert code_mask(mask, 7, margin=0).nonzero().tolist() == [[0, 6]]
+
+
+def test_parse_mask():
+    assert parse_mask("2,3,5,4", 8).nonzero().tolist() == [[3, 2], [3, 3], [3, 4]]
+    for bad in ("0,0,0,4", "0,0,9,4", "a,b,c,d", "5,0,2,4"):
+        with pytest.raises(ConfigError, match="--mask"):
+            parse_mask(bad, 8)
+
+
+@pytest.mark.parametrize("kind", ["maskgit", "pixelcnn"])
+def test_inpainting_blanks_before_encoding_and_keeps_the_other_pixels_bitwise(maskgit_run, trained_run, kind,
+                                                                               monkeypatch):
+    run = maskgit_run[0] if kind == "maskgit" else trained_run
+    vqvae, _ = api.load_vqvae(run, "cpu")
+    prior, _, _ = load_prior(run, "cpu")
+    images = torch.from_numpy(bar_images(6, seed=5)[0])[:, None]
+    mask = torch.zeros(16, 16, dtype=torch.bool)
+    mask[9:, 3:12] = True
+    seen = []
+    encode = VQVAE.encode
+
+    def spy(self, x):
+        seen.append(x.clone())
+        return encode(self, x)
+
+    monkeypatch.setattr(VQVAE, "encode", spy)
+    result = inpaint_images(vqvae, prior, images, mask, labels=torch.tensor([0, 1] * 3), guidance=1.0,
+                            generator=torch.Generator().manual_seed(0))
+    encoded = seen[0]
+    assert (encoded[:, :, mask] == 0).all()  # the encoder never sees the masked pixels
+    assert torch.equal(encoded[:, :, ~mask], images[:, :, ~mask].float() / 255)
+    assert torch.equal(result.images[:, :, ~mask], images[:, :, ~mask])  # bit for bit
+    assert (result.images[:, :, mask] != images[:, :, mask]).any()
+    blanked_codes = vqvae.codes(encoded)
+    if kind == "maskgit":  # exactly the masked codes are re-drawn
+        assert torch.equal(result.codes[:, ~result.code_mask], blanked_codes[:, ~result.code_mask])
+    else:  # raster order: everything before the first masked code is kept
+        first = int(result.code_mask.flatten().nonzero()[0])
+        assert torch.equal(result.codes.flatten(1)[:, :first], blanked_codes.flatten(1)[:, :first])
+
+
+def test_inpaint_command(maskgit_run, tmp_path, capsys):
+    run, _ = maskgit_run
+    images = bar_images(4, seed=7)[0]
+    Image.fromarray(images[0]).save(tmp_path / "one.png")
+    assert main(["inpaint", str(run), "--image", str(tmp_path / "one.png"), "--mask", "0,8,16,16", "--out",
+                 str(tmp_path / "out.png"), "--class", "1", "--steps", "4"]) == 0
+    result = np.asarray(Image.open(tmp_path / "out.png"))
+    assert result.shape == (16, 16) and np.array_equal(result[:8], images[0][:8])
+    settings = json.loads((tmp_path / "out.json").read_text())
+    # code rows 1-3: row 1's cell (pixels 4-7) grown by the default margin of 2 reaches pixel 9
+    assert settings["class"] == "1" and settings["steps"] == 4 and settings["codes_redrawn"] == 12
+    np.save(tmp_path / "many.npy", images)
+    mask = np.zeros((16, 16), np.uint8)
+    mask[4:12, 4:12] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    assert main(["inpaint", str(run), "--image", str(tmp_path / "many.npy"), "--mask", str(tmp_path / "mask.png"),
+                 "--out", str(tmp_path / "many.png")]) == 0
+    many = np.load(tmp_path / "many.npy")
+    assert many.shape == (4, 1, 16, 16) and np.array_equal(many[:, 0, :4], images[:, :4])
+    assert json.loads((tmp_path / "many.json").read_text())["guidance"] == 0.0  # no class: unconditional mode
+
+
+@pytest.mark.parametrize("mask_kind, message", [
+    ("small", "is 8x8 pixels; the images are 16x16"),
+    ("empty", "selects no pixel"),
+    ("box", "a box needs 0 <= x0 < x1 <= 16"),
+    ("margin", "--margin"),
+])
+def test_inpaint_bad_masks_are_one_line_errors(maskgit_run, tmp_path, capsys, mask_kind, message):
+    run, _ = maskgit_run
+    Image.fromarray(bar_images(1)[0][0]).save(tmp_path / "one.png")
+    mask = {"small": np.full((8, 8), 255, np.uint8), "empty": np.zeros((16, 16), np.uint8)}.get(mask_kind)
+    spec = "3,3,3,9"
+    if mask is not None:
+        Image.fromarray(mask).save(tmp_path / "mask.png")
+        spec = str(tmp_path / "mask.png")
+    extra = ["--margin", "-2"] if mask_kind == "margin" else []
+    if mask_kind == "margin":
+        spec = "0,0,4,4"
+    code = main(["inpaint", str(run), "--image", str(tmp_path / "one.png"), "--mask", spec, "--out",
+                 str(tmp_path / "out.png")] + extra)
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.count("\n") == 1
