@@ -678,10 +678,12 @@ def test_an_export_killed_midway_leaves_the_old_folder_whole(trained_run, tmp_pa
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
     assert [p.name for p in tmp_path.iterdir()] == ["m"]  # no temporary folder left
     # a temporary folder a SIGKILL left is removed by the next export to the same place
-    (tmp_path / ".m.x1y2.tmp").mkdir()
+    (tmp_path / ".m.999999999-x1y2.tmp").mkdir()  # a pid that runs no process
+    (tmp_path / f".m.{os.getpid()}-busy.tmp").mkdir()  # an export in progress: kept
+
     monkeypatch.setattr(pretrained, "atomic_write_bytes", real)
     _export(trained_run, folder, capsys)
-    assert [p.name for p in tmp_path.iterdir()] == ["m"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".m.{os.getpid()}-busy.tmp", "m"]
 
 
 @pytest.mark.parametrize("content", [b'["a list"]', b'{"format": "vqvae-toolkit-model", "version": 1}',

@@ -54,9 +54,6 @@ def check_output_path(path: str | Path, option: str = "--out", folder: bool = Fa
     checkpoints, codes cache, figures), that is a file where a folder is needed (or the
     reverse), or whose extension is not one of `suffixes` (when given). Returns the path."""
     path = Path(path)
-    if suffixes and path.suffix.lower() not in suffixes:
-        raise OutputError(f"{option} {path}: the file name must end in {', '.join(suffixes)} (the format is "
-                          f"chosen by the extension), e.g. {path.with_suffix(suffixes[0]).name}")
     if folder and path.exists() and not path.is_dir():
         raise OutputError(f"{option} {path} is an existing file; it must name a folder")
     if not folder and path.is_dir():
@@ -72,6 +69,9 @@ def check_output_path(path: str | Path, option: str = "--out", folder: bool = Fa
                 raise OutputError(f"{option} {path} would overwrite the file {relative[0]} of the run in {parent}; "
                                   f"choose another path")
             break
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise OutputError(f"{option} {path}: the file name must end in {', '.join(suffixes)} (the format is "
+                          f"chosen by the extension), e.g. {path.with_suffix(suffixes[0]).name}")
     return path
 
 

@@ -158,7 +158,7 @@ def write_model_folder(folder: str | Path, models: dict[str, dict], metrics: dic
     no stale prior stays paired with a new VQ-VAE). Everything is written into a temporary folder
     beside it, which is then renamed into place: a kill at any moment leaves the old folder or
     the new one, never a mix of two exports (a kill between the two renames of a replacement
-    leaves the old folder under a temporary name; the next export removes it). config.json
+    leaves the old folder under a temporary name; the next export removes what killed exports left). config.json
     records the sha256 of each weights file and of each model's config, checked on load.
     """
     folder = Path(folder)
@@ -172,7 +172,7 @@ def write_model_folder(folder: str | Path, models: dict[str, dict], metrics: dic
     parent = folder.absolute().parent
     parent.mkdir(parents=True, exist_ok=True)
     remove_stale_exports(folder)
-    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{folder.name}.", suffix=TMP_SUFFIX))
+    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{folder.name}.{os.getpid()}-", suffix=TMP_SUFFIX))
     try:
         os.chmod(tmp, default_mode(folder=True))  # mkdtemp makes it 0700; a folder to share is readable as any other
         entries = {}
@@ -196,7 +196,7 @@ def write_model_folder(folder: str | Path, models: dict[str, dict], metrics: dic
 
 def _move_into_place(tmp: Path, folder: Path) -> None:
     if folder.is_dir() and any(folder.iterdir()):  # an earlier export: set it aside, then swap
-        old = Path(tempfile.mkdtemp(dir=tmp.parent, prefix=f".{folder.name}.", suffix=TMP_SUFFIX))
+        old = Path(tempfile.mkdtemp(dir=tmp.parent, prefix=f".{folder.name}.{os.getpid()}-", suffix=TMP_SUFFIX))
         os.replace(folder, old / "old")
         os.replace(tmp, folder)
         shutil.rmtree(old, ignore_errors=True)
@@ -206,11 +206,24 @@ def _move_into_place(tmp: Path, folder: Path) -> None:
 
 
 def remove_stale_exports(folder: Path) -> None:
-    """Temporary folders an export to `folder` left when it was killed (".<name>.<random>.tmp" beside it)."""
+    """Temporary folders that exports to `folder` left when they were killed
+    (".<name>.<pid>-<random>.tmp" beside it, whose process no longer runs)."""
     folder = Path(folder).absolute()
-    for stale in folder.parent.glob(f".{glob.escape(folder.name)}.*{TMP_SUFFIX}"):
-        if stale.is_dir():
+    prefix = f".{folder.name}."
+    for stale in folder.parent.glob(f"{glob.escape(prefix)}*-*{TMP_SUFFIX}"):
+        pid = stale.name[len(prefix):].split("-", 1)[0]
+        if stale.is_dir() and pid.isdigit() and not _running(int(pid)):
             shutil.rmtree(stale, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
 
 
 def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str | Path) -> None:
