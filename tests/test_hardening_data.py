@@ -502,3 +502,35 @@ def test_lfq_batch_entropy_under_two_gloo_processes_is_the_global_batchs(tmp_pat
         assert torch.allclose(r["codebook"], codebook.detach())
     # Each process's gradient is world x the global one on its rows; DDP's mean over processes divides it out.
     assert torch.allclose(torch.cat([r["grad"] for r in ranks]) / 2, whole.grad, atol=1e-12)
+
+
+# --------------------------------------------------------------------------- item 14: ONNX tie check
+
+@pytest.mark.parametrize("options", [["quantizer.distance=cosine"], ["quantizer.lookup_dim=4"],
+                                     ["quantizer.distance=cosine", "quantizer.lookup_dim=4"]])
+def test_onnx_tie_check_measures_distances_where_the_search_does(options):
+    """Code j made a copy of code k in the search space (for cosine: 3x it, the same direction): every
+    position coded k or j is a tie between them, and no other code is."""
+    from vqvae.config import apply_overrides, get_preset
+    from vqvae.export import _distance_ties
+    from vqvae.models import VQVAE
+
+    torch.manual_seed(0)
+    cfg = apply_overrides(get_preset("tiny"), options)
+    model = VQVAE(cfg.model, cfg.quantizer)
+    model.train()(torch.rand(64, 1, 28, 28))
+    model.eval()
+    images = torch.rand(8, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        k = int(model.codes(images).flatten().mode().values)
+        j = (k + 1) % model.codebook_size
+        model.quantizer.codebook[j] = model.quantizer.codebook[k] * (3 if "quantizer.distance=cosine" in options else 1)
+        want = model.codes(images)
+        assert (want == k).any() or (want == j).any()
+        swapped = torch.where(want == k, j, torch.where(want == j, k, want))
+        other = torch.where((want == k) | (want == j), (k + 2) % model.codebook_size, want)
+        ties = _distance_ties(model, images, want, swapped)
+        not_ties = _distance_ties(model, images, want, other)
+    moved = (want == k) | (want == j)
+    assert ties[moved].all()
+    assert not not_ties[moved].any()
