@@ -534,3 +534,34 @@ def test_onnx_tie_check_measures_distances_where_the_search_does(options):
     moved = (want == k) | (want == j)
     assert ties[moved].all()
     assert not not_ties[moved].any()
+
+
+# --------------------------------------------------------------------------- item 14: the prior's code cache
+
+def test_the_code_cache_is_keyed_by_the_images_and_every_vqvae_weight(tmp_path):
+    from vqvae.config import get_preset
+    from vqvae.models import VQVAE
+    from vqvae.training.prior_stage import cached_codes, encode_images
+
+    torch.manual_seed(0)
+    cfg = get_preset("tiny")
+    model = VQVAE(cfg.model, cfg.quantizer)
+    model.train()(torch.rand(64, 1, 28, 28))
+    model.eval()
+    sets = []
+    for parent, seed in (("x", 1), ("y", 2)):  # two folders named "data" with as many images, other pictures
+        folder = tmp_path / parent / "data"
+        folder.mkdir(parents=True)
+        rng = np.random.default_rng(seed)
+        for i in range(12):
+            Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8)).save(folder / f"{i}.png")
+        sets.append(load_dataset(str(folder), folder_config(folder, image_size=28)))
+    run, cpu = tmp_path / "run", torch.device("cpu")
+    first = cached_codes(model, sets[0], "train", run, cpu)
+    second = cached_codes(model, sets[1], "train", run, cpu)
+    assert torch.equal(second, encode_images(model, sets[1], cpu).long()) and not torch.equal(first, second)
+    with torch.no_grad():  # another encoder, the same codebook
+        for p in model.encoder.parameters():
+            p.mul_(-1.5)
+    third = cached_codes(model, sets[1], "train", run, cpu)
+    assert torch.equal(third, encode_images(model, sets[1], cpu).long()) and not torch.equal(third, second)
