@@ -427,3 +427,141 @@ def _scan(folder, cache):
     from vqvae.data import describe_data
 
     return describe_data(folder, DataConfig(cache_dir=cache)).count
+
+
+# --------------------------------------------------------------------------- item 14: LFQ's entropy
+
+def reference_entropies(z, temperature):
+    """Every code's probability at once, no chunks: the definition."""
+    from vqvae.models.lfq import binary_entropy_from_logits
+
+    logits = 4 * z / temperature
+    b = z.shape[1]
+    bits = ((torch.arange(2 ** b)[:, None] >> torch.arange(b)) & 1).to(z.dtype)
+    probs = (torch.nn.functional.logsigmoid(-logits).sum(1, keepdim=True) + logits @ bits.t()).exp()
+    mean = probs.mean(0)
+    return binary_entropy_from_logits(logits).sum(1).mean(), -(mean * mean.clamp_min(1e-12).log()).sum()
+
+
+def test_lfq_chunked_entropy_gradients_equal_the_unchunked_ones():
+    from vqvae.models.lfq import lfq_entropies
+
+    z = torch.randn(300, 6, dtype=torch.float64, requires_grad=True)
+    got = lfq_entropies(z, 0.7, chunk_elements=64 * 7)  # 7 rows a chunk: 43 chunks
+    (got[0] - 0.9 * got[1]).backward()
+    grad, z.grad = z.grad.clone(), None
+    want = reference_entropies(z, 0.7)
+    (want[0] - 0.9 * want[1]).backward()
+    assert torch.allclose(got[1], want[1]) and torch.allclose(grad, z.grad, atol=1e-12)
+
+
+def saved_bytes(function) -> int:
+    """Bytes of the tensors autograd keeps for the backward pass while `function` runs (each
+    storage once: a chunk's rows are views of the whole)."""
+    storages = {}
+
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        result = function()
+    del result
+    return sum(storages.values())
+
+
+def test_lfq_entropy_keeps_one_chunk_of_probabilities_for_the_backward_pass():
+    from vqvae.models.lfq import lfq_entropies
+
+    def run(n):
+        z = torch.randn(n, 10, requires_grad=True)  # 1,024 codes
+        return saved_bytes(lambda: lfq_entropies(z, 1.0, chunk_elements=2 ** 16))
+
+    small, large = run(512), run(8192)
+    per_row = (large - small) / (8192 - 512)
+    assert per_row < 10 * 4 * 16  # a few (N, bits) tensors; keeping the (N, codes) probabilities is 1024 x 4 a row
+    assert large < 8192 * 1024 * 4 / 6
+
+
+def test_lfq_batch_entropy_under_two_gloo_processes_is_the_global_batchs(tmp_path):
+    import subprocess
+    import sys
+
+    from vqvae.models.lfq import lfq_entropies
+
+    worker = Path(__file__).parent / "lfq_ddp_worker.py"
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             str(worker), str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [torch.load(f"{tmp_path / 'out'}.{r}", weights_only=True) for r in range(2)]
+    z = ranks[0]["z"]
+    whole = z.clone().requires_grad_(True)
+    per_sample, codebook = lfq_entropies(whole, 0.5)
+    (per_sample - codebook).backward()
+    for r in ranks:
+        assert torch.allclose(r["codebook"], codebook.detach())
+    # Each process's gradient is world x the global one on its rows; DDP's mean over processes divides it out.
+    assert torch.allclose(torch.cat([r["grad"] for r in ranks]) / 2, whole.grad, atol=1e-12)
+
+
+# --------------------------------------------------------------------------- item 14: ONNX tie check
+
+@pytest.mark.parametrize("options", [["quantizer.distance=cosine"], ["quantizer.lookup_dim=4"],
+                                     ["quantizer.distance=cosine", "quantizer.lookup_dim=4"]])
+def test_onnx_tie_check_measures_distances_where_the_search_does(options):
+    """Code j made a copy of code k in the search space (for cosine: 3x it, the same direction): every
+    position coded k or j is a tie between them, and no other code is."""
+    from vqvae.config import apply_overrides, get_preset
+    from vqvae.export import _distance_ties
+    from vqvae.models import VQVAE
+
+    torch.manual_seed(0)
+    cfg = apply_overrides(get_preset("tiny"), options)
+    model = VQVAE(cfg.model, cfg.quantizer)
+    model.train()(torch.rand(64, 1, 28, 28))
+    model.eval()
+    images = torch.rand(8, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        k = int(model.codes(images).flatten().mode().values)
+        j = (k + 1) % model.codebook_size
+        model.quantizer.codebook[j] = model.quantizer.codebook[k] * (3 if "quantizer.distance=cosine" in options else 1)
+        want = model.codes(images)
+        assert (want == k).any() or (want == j).any()
+        swapped = torch.where(want == k, j, torch.where(want == j, k, want))
+        other = torch.where((want == k) | (want == j), (k + 2) % model.codebook_size, want)
+        ties = _distance_ties(model, images, want, swapped)
+        not_ties = _distance_ties(model, images, want, other)
+    moved = (want == k) | (want == j)
+    assert ties[moved].all()
+    assert not not_ties[moved].any()
+
+
+# --------------------------------------------------------------------------- item 14: the prior's code cache
+
+def test_the_code_cache_is_keyed_by_the_images_and_every_vqvae_weight(tmp_path):
+    from vqvae.config import get_preset
+    from vqvae.models import VQVAE
+    from vqvae.training.prior_stage import cached_codes, encode_images
+
+    torch.manual_seed(0)
+    cfg = get_preset("tiny")
+    model = VQVAE(cfg.model, cfg.quantizer)
+    model.train()(torch.rand(64, 1, 28, 28))
+    model.eval()
+    sets = []
+    for parent, seed in (("x", 1), ("y", 2)):  # two folders named "data" with as many images, other pictures
+        folder = tmp_path / parent / "data"
+        folder.mkdir(parents=True)
+        rng = np.random.default_rng(seed)
+        for i in range(12):
+            Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8)).save(folder / f"{i}.png")
+        sets.append(load_dataset(str(folder), folder_config(folder, image_size=28)))
+    run, cpu = tmp_path / "run", torch.device("cpu")
+    first = cached_codes(model, sets[0], "train", run, cpu)
+    second = cached_codes(model, sets[1], "train", run, cpu)
+    assert torch.equal(second, encode_images(model, sets[1], cpu).long()) and not torch.equal(first, second)
+    with torch.no_grad():  # another encoder, the same codebook
+        for p in model.encoder.parameters():
+            p.mul_(-1.5)
+    third = cached_codes(model, sets[1], "train", run, cpu)
+    assert torch.equal(third, encode_images(model, sets[1], cpu).long()) and not torch.equal(third, second)

@@ -322,8 +322,9 @@ def _distance_ties(model: VQVAE, images: torch.Tensor, want: torch.Tensor, got: 
     channel on its own: no tie is allowed for them, every differing code counts as wrong."""
     if quantizer_kind(model) != "vq":
         return torch.zeros_like(want, dtype=torch.bool)
-    codebook = model.quantizer.codebook.detach().float()  # (K, D)
-    z = model.encode(images).float().permute(0, 2, 3, 1)  # (B, h, w, D)
+    # In the space the search runs in: projected (lookup_dim) and normalised (cosine), as the codes.
+    codebook = model.quantizer.codes().detach().float()  # (K, D)
+    z = model.quantizer.search_space(model.encode(images)).permute(0, 2, 3, 1)  # (B, h, w, D)
     d_want = ((z - codebook[want]) ** 2).sum(-1)  # (B, h, w)
     d_got = ((z - codebook[got.clamp(0, len(codebook) - 1)]) ** 2).sum(-1)
     return (d_got - d_want).abs() <= TIE_TOLERANCE * d_want.clamp_min(1e-12)

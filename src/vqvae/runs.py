@@ -181,15 +181,19 @@ def codebook_fingerprint(model: VQVAE) -> str:
     return digest.hexdigest()[:16]
 
 
-def prior_fingerprint(prior: torch.nn.Module) -> str:
-    """Identifies a prior's weights, so samples cached on disk are re-drawn when the prior changes."""
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """Identifies a model's weights (every tensor of its state): caches of what it computed (a
+    prior's samples, a VQ-VAE's codes) are redone when any weight changes."""
     import hashlib
 
     h = hashlib.sha256()
-    for name, tensor in sorted(prior.state_dict().items()):
+    for name, tensor in sorted(model.state_dict().items()):
         h.update(name.encode())
         h.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+prior_fingerprint = weights_fingerprint  # samples cached on disk are re-drawn when the prior changes
 
 
 def load_prior(path: str | Path, device: str | torch.device = "cpu") -> tuple[Prior, RunConfig, dict]:

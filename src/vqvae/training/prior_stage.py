@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from ..config import RunConfig
 from ..checkpoint import load_checkpoint
-from ..data import Batches, ImageSet, Splits, TensorBatches, as_splits, relabel
+from ..data import Batches, ImageSet, Splits, TensorBatches, as_splits, data_identity, relabel
 from ..errors import ConfigError, DataError
 from ..figures import plot_history
 from ..files import atomic_save_npy, atomic_write_text
@@ -30,7 +30,7 @@ from ..models.maskgit_prior import VALIDATION_MASK_RATIOS, VALIDATION_MASK_SEED,
     training_mask, validation_masks
 from ..resources import check_model_fits
 from ..runlock import locks_run
-from ..runs import codebook_fingerprint, load_vqvae, update_metrics
+from ..runs import codebook_fingerprint, load_vqvae, update_metrics, weights_fingerprint
 from .distributed import DistContext, all_reduce_sum, barrier, setup
 from .loop import Stage, TrainResult, check_resume_config, checkpoint_path, fit, require_finite, use_best_weights
 
@@ -70,11 +70,13 @@ def encode_images(model: VQVAE, data: ImageSet, device: torch.device, batch_size
 
 def cached_codes(model: VQVAE, data: ImageSet, split: str, run_dir: Path, device: torch.device,
                  shifts: int = 0) -> torch.Tensor:
-    """Code maps of `data`, from RUN/codes/<split>.npy when they were made by this same VQ-VAE."""
+    """Code maps of `data`, from RUN/codes/<split>.npy when they were made by this same VQ-VAE
+    (all its weights: the encoder decides the codes as much as the codebook) from these same
+    images (`data_identity`: another folder of the same name and size is other images)."""
     folder = Path(run_dir) / "codes"
     meta_path, codes_path = folder / f"{split}.json", folder / f"{split}.npy"
-    fingerprint = codebook_fingerprint(model)
-    key = {"fingerprint": fingerprint, "dataset": data.name, "num_images": len(data),
+    key = {"vqvae_weights": weights_fingerprint(model), "data": data_identity(data), "dataset": data.name,
+           "num_images": len(data),
            "codebook_size": model.codebook_size, "latent_size": model.latent_size, "shifts": shifts}
     if meta_path.is_file() and codes_path.is_file():
         try:
