@@ -45,7 +45,7 @@ def test_options_of_the_other_architecture_are_errors():
         load_config("vqgan-tiny", ["model.num_downsamples=3"])
     with pytest.raises(ConfigError, match="needs 2 to 5 multipliers"):
         load_config("tiny", ["model.arch=vqgan"])
-    with pytest.raises(ConfigError, match=r"norm_groups=32 must divide every block width.*\[16, 16, 32\]"):
+    with pytest.raises(ConfigError, match=r"norm_groups=32 must divide every block width.*\[8, 8, 16\]"):
         load_config("vqgan-tiny", ["model.norm_groups=32"])
     with pytest.raises(ConfigError, match="attention_resolutions=\\[3\\].*1/\\[1, 2, 4\\]"):
         load_config("vqgan-tiny", ["model.attention_resolutions=3"])

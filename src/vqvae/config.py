@@ -486,8 +486,8 @@ def _vqgan_tiny() -> RunConfig:
     # change (hence a conv_shortcut), attention at the lowest resolution and in the middle blocks.
     cfg = _tiny()
     cfg.preset = "vqgan-tiny"
-    cfg.model = ModelConfig(image_size=28, in_channels=1, hidden_channels=16, arch="vqgan", channel_mult=[1, 1, 2],
-                            layers_per_block=1, attention_resolutions=[4], norm_groups=8, code_dim=16)
+    cfg.model = ModelConfig(image_size=28, in_channels=1, hidden_channels=8, arch="vqgan", channel_mult=[1, 1, 2],
+                            layers_per_block=1, attention_resolutions=[4], norm_groups=4, code_dim=16)
     return cfg
 
 
