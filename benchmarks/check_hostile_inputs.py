@@ -133,6 +133,34 @@ run("`train --resume RUN` whose checkpoints/ holds only a stale .tmp", "train", 
 Path("stale2/checkpoints").mkdir(parents=True); Path("stale2/checkpoints/.vqvae-last.pt.k1ll.tmp").write_bytes(b"half")
 run("`train --out RUN` whose checkpoints/ holds only a stale .tmp", "train", "--preset", "tiny", "--out", "stale2", "--set", *TINY, "train.epochs=1")
 rows.append(("file modes of a new run (umask 022)", "", ", ".join(f"{p}: {oct(os.stat(f'{R}/{p}').st_mode & 0o777)}" for p in ("config.json", "metrics.json", "checkpoints/vqvae-last.pt"))))
+# --- vqgan-arch: diffusers export and import
+from vqvae import VQVAE  # noqa: E402
+from vqvae.config import load_config  # noqa: E402
+for name, settings in (("vg", ["data.image_size=16"]), ("vg-fsq", ["data.image_size=16", "quantizer.kind=fsq", "quantizer.codebook_size=64"])):
+    c = load_config("vqgan-tiny", settings); VQVAE(c.model, c.quantizer).save_pretrained(name)
+run("`export RUN --format diffusers` of a model.arch=vqvae run", "export", R, "--format", "diffusers", "--out", "dx")
+run("`export --format diffusers` of a vqgan fsq model", "export", "vg-fsq", "--format", "diffusers", "--out", "dx")
+run("setup: `export --format diffusers` of a vqgan-tiny model folder", "export", "vg", "--format", "diffusers", "--out", "dvq", "--no-verify")
+Path("busy").mkdir(); Path("busy/notes.txt").write_text("mine")
+run("`export --format diffusers --out` a non-empty folder of other files", "export", "vg", "--format", "diffusers", "--out", "busy", "--no-verify")
+run("`import` of a run folder (not a VQModel)", "import", R, "--out", "imp")
+run("`import` of a folder with no config.json", "import", "bars", "--out", "imp")
+run("`import` of a file", "import", "empty.npy", "--out", "imp")
+for name, edit in (("AutoencoderKL config", lambda d: Path(d, "config.json").write_text('{"_class_name": "AutoencoderKL"}')),
+                   ("config.json a JSON list", lambda d: Path(d, "config.json").write_text("[1, 2]")),
+                   ("truncated config.json", lambda d: Path(d, "config.json").write_text('{"_class_name": "VQMod')),
+                   ("weights missing", lambda d: Path(d, "diffusion_pytorch_model.safetensors").unlink()),
+                   ("only a pickled .bin", lambda d: (Path(d, "diffusion_pytorch_model.safetensors").unlink(), Path(d, "diffusion_pytorch_model.bin").write_bytes(b"x"))),
+                   ("truncated safetensors", lambda d: Path(d, "diffusion_pytorch_model.safetensors").write_bytes(Path(d, "diffusion_pytorch_model.safetensors").read_bytes()[:1000])),
+                   ("norm_type spatial (MoVQ)", lambda d: Path(d, "config.json").write_text(json.dumps({**json.load(open(Path(d, "config.json"))), "norm_type": "spatial"}))),
+                   ("block_out_channels not matching the weights", lambda d: Path(d, "config.json").write_text(json.dumps({**json.load(open(Path(d, "config.json"))), "block_out_channels": [16, 16, 64]})))):
+    folder = "dvq-" + "-".join(name.split()[:2]).lower(); shutil.copytree("dvq", folder); edit(folder)
+    run(f"`import` of a VQModel folder: {name}", "import", folder, "--out", "imp")
+run("`import --image-size 30` (not a multiple of 4)", "import", "dvq", "--out", "imp", "--image-size", "30")
+run("`import --data` a missing folder", "import", "dvq", "--out", "imp", "--data", "no-such-folder")
+run("`import --out` a non-empty folder", "import", "dvq", "--out", "busy")
+run("`import` then `train-prior` with no --data recorded", "import", "dvq", "--out", "imp-nodata", "--preset", "vqgan-tiny")
+run("`train-prior` of an import with no data.dataset", "train-prior", "imp-nodata")
 # --- metrics
 # Weight files for rFID / LPIPS (`evaluate --inception-weights/--lpips-vgg-weights`): each wrong one exit 2, one line.
 # A colour run, since grey images skip both metrics before their weights are read.

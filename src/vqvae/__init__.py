@@ -8,10 +8,10 @@ from .api import (decode, encode, evaluate, load_config, load_prior, load_vqvae,
                   train_prior, train_vqvae, write_report)
 from .config import RunConfig, get_preset
 from .errors import CheckpointError, ConfigError, DataError, ExportError, TrainingError, VQVAEError
-from .export import export_folder, export_onnx
+from .export import export_diffusers, export_folder, export_onnx, import_diffusers
 from .models import VQVAE, GatedPixelCNN, TransformerPrior
 
 __all__ = ["train_vqvae", "train_prior", "reconstruct", "encode", "decode", "evaluate", "sample", "run_pipeline",
            "load_vqvae", "load_prior", "load_config", "write_report", "RunConfig", "get_preset", "VQVAE",
            "GatedPixelCNN", "TransformerPrior", "VQVAEError", "ConfigError", "DataError", "CheckpointError",
-           "TrainingError", "export_folder", "export_onnx", "ExportError"]
+           "TrainingError", "export_folder", "export_onnx", "export_diffusers", "import_diffusers", "ExportError"]

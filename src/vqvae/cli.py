@@ -166,12 +166,23 @@ def cmd_sample(args):
 
 
 def cmd_export(args):
+    if args.format == "diffusers":
+        result = export.export_diffusers(args.source, args.out, data=args.data,
+                                         num_images=args.num_images or export.DIFFUSERS_VERIFY_IMAGES,
+                                         verify=not args.no_verify)
+        check = result["verification"]
+        verdict = (f"verified with diffusers {check['diffusers']} on {check['images']}: {check['codes_equal']}/"
+                   f"{check['codes_compared']} codes equal ({check['distance_ties']} distance ties), images within "
+                   f"{check['max_abs_image_difference']:.1e}" if "skipped" not in check
+                   else f"NOT verified: {check['skipped']}")
+        print(f"wrote diffusers VQModel folder {result['path']} (diffusers.VQModel.from_pretrained loads it); {verdict}")
+        return
     if args.format == "folder":
         result = export.export_folder(args.source, args.out)
         sizes = ", ".join(f"{name} ({size / 1e3:.1f} kB)" for name, size in result["files"].items())
         print(f"wrote model folder {result['path']} ({' + '.join(result['models'])}): {sizes}")
         return
-    result = export.export_onnx(args.source, args.out, data=args.data, num_images=args.num_images,
+    result = export.export_onnx(args.source, args.out, data=args.data, num_images=args.num_images or export.VERIFY_IMAGES,
                                 verify=not args.no_verify)
     check = result["verification"]
     verdict = (f"verified with ONNX Runtime {check['onnxruntime']} on {check['images']}: {check['codes_equal']}/"
@@ -181,14 +192,26 @@ def cmd_export(args):
           f"({result['decoder']['bytes'] / 1e3:.1f} kB); {verdict}")
 
 
+def cmd_import(args):
+    result = export.import_diffusers(args.folder, args.out, data=args.data, image_size=args.image_size,
+                                     preset=args.preset, overrides=args.overrides)
+    size = result["latent_size"]
+    print(f"imported the diffusers VQModel in {result['from']} as run folder {result['path']}: {size}x{size} codes of "
+          f"{result['codebook_size']}" + ("" if result["dataset"] else
+                                          "; no --data given: pass --set data.dataset=IMAGES to train-prior"))
+
+
 def cmd_presets(args):
     if args.name:
         print(json.dumps(get_preset(args.name).to_dict(), indent=2))
     else:
         for name in PRESETS:
             cfg = get_preset(name)
-            print(f"{name:14s} {cfg.model.image_size}x{cfg.model.image_size}x{cfg.model.in_channels}, "
-                  f"{cfg.model.hidden_channels} channels, {cfg.quantizer.codebook_size} codes ({cfg.quantizer.kind}, "
+            m = cfg.model
+            width = (f"vqgan {m.hidden_channels}x{m.channel_mult}" if m.arch == "vqgan"
+                     else f"{m.hidden_channels} channels")
+            print(f"{name:14s} {m.image_size}x{m.image_size}x{m.in_channels}, "
+                  f"{width}, {cfg.quantizer.codebook_size} codes ({cfg.quantizer.kind}, "
                   f"{cfg.quantizer.update}), "
                   f"{cfg.train.epochs} epochs, batch {cfg.train.batch_size}, lr {cfg.train.lr}; prior "
                   f"{cfg.prior.kind} {cfg.prior.num_layers}x{cfg.prior.hidden_channels}")
@@ -283,15 +306,30 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="a model folder (config.json + safetensors + card) or ONNX graphs",
                        formatter_class=fmt)
     p.add_argument("source", help="run folder, VQ-VAE checkpoint file or model folder")
-    p.add_argument("--format", choices=("folder", "onnx"), required=True,
+    p.add_argument("--format", choices=("folder", "onnx", "diffusers"), required=True,
                    help="folder: config.json + vqvae.safetensors (+ prior.safetensors) + README.md, for "
                         "VQVAE.from_pretrained and every command here; onnx: encoder.onnx (images -> indices) and "
-                        "decoder.onnx (indices -> images)")
+                        "decoder.onnx (indices -> images); diffusers: a VQModel folder for "
+                        "diffusers.VQModel.from_pretrained (model.arch=vqgan with a plain vq codebook)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--data", help="onnx: images to verify on (default: the run's test split)")
-    p.add_argument("--num-images", type=int, default=export.VERIFY_IMAGES, help="onnx: images to verify on")
-    p.add_argument("--no-verify", action="store_true", help="onnx: skip the ONNX Runtime check")
+    p.add_argument("--data", help="onnx, diffusers: images to verify on (default: the run's test split)")
+    p.add_argument("--num-images", type=int,
+                   help=f"onnx, diffusers: images to verify on (default: {export.VERIFY_IMAGES} for onnx, "
+                        f"{export.DIFFUSERS_VERIFY_IMAGES} for diffusers)")
+    p.add_argument("--no-verify", action="store_true", help="onnx, diffusers: skip the check against ONNX Runtime "
+                                                            "or diffusers")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("import", help="a diffusers VQModel folder -> a run folder to encode with and train priors on",
+                       formatter_class=fmt)
+    p.add_argument("folder", help="diffusers VQModel folder (config.json + diffusion_pytorch_model.safetensors)")
+    p.add_argument("--out", required=True, help="run folder to create")
+    p.add_argument("--data", metavar="NAME|PATH", help="images the prior will train on (data.dataset)")
+    p.add_argument("--image-size", type=int, help="the images' side (default: the VQModel's sample_size)")
+    p.add_argument("--preset", default=export.IMPORT_PRESET, choices=list(PRESETS),
+                   help="where the prior's, training's and sampling's settings come from")
+    _set_arg(p, "override settings of the new run, e.g. --set prior_train.epochs=5 (repeatable)")
+    p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("presets", help="list presets, or print one's full config", formatter_class=fmt)
     p.add_argument("name", nargs="?", help="a preset to print")

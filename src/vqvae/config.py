@@ -40,15 +40,36 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """The encoder/decoder of the seed, generalised."""
+    """The encoder/decoder: the seed's VQ-VAE, generalised ("vqvae"), or a VQGAN-class one ("vqgan").
+
+    Every field here fixes the architecture: none may change on `train --resume` (checked against
+    the checkpoint, see training/loop.py `check_resume_config`); only train.*, prior_train.* and
+    sample.* may. Options of the other architecture are errors (`_check_model`).
+    """
 
     image_size: int = 28
     in_channels: int = 1
-    hidden_channels: int = 32
-    num_downsamples: int = 2  # each a stride-2 4x4 conv; latents are image_size / 2**num_downsamples
-    num_residual_blocks: int = 2
+    hidden_channels: int = 32  # vqgan: the base width, multiplied by channel_mult per resolution
+    # vqvae: the seed's stride-2 convs and ReLU residual blocks. vqgan: taming-transformers' / diffusers'
+    # VQModel encoder-decoder (GroupNorm residual blocks, self-attention), laid out so its weights map
+    # onto a diffusers VQModel by name (models/vqgan.py).
+    arch: str = "vqvae"
+    num_downsamples: int = 2  # vqvae: each a stride-2 4x4 conv; latents are image_size / 2**num_downsamples
+    num_residual_blocks: int = 2  # vqvae
     code_dim: int = 0  # 0 = hidden_channels (the seed); otherwise 1x1 projections in and out
-    num_residual_hiddens: int = 0  # width inside each residual block; 0 = hidden_channels (the seed)
+    num_residual_hiddens: int = 0  # vqvae: width inside each residual block; 0 = hidden_channels (the seed)
+    # vqgan: block widths hidden_channels * m, one block per resolution, each but the last followed by a
+    # stride-2 downsampling: [1, 2, 2, 4] is 8x (latent-diffusion's vq-f8). Required for vqgan.
+    channel_mult: list = field(default_factory=list)
+    layers_per_block: int = 2  # vqgan: residual blocks per encoder block (the decoder has one more, as diffusers)
+    # vqgan: blocks with self-attention, by downsampling factor: 8 = the blocks at 1/8 of the image side
+    # (the lowest resolution of an 8x model); [] = the middle block's only. Factors, not taming's
+    # feature-map sides, so a preset keeps its attention when data.image_size changes (taming's [16]
+    # at 256 pixels is [16] here).
+    attention_resolutions: list = field(default_factory=list)
+    mid_attention: bool = True  # vqgan: self-attention in the middle blocks (diffusers' mid_block_add_attention)
+    norm_groups: int = 32  # vqgan: GroupNorm groups; must divide every block width
+    latent_channels: int = 0  # vqgan: encoder output before the 1x1 quant_conv to code_dim; 0 = code_dim
 
 
 @dataclass
@@ -240,6 +261,47 @@ def _check_quantizer(q: QuantizerConfig) -> None:
                           f"2^16; got {q.codebook_size}")
 
 
+ARCHS = ("vqvae", "vqgan")
+# Fields of one architecture, with the defaults they must keep under the other.
+VQVAE_ONLY = {"num_downsamples": 2, "num_residual_blocks": 2, "num_residual_hiddens": 0}
+VQGAN_ONLY = {"channel_mult": [], "layers_per_block": 2, "attention_resolutions": [], "mid_attention": True,
+              "norm_groups": 32, "latent_channels": 0}
+
+
+def vqgan_factors(m: ModelConfig) -> list[int]:
+    """The downsampling factor of each vqgan block (1, 2, 4, ...), from the image's resolution down."""
+    return [2 ** i for i in range(len(m.channel_mult))]
+
+
+def _check_model(m: ModelConfig) -> None:
+    """Checks across model fields (each field's own range is in RULES)."""
+    other = VQGAN_ONLY if m.arch == "vqvae" else VQVAE_ONLY
+    for name, default in other.items():
+        if getattr(m, name) != default:
+            raise ConfigError(f"model.{name}={getattr(m, name)!r} does not apply to model.arch={m.arch}; it is an "
+                              f"option of arch {'vqgan' if m.arch == 'vqvae' else 'vqvae'}")
+    if m.arch != "vqgan":
+        return
+    mult = list(m.channel_mult)
+    if not 2 <= len(mult) <= 5 or any(v < 1 for v in mult):
+        raise ConfigError(f"model.channel_mult={mult}: model.arch=vqgan needs 2 to 5 multipliers >= 1, one per "
+                          f"resolution (len - 1 downsamplings), e.g. 1,2,2,4 for 8x")
+    factor = 2 ** (len(mult) - 1)
+    if m.image_size % factor:
+        raise ConfigError(f"image_size={m.image_size} cannot round-trip through {len(mult) - 1} stride-2 "
+                          f"downsamplings (model.channel_mult={mult}): it must be a multiple of {factor}")
+    widths = [m.hidden_channels * v for v in mult]
+    if any(w % m.norm_groups for w in widths):
+        raise ConfigError(f"model.norm_groups={m.norm_groups} must divide every block width (model.hidden_channels "
+                          f"x channel_mult = {widths})")
+    factors = vqgan_factors(m)
+    wrong = [f for f in m.attention_resolutions if f not in factors]
+    if wrong:
+        raise ConfigError(f"model.attention_resolutions={list(m.attention_resolutions)}: {wrong} is no block's "
+                          f"downsampling factor; with model.channel_mult={mult} the blocks are at 1/{factors} of "
+                          f"the image side (e.g. {factors[-1]} for the lowest resolution)")
+
+
 def _seed_mnist() -> RunConfig:
     # The seed exactly: 28x28x1, 32 channels, 32 codes, 7x7 codes, batch 256, Adam 2e-4,
     # codebook/commitment losses 1.0/0.25, uniform codebook init, no EMA, 20 epochs.
@@ -344,6 +406,40 @@ def _tiny() -> RunConfig:
     return cfg
 
 
+def _vqgan_tiny() -> RunConfig:
+    # For CI and smoke tests of model.arch=vqgan: the tiny preset's data and budget (seconds on a CPU),
+    # with every part of the architecture present: two downsamplings (7x7 codes at 28 pixels), a width
+    # change (hence a conv_shortcut), attention at the lowest resolution and in the middle blocks.
+    cfg = _tiny()
+    cfg.preset = "vqgan-tiny"
+    cfg.model = ModelConfig(image_size=28, in_channels=1, hidden_channels=16, arch="vqgan", channel_mult=[1, 1, 2],
+                            layers_per_block=1, attention_resolutions=[4], norm_groups=8, code_dim=16)
+    return cfg
+
+
+def _vqgan_f8_64() -> RunConfig:
+    # A VQGAN-class tokenizer for 64-pixel colour folders, 8x downsampling (8x8 codes). The encoder/decoder
+    # is latent-diffusion's vq-f8 (models/first_stage_models/vq-f8/config.yaml): 128 base channels,
+    # channel_mult [1, 2, 2, 4], 2 residual blocks per resolution, attention at the lowest resolution
+    # (its attn_resolutions [32] at 256 pixels) and in the middle, 4-dimensional codes. Its codebook of
+    # 16,384 codes is for millions of 256-pixel images; 1,024 here, for folders of thousands of small
+    # images and priors over 8x8 maps. Codebook learning and schedule: the project's recipe (EMA, k-means
+    # init, dead-code restarts, cosine lr), trained on MSE alone; not chosen automatically (data/choose.py).
+    cfg = RunConfig(preset="vqgan-f8-64")
+    cfg.data = DataConfig(dataset="", image_size=64, channels=3, test_fraction=0.02)
+    cfg.model = ModelConfig(image_size=64, in_channels=3, hidden_channels=128, arch="vqgan", channel_mult=[1, 2, 2, 4],
+                            layers_per_block=2, attention_resolutions=[8], norm_groups=32, code_dim=4)
+    cfg.quantizer = QuantizerConfig(codebook_size=1024, update="ema", ema_decay=0.99, init="kmeans",
+                                    restart_after_steps=200)
+    cfg.train = TrainConfig(epochs=20, batch_size=64, lr=2e-4, lr_schedule="cosine", warmup_steps=200,
+                            lr_min_ratio=0.02, amp="auto", channels_last=True)
+    cfg.prior = PriorConfig(num_layers=10, hidden_channels=128)
+    cfg.prior_train = TrainConfig(epochs=20, batch_size=64, lr=1e-3, lr_schedule="cosine", warmup_steps=200,
+                                  lr_min_ratio=0.02, dropout=0.1, amp="auto")
+    cfg.sample = SampleConfig(num_samples=64, batch_size=64)
+    return cfg
+
+
 PRESETS = {
     "mnist": _mnist,
     "seed-mnist": _seed_mnist,
@@ -352,6 +448,8 @@ PRESETS = {
     "celeba-hq-64": lambda: _celeba(64),
     "celeba-hq-128": lambda: _celeba(128),
     "tiny": _tiny,
+    "vqgan-tiny": _vqgan_tiny,
+    "vqgan-f8-64": _vqgan_f8_64,
 }
 
 
@@ -421,6 +519,10 @@ RULES: dict[str, Rule] = {
     "model.num_residual_blocks": at_least(0),
     "model.code_dim": at_least(0),
     "model.num_residual_hiddens": at_least(0),
+    "model.arch": one_of(*ARCHS),
+    "model.layers_per_block": at_least(1),
+    "model.norm_groups": at_least(1),
+    "model.latent_channels": at_least(0),
     "quantizer.codebook_size": at_least(2),
     "quantizer.update": one_of("loss", "ema"),
     "quantizer.codebook_weight": at_least(0),
@@ -545,6 +647,7 @@ def validate(cfg: RunConfig) -> None:
         rule = _rule(key)
         if rule is not None:
             check_value(key, value, rule)
+    _check_model(cfg.model)
     _check_quantizer(cfg.quantizer)
     if cfg.prior.kind == "transformer" and cfg.prior.hidden_channels % cfg.prior.num_heads:
         raise ConfigError(f"prior.num_heads={cfg.prior.num_heads} must divide prior.hidden_channels="

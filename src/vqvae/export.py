@@ -1,9 +1,13 @@
-"""Take a trained model anywhere: a model folder, or ONNX graphs checked against ONNX Runtime.
+"""Take a trained model anywhere: a model folder, ONNX graphs checked against ONNX Runtime, or a
+diffusers VQModel folder checked against diffusers; and bring a diffusers VQModel in as a run.
 
-    export_folder(source, out)  -> OUT/config.json, vqvae.safetensors (+ prior.safetensors), README.md
-    export_onnx(source, out)    -> OUT/encoder.onnx  images (B, C, H, W) float32 in [0, 1] -> indices (B, h, w) int64
-                                   OUT/decoder.onnx  indices (B, h, w) int64 -> images (B, C, H, W) float32
-                                   OUT/export.json   names, shapes, and the verification result
+    export_folder(source, out)     -> OUT/config.json, vqvae.safetensors (+ prior.safetensors), README.md
+    export_onnx(source, out)       -> OUT/encoder.onnx  images (B, C, H, W) float32 in [0, 1] -> indices (B, h, w) int64
+                                      OUT/decoder.onnx  indices (B, h, w) int64 -> images (B, C, H, W) float32
+                                      OUT/export.json   names, shapes, and the verification result
+    export_diffusers(source, out)  -> OUT/config.json, diffusion_pytorch_model.safetensors: VQModel.from_pretrained(OUT)
+    import_diffusers(folder, out)  -> a run folder (config.json, checkpoints/vqvae-best.pt) to encode, decode and
+                                      train priors on (models/diffusers_format.py says how the formats map)
 
 `source` is a run folder, a checkpoint file or a model folder. The ONNX graphs are traced through
 the model's own `codes` and `decode_indices`, so the nearest-code search is inside the encoder
@@ -17,6 +21,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import shutil
 import warnings
 from pathlib import Path
 
@@ -24,13 +29,15 @@ import torch
 from torch import nn
 
 from . import __version__
-from .config import RunConfig
-from .data import load_dataset, load_splits
-from .errors import DataError, ExportError
+from .checkpoint import save_checkpoint
+from .config import RunConfig, apply_overrides, get_preset
+from .data import describe_data, load_dataset, load_splits
+from .errors import CheckpointError, DataError, ExportError
 from .models import VQVAE
-from .models.pretrained import is_model_folder, read_folder_config, write_model_folder
-from .runs import (check_prior_matches, find_checkpoint, load_prior, load_vqvae, read_metrics, read_model,
-                   vqvae_from_checkpoint)
+from .models import diffusers_format
+from .models.pretrained import is_model_folder, load_weights, read_folder_config, write_model_folder
+from .runs import (check_output_path, check_prior_matches, find_checkpoint, load_prior, load_vqvae, read_metrics,
+                   read_model, update_metrics, vqvae_from_checkpoint)
 
 # The quantizer kinds whose export is verified. A new kind whose `codes` and `decode_indices`
 # trace cleanly only needs adding here; the on-the-spot check says whether it does. (rvq's codes
@@ -102,8 +109,7 @@ def model_card(model: VQVAE, config: RunConfig, models: dict, metrics: dict) -> 
              f"- images: {m.image_size}x{m.image_size}, {m.in_channels} channel(s), values in [0, 1]",
              f"- codes: a {model.latent_size}x{model.latent_size} map per image, codebook of {model.codebook_size} "
              f"codes of dimension {m.code_dim or m.hidden_channels} ({getattr(q, 'kind', 'vq')}, {q.update} updates)",
-             f"- encoder/decoder: {m.hidden_channels} channels, {m.num_downsamples} downsamplings, "
-             f"{m.num_residual_blocks} residual blocks; {params:,} parameters"]
+             f"- encoder/decoder: {architecture(m)}; {params:,} parameters"]
     if "prior" in models:
         prior_config = models["prior"]["config"]["prior"]
         spec = models["prior"].get("prior_spec", {})
@@ -140,6 +146,16 @@ def model_card(model: VQVAE, config: RunConfig, models: dict, metrics: dict) -> 
               + ("`vqvae sample FOLDER --out samples/`, " if "prior" in models else "")
               + "`vqvae export FOLDER --format onnx --out onnx/`. Loading reads JSON and safetensors only.", ""]
     return "\n".join(lines)
+
+
+def architecture(m) -> str:
+    """The encoder/decoder in a few words, for model cards."""
+    if getattr(m, "arch", "vqvae") == "vqgan":
+        return (f"VQGAN-class, {m.hidden_channels} base channels x {list(m.channel_mult)}, "
+                f"{len(m.channel_mult) - 1} downsamplings, {m.layers_per_block} residual blocks per resolution, "
+                f"attention at 1/{list(m.attention_resolutions)}" + (" and in the middle" if m.mid_attention else ""))
+    return (f"{m.hidden_channels} channels, {m.num_downsamples} downsamplings, "
+            f"{m.num_residual_blocks} residual blocks")
 
 
 # --------------------------------------------------------------------------- ONNX
@@ -252,6 +268,9 @@ def trace_onnx(module: nn.Module, example: torch.Tensor, path: Path, input_name:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # the tracer's deprecation notice, see above
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        # F.pad (the vqgan's asymmetric downsampling pad) is traced with its pads in a reversed Slice,
+        # which the exporter's constant folding leaves as it is and says so: the graph is correct.
+        warnings.filterwarnings("ignore", message="Constant folding - Only steps=1", category=UserWarning)
         torch.onnx.export(module, (example,), str(path), input_names=[input_name], output_names=[output_name],
                           dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}},
                           opset_version=ONNX_OPSET, **options)
@@ -303,3 +322,117 @@ def _distance_ties(model: VQVAE, images: torch.Tensor, want: torch.Tensor, got: 
     d_want = ((z - codebook[want]) ** 2).sum(-1)  # (B, h, w)
     d_got = ((z - codebook[got.clamp(0, len(codebook) - 1)]) ** 2).sum(-1)
     return (d_got - d_want).abs() <= TIE_TOLERANCE * d_want.clamp_min(1e-12)
+
+
+# --------------------------------------------------------------------------- diffusers
+
+DIFFUSERS_VERIFY_IMAGES = 64  # diffusers runs the model again beside ours: fewer images than ONNX's check
+
+
+def export_diffusers(source: str | Path, out: str | Path, data: str | None = None,
+                     num_images: int = DIFFUSERS_VERIFY_IMAGES, verify: bool = True) -> dict:
+    """A diffusers VQModel folder at `out` for the VQ-VAE of `source` (run folder, checkpoint or model
+    folder): `diffusers.VQModel.from_pretrained(out)` loads it with no code of ours. Refused, naming
+    the reason, for what VQModel cannot hold (models/diffusers_format.py `unsupported`). Where
+    diffusers is installed the folder is loaded with it and checked on `num_images` of `data`
+    (default: the run's test split) before it appears at `out`: the same codes (bar distance ties)
+    and decoded images within IMAGE_TOLERANCE, or an ExportError and nothing written."""
+    model, config = load_vqvae(source)
+    diffusers_config, state = diffusers_format.to_diffusers(model)
+    images, images_from = verification_images(config, data, num_images) if verify else (None, "")
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not diffusers_format.is_diffusers_folder(out))):
+        raise ExportError(f"{out} is not a new or empty folder, nor a diffusers VQModel folder to replace")
+    staging = out.parent / f".{out.name}.staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        diffusers_format.write_diffusers_folder(staging, diffusers_config, state, f"vqvae toolkit {__version__}")
+        verification = (verify_diffusers(model, staging, images, images_from) if images is not None
+                        else {"skipped": "not asked for"})
+        out.mkdir(parents=True, exist_ok=True)
+        for name in (diffusers_format.WEIGHTS_NAME, "config.json"):  # config.json last: it makes the folder
+            os.replace(staging / name, out / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return {"path": str(out), "config": diffusers_config, "verification": verification,
+            "files": {p.name: p.stat().st_size for p in sorted(out.iterdir()) if p.is_file()}}
+
+
+@torch.no_grad()
+def diffusers_codes_and_images(vq_model, images: torch.Tensor, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A diffusers VQModel's codes for `images` ([0, 1]) and its decoding of `indices` (B, h, w), on
+    our [0, 1] scale: the calls a diffusers user makes (encode, quantize; decode with
+    force_not_quantize and the codebook lookup)."""
+    latents = vq_model.encode(images * 2 - 1).latents
+    _, _, (_, _, codes) = vq_model.quantize(latents)
+    B, h, w = indices.shape
+    shape = (B, h, w, vq_model.quantize.vq_embed_dim)
+    decoded = vq_model.decode(indices.flatten(), force_not_quantize=True, shape=shape).sample
+    return codes.view(B, latents.shape[2], latents.shape[3]), (decoded + 1) / 2
+
+
+@torch.no_grad()
+def verify_diffusers(model: VQVAE, folder: Path, images: torch.Tensor, images_from: str = "given images") -> dict:
+    """Load `folder` with diffusers and compare it with `model` on `images`: the same codes (bar exact
+    distance ties, see TIE_TOLERANCE) and decoded images within IMAGE_TOLERANCE, or an ExportError."""
+    try:
+        import diffusers
+        from diffusers import VQModel
+    except ImportError:
+        return {"skipped": "diffusers is not installed (pip install diffusers); the export is unverified"}
+    theirs = VQModel.from_pretrained(str(folder), low_cpu_mem_usage=False).eval()  # no `accelerate` needed
+    model = model.cpu().eval()
+    images = images.float().cpu()
+    want = model.codes(images)
+    got, got_images = diffusers_codes_and_images(theirs, images, want)
+    want_images = model.decode_indices(want).float()
+    differ = got != want
+    ties = _distance_ties(model, images, want, got) if differ.any() else torch.zeros_like(differ)
+    wrong = int((differ & ~ties).sum())
+    image_error = float((got_images - want_images).abs().max())
+    result = {"images": images_from, "diffusers": diffusers.__version__, "codes_compared": differ.numel(),
+              "codes_equal": int((~differ).sum()), "distance_ties": int((differ & ties).sum()),
+              "max_abs_image_difference": image_error, "image_tolerance": IMAGE_TOLERANCE}
+    if wrong or image_error > IMAGE_TOLERANCE:
+        raise ExportError(f"diffusers' VQModel does not match this model on {images_from}: {wrong} of "
+                          f"{differ.numel()} codes differ (not ties), largest image difference {image_error:.2e} "
+                          f"(tolerance {IMAGE_TOLERANCE:g}); nothing was written")
+    return result
+
+
+IMPORT_PRESET = "vqgan-f8-64"  # the prior, training and sampling settings an imported run starts from
+
+
+def import_diffusers(folder: str | Path, out: str | Path, data: str | None = None, image_size: int | None = None,
+                     preset: str = IMPORT_PRESET, overrides: list[str] | None = None) -> dict:
+    """A diffusers VQModel folder -> a run folder at `out` (config.json, checkpoints/vqvae-best.pt,
+    metrics.json's "import" section) that `encode`, `decode`, `reconstruct`, `train-prior` and
+    `sample` use like a trained run. `data`: the images its prior will train on (recorded as
+    data.dataset); `image_size`: the images' side (default: the VQModel's sample_size); `preset`:
+    where the prior's, training's and sampling's settings come from; `overrides`: --set items."""
+    folder, out = Path(folder), Path(out)
+    model = VQVAE.from_diffusers(folder, image_size)
+    config = get_preset(preset)
+    config.preset = ""
+    config.model, config.quantizer = model.model_config, model.quantizer_config
+    config.data.dataset, config.data.test_dataset = data or "", ""
+    config.data.image_size, config.data.channels = config.model.image_size, config.model.in_channels
+    config = apply_overrides(config, overrides or [])
+    if (config.model, config.quantizer) != (model.model_config, model.quantizer_config):
+        rebuilt = VQVAE(config.model, config.quantizer)  # --set changed it (e.g. quantizer.update=ema to fine-tune)
+        load_weights(rebuilt, model.state_dict(), folder / diffusers_format.WEIGHTS_NAME)
+        model = rebuilt
+    if data:
+        summary = describe_data(data, config.data)
+        if summary.channels != config.data.channels:
+            raise DataError(f"the VQModel takes {config.data.channels}-channel images, but {summary}")
+    check_output_path(out, folder=True)
+    if out.exists() and any(out.iterdir()):
+        raise CheckpointError(f"{out} is not empty: import into a new or empty folder")
+    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+    save_checkpoint(out / "checkpoints" / "vqvae-best.pt", "vqvae", config.to_dict(), model.state_dict())
+    config.save(out / "config.json")
+    info = {"from": str(folder), "format": "diffusers VQModel", "latent_size": model.latent_size,
+            "codebook_size": model.codebook_size, "dataset": config.data.dataset or None}
+    update_metrics(out, "import", info)
+    return {"path": str(out), **info}

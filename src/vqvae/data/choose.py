@@ -26,7 +26,12 @@ from ..errors import ConfigError, DataError
 from .arrays import NUMPY_SUFFIXES, read_numpy
 from .cache import cache_root, cache_stem, list_folder, no_images_error, parallel_map
 
-# Presets a user's data may be matched to (not the seed's reference, the GPU variant or tiny).
+# Presets a user's data may be matched to (not the seed's reference, the GPU variant or tiny). No two
+# share a size and channels, so no choice is a tie. The vqgan presets are asked for by name only: a
+# 64-pixel colour folder gets celeba-hq-64, not vqgan-f8-64 (the same size), because an automatic choice
+# must run on any machine that runs the others: vqgan-f8-64 is a 68M-parameter model (45x
+# celeba-hq-64's), and the VQGAN recipe's perceptual and adversarial losses need network weights that
+# are downloaded, which a machine may not have.
 AUTO_PRESETS = ("mnist", "cifar10", "celeba-hq-64", "celeba-hq-128")
 NAMED_DATA = {"mnist-5k": (5000, 28, 1), "mnist": (60000, 28, 1), "fashion-mnist": (60000, 28, 1),
               "cifar10": (50000, 32, 3)}

@@ -1,8 +1,10 @@
-"""The VQ-VAE of the seed: conv encoder, vector quantizer, conv decoder.
+"""The VQ-VAE: encoder, quantizer, decoder.
 
-Defaults reproduce the seed exactly (two stride-2 4x4 convs with ReLU, a 3x3 conv, two
-residual blocks; mirrored decoder ending in two stride-2 transposed convs). The depth,
-widths, code dimension and number of downsamplings are configurable.
+model.arch "vqvae" (the default) is the seed's: defaults reproduce it exactly (two stride-2 4x4
+convs with ReLU, a 3x3 conv, two residual blocks; mirrored decoder ending in two stride-2
+transposed convs); depth, widths, code dimension and number of downsamplings are configurable.
+model.arch "vqgan" swaps in the VQGAN-class encoder/decoder of models/vqgan.py. Either works with
+every quantizer kind.
 """
 from __future__ import annotations
 
@@ -13,14 +15,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ModelConfig, QuantizerConfig, RunConfig
-from ..errors import ConfigError
+from ..config import ModelConfig, QuantizerConfig, RunConfig, validate
+from ..errors import CheckpointError, ConfigError
 from ..nn import ResidualBlock
+from .diffusers_format import WEIGHTS_NAME as DIFFUSERS_WEIGHTS
+from .diffusers_format import from_diffusers as diffusers_from_config
+from .diffusers_format import our_state as diffusers_state
+from .diffusers_format import read_diffusers_folder
 from .fsq import FiniteScalarQuantizer
 from .lfq import LookupFreeQuantizer
 from .pretrained import load_weights, read_model_folder, weights_file, write_model_folder
 from .quantizer import QuantizerOutput, VectorQuantizer
 from .rvq import ResidualVectorQuantizer
+from .vqgan import VQGANDecoder, VQGANEncoder
 
 QUANTIZERS = {"vq": VectorQuantizer, "fsq": FiniteScalarQuantizer, "lfq": LookupFreeQuantizer,
               "rvq": ResidualVectorQuantizer}
@@ -68,14 +75,21 @@ class VQVAEOutput:
         return self.losses.get("commitment", torch.zeros_like(self.loss))
 
 
+def num_downsamplings(cfg: ModelConfig) -> int:
+    """Stride-2 steps from image to latents: num_downsamples (vqvae), len(channel_mult) - 1 (vqgan)."""
+    return len(cfg.channel_mult) - 1 if cfg.arch == "vqgan" else cfg.num_downsamples
+
+
 def check_model_config(cfg: ModelConfig) -> None:
-    factor = 2 ** cfg.num_downsamples
+    steps = num_downsamplings(cfg)
+    factor = 2 ** steps
     if cfg.image_size % factor != 0 or cfg.image_size < factor:
         sizes = [factor * k for k in range(max(1, cfg.image_size // factor - 1), cfg.image_size // factor + 3)]
+        fix = "model.channel_mult" if cfg.arch == "vqgan" else "model.num_downsamples"
         raise ConfigError(
-            f"image_size={cfg.image_size} cannot round-trip through {cfg.num_downsamples} stride-2 "
+            f"image_size={cfg.image_size} cannot round-trip through {steps} stride-2 "
             f"downsamplings: it must be a multiple of {factor} (e.g. {', '.join(map(str, sizes))}), "
-            f"or change model.num_downsamples")
+            f"or change {fix}")
     if cfg.in_channels not in (1, 3):
         raise ConfigError(f"in_channels={cfg.in_channels}; images must have 1 or 3 channels")
     if cfg.hidden_channels < 1 or cfg.num_residual_blocks < 0 or cfg.code_dim < 0 or cfg.num_residual_hiddens < 0:
@@ -125,13 +139,14 @@ class VQVAE(nn.Module):
         check_model_config(model)
         self.model_config = model
         self.quantizer_config = quantizer
-        self.encoder = Encoder(model)
+        vqgan = getattr(model, "arch", "vqvae") == "vqgan"
+        self.encoder = VQGANEncoder(model) if vqgan else Encoder(model)
         self.quantizer = build_quantizer(model.code_dim or model.hidden_channels, quantizer)
-        self.decoder = Decoder(model)
+        self.decoder = VQGANDecoder(model) if vqgan else Decoder(model)
 
     @property
     def latent_size(self) -> int:
-        return self.model_config.image_size // 2 ** self.model_config.num_downsamples
+        return self.model_config.image_size // 2 ** num_downsamplings(self.model_config)
 
     @property
     def codebook_size(self) -> int:
@@ -197,6 +212,22 @@ class VQVAE(nn.Module):
         config = RunConfig.from_dict(payload["config"])
         model = cls(config.model, config.quantizer)
         load_weights(model, payload["model_state"], weights_file(folder, "vqvae"))
+        return model.eval()
+
+    @classmethod
+    def from_diffusers(cls, folder: str | Path, image_size: int | None = None) -> "VQVAE":
+        """Rebuild a diffusers `VQModel` folder (config.json + diffusion_pytorch_model.safetensors) as a
+        model.arch=vqgan VQ-VAE, in eval mode on the CPU: the same codes and, on our [0, 1] image scale,
+        the same decoded images. `image_size`: the images' side (default: the VQModel's sample_size).
+        Reads JSON and safetensors only; diffusers need not be installed."""
+        config, state = read_diffusers_folder(folder)
+        model_config, quantizer_config = diffusers_from_config(config, image_size)
+        try:
+            validate(RunConfig(model=model_config, quantizer=quantizer_config))  # every field's checks
+        except ConfigError as e:
+            raise CheckpointError(f"{folder}: this VQModel does not fit here: {e}") from None
+        model = cls(model_config, quantizer_config)
+        load_weights(model, diffusers_state(model, state), Path(folder) / DIFFUSERS_WEIGHTS)
         return model.eval()
 
     def save_pretrained(self, folder: str | Path, config: RunConfig | None = None) -> Path:
