@@ -91,8 +91,8 @@ def inception_fid_metric(weights: PretrainedWeights, device="cpu"):
         metric = FrechetInceptionDistance(feature=INCEPTION_FEATURES, feature_extractor_weights_path=str(path) if path else None,
                                           antialias=False)
     except RuntimeError as e:  # load_state_dict: missing or unexpected keys, wrong shapes
-        raise ConfigError(f"--inception-weights {path} does not hold {expected}: "
-                          f"{str(e).splitlines()[0][:200]}") from None
+        detail = " ".join(str(e).split())  # torch lists the missing and unexpected keys over many lines
+        raise ConfigError(f"--inception-weights {path} does not hold {expected}: {detail[:240]}") from None
     except OSError as e:  # the download failed
         return None, f"downloading the Inception-v3 weights failed ({type(e).__name__})"
     return metric.to(device), str(path or hub_checkpoints() / INCEPTION_FILES[0])
