@@ -266,3 +266,18 @@ def test_two_gloo_processes_train_the_gan_as_one_process(tiny_config, tmp_path):
     for key, value in ddp["model_state"].items():
         if value.is_floating_point():  # the k-means-seeded EMA codebook drifts most, by ~2e-4
             assert torch.allclose(value, single["model_state"][key], rtol=1e-3, atol=1e-3), key
+
+
+def test_the_vqgan_tiny_preset_trains_with_the_vqgan_losses(bar_folder, tmp_path, capsys):
+    """Every part of the path on the VQGAN-class decoder: its output conv takes the adaptive
+    weight's gradients, the discriminator trains from step 1, LPIPS is "auto" (off here, said so)."""
+    from conftest import tiny_overrides
+    from vqvae.config import load_config
+
+    cfg = load_config("vqgan-tiny", tiny_overrides(bar_folder) + ["train.epochs=1", "loss.lpips_vgg_weights=/nowhere.pth"])
+    assert (cfg.loss.adversarial, cfg.loss.reconstruction, cfg.train.adam_betas) == ("hinge", "l1", [0.5, 0.9])
+    model = VQVAE(cfg.model, cfg.quantizer)
+    assert decoder_last_layer(model.decoder) is model.decoder.conv_out.weight
+    result = api.train_vqvae(cfg, tmp_path / "run", data=memory_data())
+    assert result.history[0]["adversarial"] != 0 and result.history[0]["adaptive_weight"] > 0
+    assert "LPIPS is off" in capsys.readouterr().out
