@@ -281,3 +281,27 @@ def test_the_vqgan_tiny_preset_trains_with_the_vqgan_losses(bar_folder, tmp_path
     result = api.train_vqvae(cfg, tmp_path / "run", data=memory_data())
     assert result.history[0]["adversarial"] != 0 and result.history[0]["adaptive_weight"] > 0
     assert "LPIPS is off" in capsys.readouterr().out
+
+
+def test_the_non_finite_guard_covers_the_discriminator(tiny_config, tmp_path, monkeypatch):
+    """A non-finite discriminator term stops the run naming it, or (skip) leaves both networks as
+    they were: the skipped step's model and discriminator weights are untouched."""
+    original = VQVAEStage.critic_loss
+    calls = {"n": 0}
+
+    def critic_loss(self, critic, batch):
+        loss, terms = original(self, critic, batch)
+        calls["n"] += 1
+        if calls["n"] == 5 and loss is not None:
+            loss = loss * float("nan")
+            terms = {**terms, "disc_loss": terms["disc_loss"] * float("nan")}
+        return loss, terms
+
+    monkeypatch.setattr(VQVAEStage, "critic_loss", critic_loss)
+    cfg = apply_overrides(tiny_config, GAN)
+    with pytest.raises(TrainingError, match="non-finite loss at step 5 .* in term\\(s\\) disc_loss"):
+        api.train_vqvae(cfg, tmp_path / "stop", data=memory_data())
+    calls["n"] = 0
+    result = api.train_vqvae(apply_overrides(cfg, ["train.on_nonfinite=skip"]), tmp_path / "skip", data=memory_data())
+    assert result.history[1]["skipped_batches"] == 1
+    assert all(torch.isfinite(v).all() for v in checkpoint(tmp_path / "skip")["critic_state"].values())
