@@ -17,7 +17,7 @@ from vqvae.models import VQVAE
 from vqvae.nn.discriminator import PatchDiscriminator
 from vqvae.nn.perceptual import LPIPS
 from vqvae.training.losses import (MAX_ADAPTIVE_WEIGHT, TokenizerObjective, adaptive_weight, decoder_last_layer,
-                                   discriminator_loss)
+                                   discriminator_loss, r1_penalty)
 from vqvae.training.vqvae_stage import VQVAEStage
 
 # A discriminator that fits 16-pixel images (2 stride-2 layers leave 2x2 patches), narrow for speed.
@@ -77,6 +77,14 @@ def test_hinge_and_non_saturating_discriminator_losses():
     bce = 0.5 * (nn.functional.binary_cross_entropy_with_logits(real, torch.ones(2))
                  + nn.functional.binary_cross_entropy_with_logits(fake, torch.zeros(2)))
     assert discriminator_loss(real, fake, "non_saturating") == pytest.approx(bce.item())
+
+
+def test_r1_penalty_of_a_linear_discriminator_is_its_squared_weight_norm():
+    """D(x) = <w, x>: grad_x D = w for every image, so E ||grad||^2 = ||w||^2."""
+    w = torch.randn(1, 3, 4, 4)
+    real = torch.rand(5, 3, 4, 4, requires_grad=True)
+    logits = (real * w).flatten(1).sum(1)
+    assert r1_penalty(logits, real).item() == pytest.approx(w.pow(2).sum().item(), rel=1e-5)
 
 
 def test_gan_training_keeps_the_discriminator_still_until_disc_start(tiny_config, tmp_path):
