@@ -17,7 +17,7 @@ from vqvae.models import VQVAE
 from vqvae.nn.discriminator import PatchDiscriminator
 from vqvae.nn.perceptual import LPIPS
 from vqvae.training.losses import (MAX_ADAPTIVE_WEIGHT, TokenizerObjective, adaptive_weight, decoder_last_layer,
-                                   discriminator_loss)
+                                   discriminator_loss, r1_penalty)
 from vqvae.training.vqvae_stage import VQVAEStage
 
 # A discriminator that fits 16-pixel images (2 stride-2 layers leave 2x2 patches), narrow for speed.
@@ -77,6 +77,14 @@ def test_hinge_and_non_saturating_discriminator_losses():
     bce = 0.5 * (nn.functional.binary_cross_entropy_with_logits(real, torch.ones(2))
                  + nn.functional.binary_cross_entropy_with_logits(fake, torch.zeros(2)))
     assert discriminator_loss(real, fake, "non_saturating") == pytest.approx(bce.item())
+
+
+def test_r1_penalty_of_a_linear_discriminator_is_its_squared_weight_norm():
+    """D(x) = <w, x>: grad_x D = w for every image, so E ||grad||^2 = ||w||^2."""
+    w = torch.randn(1, 3, 4, 4)
+    real = torch.rand(5, 3, 4, 4, requires_grad=True)
+    logits = (real * w).flatten(1).sum(1)
+    assert r1_penalty(logits, real).item() == pytest.approx(w.pow(2).sum().item(), rel=1e-5)
 
 
 def test_gan_training_keeps_the_discriminator_still_until_disc_start(tiny_config, tmp_path):
@@ -266,3 +274,42 @@ def test_two_gloo_processes_train_the_gan_as_one_process(tiny_config, tmp_path):
     for key, value in ddp["model_state"].items():
         if value.is_floating_point():  # the k-means-seeded EMA codebook drifts most, by ~2e-4
             assert torch.allclose(value, single["model_state"][key], rtol=1e-3, atol=1e-3), key
+
+
+def test_the_vqgan_tiny_preset_trains_with_the_vqgan_losses(bar_folder, tmp_path, capsys):
+    """Every part of the path on the VQGAN-class decoder: its output conv takes the adaptive
+    weight's gradients, the discriminator trains from step 1, LPIPS is "auto" (off here, said so)."""
+    from conftest import tiny_overrides
+    from vqvae.config import load_config
+
+    cfg = load_config("vqgan-tiny", tiny_overrides(bar_folder) + ["train.epochs=1", "loss.lpips_vgg_weights=/nowhere.pth"])
+    assert (cfg.loss.adversarial, cfg.loss.reconstruction, cfg.train.adam_betas) == ("hinge", "l1", [0.5, 0.9])
+    model = VQVAE(cfg.model, cfg.quantizer)
+    assert decoder_last_layer(model.decoder) is model.decoder.conv_out.weight
+    result = api.train_vqvae(cfg, tmp_path / "run", data=memory_data())
+    assert result.history[0]["adversarial"] != 0 and result.history[0]["adaptive_weight"] > 0
+    assert "LPIPS is off" in capsys.readouterr().out
+
+
+def test_the_non_finite_guard_covers_the_discriminator(tiny_config, tmp_path, monkeypatch):
+    """A non-finite discriminator term stops the run naming it, or (skip) leaves both networks as
+    they were: the skipped step's model and discriminator weights are untouched."""
+    original = VQVAEStage.critic_loss
+    calls = {"n": 0}
+
+    def critic_loss(self, critic, batch):
+        loss, terms = original(self, critic, batch)
+        calls["n"] += 1
+        if calls["n"] == 5 and loss is not None:
+            loss = loss * float("nan")
+            terms = {**terms, "disc_loss": terms["disc_loss"] * float("nan")}
+        return loss, terms
+
+    monkeypatch.setattr(VQVAEStage, "critic_loss", critic_loss)
+    cfg = apply_overrides(tiny_config, GAN)
+    with pytest.raises(TrainingError, match="non-finite loss at step 5 .* in term\\(s\\) disc_loss"):
+        api.train_vqvae(cfg, tmp_path / "stop", data=memory_data())
+    calls["n"] = 0
+    result = api.train_vqvae(apply_overrides(cfg, ["train.on_nonfinite=skip"]), tmp_path / "skip", data=memory_data())
+    assert result.history[1]["skipped_batches"] == 1
+    assert all(torch.isfinite(v).all() for v in checkpoint(tmp_path / "skip")["critic_state"].values())

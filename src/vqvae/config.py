@@ -480,6 +480,18 @@ def _tiny() -> RunConfig:
     return cfg
 
 
+def _vqgan_losses(cfg: RunConfig, disc_channels: int = 64) -> None:
+    """The losses of latent-diffusion's vq-f8 (models/first_stage_models/vq-f8/config.yaml, taming's
+    VQLPIPSWithDiscriminator): L1 + LPIPS (weight 1.0) + a hinge PatchGAN of 2 layers whose term is
+    0.6 x the adaptive weight, the discriminator on from step 1, codebook weight 1.0, Adam betas
+    (0.5, 0.9) for both networks at one learning rate. LPIPS when its VGG16 weights are on disk
+    ("auto"), else said in one line: a preset never needs weights the machine lacks."""
+    cfg.loss = LossConfig(reconstruction="l1", perceptual="auto", perceptual_weight=1.0, adversarial="hinge",
+                          disc_weight=0.6, disc_start=1, disc_layers=2, disc_channels=disc_channels)
+    cfg.quantizer.codebook_weight = 1.0
+    cfg.train.adam_betas = [0.5, 0.9]
+
+
 def _vqgan_tiny() -> RunConfig:
     # For CI and smoke tests of model.arch=vqgan: the tiny preset's data and budget (seconds on a CPU),
     # with every part of the architecture present: two downsamplings (7x7 codes at 28 pixels), a width
@@ -488,6 +500,8 @@ def _vqgan_tiny() -> RunConfig:
     cfg.preset = "vqgan-tiny"
     cfg.model = ModelConfig(image_size=28, in_channels=1, hidden_channels=8, arch="vqgan", channel_mult=[1, 1, 2],
                             layers_per_block=1, attention_resolutions=[4], norm_groups=4, code_dim=16)
+    # vq-f8's losses with a 16-wide discriminator (5x5 patches at 28 pixels), at the tiny preset's lr.
+    _vqgan_losses(cfg, disc_channels=16)
     return cfg
 
 
@@ -497,8 +511,9 @@ def _vqgan_f8_64() -> RunConfig:
     # channel_mult [1, 2, 2, 4], 2 residual blocks per resolution, attention at the lowest resolution
     # (its attn_resolutions [32] at 256 pixels) and in the middle, 4-dimensional codes. Its codebook of
     # 16,384 codes is for millions of 256-pixel images; 1,024 here, for folders of thousands of small
-    # images and priors over 8x8 maps. Codebook learning and schedule: the project's recipe (EMA, k-means
-    # init, dead-code restarts, cosine lr), trained on MSE alone; not chosen automatically (data/choose.py).
+    # images and priors over 8x8 maps. Codebook learning: the project's recipe (EMA, k-means init,
+    # dead-code restarts); not chosen automatically (data/choose.py). Losses and optimiser: vq-f8's
+    # (_vqgan_losses), its learning rate 4.5e-6 x batch size, constant.
     cfg = RunConfig(preset="vqgan-f8-64")
     cfg.data = DataConfig(dataset="", image_size=64, channels=3, test_fraction=0.02)
     cfg.model = ModelConfig(image_size=64, in_channels=3, hidden_channels=128, arch="vqgan", channel_mult=[1, 2, 2, 4],
@@ -511,6 +526,8 @@ def _vqgan_f8_64() -> RunConfig:
     cfg.prior_train = TrainConfig(epochs=20, batch_size=64, lr=1e-3, lr_schedule="cosine", warmup_steps=200,
                                   lr_min_ratio=0.02, dropout=0.1, amp="auto")
     cfg.sample = SampleConfig(num_samples=64, batch_size=64)
+    _vqgan_losses(cfg)
+    cfg.train.lr, cfg.train.lr_schedule, cfg.train.warmup_steps = 4.5e-6 * cfg.train.batch_size, "constant", 0
     return cfg
 
 

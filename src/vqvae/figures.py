@@ -71,8 +71,13 @@ def history_figure(history: list[dict], panels: list[tuple[str, list[str]]], tit
     # Series that are absent or identically zero (the codebook loss under EMA updates) are left out.
     panels = [(t, [k for k in keys if any(h.get(k) for h in history)]) for t, keys in panels]
     panels = [(t, keys) for t, keys in panels if keys]
-    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(4.5 * max(1, len(panels)), 3.4), squeeze=False)
-    for ax, (panel_title, keys) in zip(axes[0], panels):
+    # At most 4 panels a row: a GAN run's 7 stay readable.
+    cols = min(4, max(1, len(panels)))
+    rows = -(-max(1, len(panels)) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.4 * rows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, (panel_title, keys) in zip(axes.flat, panels):
         for key in keys:
             xs = [h["epoch"] for h in history if key in h and h[key] is not None]
             ys = [h[key] for h in history if key in h and h[key] is not None]

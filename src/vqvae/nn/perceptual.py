@@ -32,9 +32,10 @@ def vgg16_weights_path(setting: str) -> Path:
 
 
 def missing_weights_advice(path: Path) -> str:
-    return (f"the VGG16 weights LPIPS needs are not at {path}: download torchvision's ImageNet VGG16 weights "
-            f"(python -c \"import torchvision; torchvision.models.vgg16(weights='IMAGENET1K_V1')\" puts them at "
-            f"{default_vgg16_path()}) or set loss.lpips_vgg_weights=FILE (a torchvision vgg16 state_dict)")
+    where = "there" if Path(path) == default_vgg16_path() else f"to {default_vgg16_path()}"
+    return (f"the VGG16 weights LPIPS needs are not at {path}: set loss.lpips_vgg_weights=FILE (a torchvision "
+            f"vgg16 state_dict), or download them once with python -c \"import torchvision; "
+            f"torchvision.models.vgg16(weights='IMAGENET1K_V1')\" (saved {where})")
 
 
 class LPIPS(nn.Module):
