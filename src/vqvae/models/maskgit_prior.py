@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import PriorConfig
+from ..config import PriorConfig, SampleConfig
 from .prior_common import PriorSpec, check_labels, check_sampling, class_table_size, guided_batch, mix_guidance, \
     truncated_probs
 from .transformer_prior import Block
@@ -39,8 +39,8 @@ from .transformer_prior import Block
 # with the masked positions drawn once from this seed, so every epoch scores the same positions.
 VALIDATION_MASK_RATIOS = (0.25, 0.5, 0.75)
 VALIDATION_MASK_SEED = 0
-DEFAULT_STEPS = 12  # the reference's num_iter
-DEFAULT_CHOICE_TEMPERATURE = 4.5  # the reference's choice_temperature
+DEFAULT_STEPS = SampleConfig.steps  # 12, the reference's num_iter
+DEFAULT_CHOICE_TEMPERATURE = SampleConfig.choice_temperature  # 4.5, the reference's choice_temperature
 
 
 def cosine_mask_ratio(progress: torch.Tensor | float) -> torch.Tensor | float:
@@ -88,8 +88,6 @@ def masked_cross_entropy(network, codes: torch.Tensor, labels: torch.Tensor | No
 
 
 class MaskGITPrior(nn.Module):
-    kind_of_figure = "masked_nats"  # what its held-out figure is (the autoregressive priors': bits per code)
-
     def __init__(self, config: PriorConfig, spec: PriorSpec, dropout: float = 0.0):
         super().__init__()
         if config.hidden_channels % config.num_heads:
