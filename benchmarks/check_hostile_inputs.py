@@ -407,6 +407,40 @@ live.unlink()
 drun("`data.cache_dir=/proc/nope` (expect 2)", "train", "--preset", "tiny", "--out", "t_proc", "--set", *TINY, "data.cache_dir=/proc/nope")
 drun("`data.image_size=30` with 2 downsamplings (expect 2 before any work, no run folder)", "train", "--preset", "tiny", "--out", "t_30", "--set", *TINY, "data.image_size=30",
      check=lambda: f"run folder left: {Path('t_30').exists()}")
+from vqvae.data import load_dataset
+Path("ramp16/a").mkdir(parents=True)
+ramp = np.rint(np.linspace(0, 65535, 16))[None].repeat(16, 0).astype(np.uint16)
+for i in range(4): Image.fromarray(ramp).save(f"ramp16/a/{i}.png")
+def white_share(folder):
+    x = load_dataset(folder, DataConfig(image_size=16, channels=1, num_workers=0)).tensor()
+    return f"white pixels {float((x == 255).float().mean()):.3f}, mean {float(x.float().mean()):.1f} (want ~0.06, ~127)"
+drun("16-bit PNG black-to-white ramp (expect 0, scaled: not 99.5% white)", "encode", R, "--data", "ramp16", "--out", "e17", check=lambda: white_share("ramp16"))
+Image.fromarray(ramp.astype(np.int32)).save("ramp16/a/wide.tif"); Image.fromarray((ramp / 65535).astype(np.float32)).save("ramp16/a/float.tif")
+drun("32-bit integer and float TIFF ramps (expect 0, scaled)", "encode", R, "--data", "ramp16", "--out", "e18", check=lambda: white_share("ramp16"))
+shutil.copytree(bars, "d_stale")
+drun("setup: cache d_stale", "encode", R, "--data", "d_stale", "--out", "e19")
+victim = sorted(Path("d_stale/h").iterdir())[0]; st = victim.stat()
+flipped = np.ascontiguousarray(np.asarray(Image.open(victim))[:, ::-1])  # another picture of the same byte size
+Image.fromarray(flipped).save("flip.png")
+if Path("flip.png").stat().st_size != st.st_size: Image.fromarray(255 - np.asarray(Image.open(victim))).save("flip.png")
+shutil.copyfile("flip.png", victim); os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
+def served(folder, rel):
+    data = load_dataset(folder, DataConfig(image_size=16, channels=1, num_workers=0))
+    files = sorted(str(p.relative_to(folder)) for p in Path(folder).rglob("*.png"))
+    return bool((data.tensor()[files.index(rel)][0].numpy() == np.asarray(Image.open(Path(folder) / rel))).all())
+drun(f"a file replaced by one of the same size, mtime restored (cp -p) (expect 0, the new picture served; same size: {Path('flip.png').stat().st_size == st.st_size})",
+     "encode", R, "--data", "d_stale", "--out", "e20", check=lambda: f"new picture served: {served('d_stale', str(victim.relative_to('d_stale')))}")
+drun("`--set data.cache_check=mtime` (expect 2)", "train", "--preset", "tiny", "--out", "t_cc", "--set", *TINY, "data.cache_check=mtime")
+drun("`--set data.cache_check=content` (expect 0)", "train", "--preset", "tiny", "--out", "t_cc2", "--set", *TINY, "data.cache_check=content", "train.epochs=1")
+shutil.copytree(bars, "d_codes")
+drun("setup: train a VQ-VAE on d_codes", "train", "--preset", "tiny", "--out", "t_codes", "--set", *TINY, "data.dataset=d_codes", "train.epochs=1")
+drun("setup: train-prior (codes cached)", "train-prior", "t_codes", "--set", "prior_train.epochs=1")
+before = np.load("t_codes/codes/train.npy")
+for p in sorted(Path("d_codes").rglob("*.png")): Image.fromarray(255 - np.asarray(Image.open(p))).save(p)  # same names and count, other pictures
+shutil.copytree("t_codes", "t_codes2"); shutil.rmtree("t_codes2/checkpoints"); shutil.copytree("t_codes/checkpoints", "t_codes2/checkpoints")
+[p.unlink() for p in Path("t_codes2/checkpoints").glob("prior-*.pt")]
+drun("the prior's code cache after the folder's pictures changed (same names, count) (expect 0, codes re-encoded)", "train-prior", "t_codes2", "--set", "prior_train.epochs=1",
+     check=lambda: f"codes re-encoded: {not np.array_equal(before, np.load('t_codes2/codes/train.npy'))}")
 # --- end harden-data
 # --- vqgan-arch: diffusers export and import
 from vqvae import VQVAE  # noqa: E402
