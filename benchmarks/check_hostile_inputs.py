@@ -465,6 +465,7 @@ for name, edit in (("AutoencoderKL config", lambda d: Path(d, "config.json").wri
                    ("block_out_channels not matching the weights", lambda d: Path(d, "config.json").write_text(json.dumps({**json.load(open(Path(d, "config.json"))), "block_out_channels": [16, 16, 64]})))):
     folder = "dvq-" + "-".join(name.split()[:2]).lower(); shutil.copytree("dvq", folder); edit(folder)
     run(f"`import` of a VQModel folder: {name}", "import", folder, "--out", "imp")
+run("`encode` a diffusers VQModel folder directly (not imported)", "encode", "dvq", "--out", "codes-dvq")
 run("`import --image-size 30` (not a multiple of 4)", "import", "dvq", "--out", "imp", "--image-size", "30")
 run("`import --data` a missing folder", "import", "dvq", "--out", "imp", "--data", "no-such-folder")
 run("`import --out` a non-empty folder", "import", "dvq", "--out", "busy")

@@ -128,6 +128,8 @@ def test_import_refuses_what_is_not_a_vqmodel_folder(tmp_path):
     random_vqmodel(tmp_path / "vq")
     with pytest.raises(CheckpointError, match="no config.json"):
         VQVAE.from_diffusers(tmp_path)
+    with pytest.raises(CheckpointError, match="a diffusers VQModel folder: import it as a run first"):
+        load_vqvae(tmp_path / "vq")
     (tmp_path / "kl").mkdir()
     (tmp_path / "kl" / "config.json").write_text(json.dumps({"_class_name": "AutoencoderKL"}))
     with pytest.raises(CheckpointError, match="_class_name 'AutoencoderKL'; only diffusers VQModel folders import"):

@@ -193,3 +193,21 @@ def test_a_64_pixel_colour_folder_gets_celeba_hq_64_and_vqgan_only_by_name(tmp_p
     shapes = [(get_preset(n).data.image_size, get_preset(n).data.channels) for n in AUTO_PRESETS]
     assert len(set(shapes)) == len(shapes)  # no two automatic presets tie
     assert not any(get_preset(n).model.arch == "vqgan" for n in AUTO_PRESETS)
+
+
+def test_inference_without_autograd_gives_the_training_paths_values():
+    """Without autograd the residual blocks take SiLU and their sums in place: the same outputs as
+    with autograd on, and the caller's images untouched."""
+    cfg = load_config("vqgan-tiny", ["data.image_size=16"])
+    torch.manual_seed(0)
+    model = VQVAE(cfg.model, cfg.quantizer).eval()
+    x = torch.rand(4, 1, 16, 16)
+    with torch.no_grad():
+        fast = model.encode(x), model.decode(model.encode(x))
+    slow = model.encode(x), model.decode(model.encode(x))
+    assert slow[0].requires_grad
+    assert torch.allclose(fast[0], slow[0], atol=1e-6) and torch.allclose(fast[1], slow[1], atol=1e-6)
+    with torch.no_grad():
+        y = x.clone()
+        model.encode(y)
+    assert torch.equal(y, x)  # the in-place work never touches the caller's tensor

@@ -158,7 +158,8 @@ def architecture(m) -> str:
     if getattr(m, "arch", "vqvae") == "vqgan":
         return (f"VQGAN-class, {m.hidden_channels} base channels x {list(m.channel_mult)}, "
                 f"{len(m.channel_mult) - 1} downsamplings, {m.layers_per_block} residual blocks per resolution, "
-                f"attention at 1/{list(m.attention_resolutions)}" + (" and in the middle" if m.mid_attention else ""))
+                "attention at " + (", ".join(f"1/{f}" for f in m.attention_resolutions) or "no block's resolution")
+                + (" and in the middle blocks" if m.mid_attention else ""))
     return (f"{m.hidden_channels} channels, {m.num_downsamples} downsamplings, "
             f"{m.num_residual_blocks} residual blocks")
 

@@ -23,6 +23,7 @@ from .config import RunConfig, read_config_file
 from .errors import CheckpointError, ConfigError, OutputError
 from .files import atomic_write_text, remove_stale_temporaries
 from .models import VQVAE, Prior, PriorSpec, build_prior
+from .models.diffusers_format import is_diffusers_folder
 from .models.pretrained import is_model_folder, load_weights, read_model_folder, weights_file
 from .checkpoint import load_checkpoint
 from .resources import check_model_fits
@@ -117,6 +118,9 @@ def find_checkpoint(path: str | Path, kind: str) -> Path:
     path = Path(path)
     if path.is_dir() and is_model_folder(path):
         return weights_file(path, kind)
+    if path.is_dir() and is_diffusers_folder(path):
+        raise CheckpointError(f"{path} is a diffusers VQModel folder: import it as a run first "
+                              f"(vqvae import {path} --out RUN, or VQVAE.from_diffusers)")
     if path.is_dir():
         for which in ("best", "last"):
             candidate = path / "checkpoints" / f"{kind}-{which}.pt"

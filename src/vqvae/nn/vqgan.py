@@ -32,9 +32,13 @@ class ResnetBlock(nn.Module):
         self.conv_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(F.silu(self.norm2(h)))
-        return (x if self.conv_shortcut is None else self.conv_shortcut(x)) + h
+        # Without autograd the activations and the sum are taken in place: the same values, with no
+        # new tensor for each (SiLU's backward needs its input, so training keeps them apart).
+        inplace = not torch.is_grad_enabled()
+        h = self.conv1(F.silu(self.norm1(x), inplace=inplace))
+        h = self.conv2(F.silu(self.norm2(h), inplace=inplace))
+        shortcut = x if self.conv_shortcut is None else self.conv_shortcut(x)
+        return h.add_(shortcut) if inplace else shortcut + h
 
 
 class SelfAttention(nn.Module):
