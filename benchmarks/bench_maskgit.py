@@ -43,7 +43,9 @@ from vqvae.models import MaskGITPrior, PriorSpec, TransformerPrior
 from vqvae.runs import load_prior, load_vqvae, read_metrics
 
 HERE = Path(__file__).resolve().parent
-MNIST_TEST = HERE.parent.parent / "shared" / "data" / "mnist"
+# The 10,000 MNIST test images as IDX files: beside the checkout (../shared), or the workspace's.
+MNIST_TEST = next((p for p in (HERE.parent.parent / "shared" / "data" / "mnist", Path("/work/shared/data/mnist"))
+                   if p.is_dir()), HERE.parent.parent / "shared" / "data" / "mnist")
 
 
 def speed(args) -> dict:
@@ -112,11 +114,13 @@ def inpaint(args) -> dict:
     vqvae, config = load_vqvae(run, "cpu")
     prior, prior_config, _ = load_prior(run, "cpu")
     out["prior"]["size"] = {k: getattr(prior_config.prior, k) for k in ("num_layers", "hidden_channels", "num_heads")}
-    test = load_dataset(str(MNIST_TEST), config.data)
+    train_set, val_set, _ = load_splits(config.data)
+    # --heldout val: the run's validation split, for choosing sampling settings without the test digits.
+    test = val_set if args.heldout == "val" else load_dataset(str(args.test_data), config.data)
+    out["heldout"] = test.name
     order = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:args.num]
     images = torch.stack([test[int(i)][0] for i in order])  # uint8 (N, 1, 28, 28)
     labels = test.labels[order]
-    train_set, val_set, _ = load_splits(config.data)
     classifier, info = load_or_train_classifier(train_set.tensor(), train_set.labels, val_set.tensor(),
                                                 val_set.labels)
     out["classifier"] = {"heldout_accuracy": info.get("heldout_accuracy"), "trained_on": train_set.name}
@@ -165,7 +169,7 @@ def inpaint(args) -> dict:
     if args.png:
         save_grid(torch.cat(shown).float() / 255, Path(args.png), nrow=10)
         out["png"] = "rows: original, blanked lower half, inpainted without a class, with its own class, as class c"
-    out["num_digits"] = args.num
+    out["num_digits"] = len(images)
     return out
 
 
@@ -179,6 +183,8 @@ def main() -> None:
     p = sub.add_parser("inpaint")
     p.add_argument("--run", required=True)
     p.add_argument("--num", type=int, default=500)
+    p.add_argument("--heldout", choices=("test", "val"), default="test")
+    p.add_argument("--test-data", default=str(MNIST_TEST), help="held-out digits (default: the MNIST test split)")
     p.add_argument("--vqvae-epochs", type=int, default=8)
     p.add_argument("--prior-epochs", type=int, default=2)
     p.add_argument("--layers", type=int, default=4)
