@@ -2,6 +2,8 @@
 
 `sample` is what `vqvae sample` runs; `cached_samples` re-uses RUN/samples.npy for scoring
 when it came from the same prior with the run's own settings, and re-draws it otherwise.
+A run's own settings are its config's `sample` section, with the settings `vqvae tune-sampling`
+chose on validation data (RUN/sampling.json) over it while they belong to the run's prior.
 """
 from __future__ import annotations
 
@@ -12,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import RunConfig, apply_overrides
-from .errors import ConfigError
+from .config import RunConfig, SampleConfig, apply_overrides
+from .errors import CheckpointError, ConfigError
 from .figures import save_grid
 from .files import atomic_write_text
 from .models import code_dtype
@@ -75,6 +77,48 @@ def effective_guidance(prior, configured: float) -> float:
     return configured if prior.conditional and prior.null_class is not None else 1.0
 
 
+TUNED_FILE = "sampling.json"  # RUN/sampling.json: the settings tune-sampling chose, and for which prior
+TUNED_FIELDS = ("guidance", "temperature", "top_p", "top_k")
+
+
+def read_tuned(run_dir: Path) -> dict | None:
+    """RUN/sampling.json as written by `vqvae tune-sampling`, or None when there is none."""
+    path = Path(run_dir) / TUNED_FILE
+    if not path.is_file():
+        return None
+    try:
+        tuned = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is not valid JSON (damaged?): {e}; run `vqvae tune-sampling` again or "
+                              f"remove it") from None
+    if not isinstance(tuned, dict) or not isinstance(tuned.get("chosen"), dict):
+        raise CheckpointError(f"{path} is not the file `vqvae tune-sampling` writes (no 'chosen' settings)")
+    return tuned
+
+
+def run_sample_config(run_dir: Path, config: RunConfig, prior) -> SampleConfig:
+    """The run's sample settings: its config's, with the tuned ones (RUN/sampling.json) over them
+    when they were chosen for this very prior (a retrained prior ignores stale tuning)."""
+    tuned = read_tuned(run_dir) if Path(run_dir).is_dir() else None
+    if tuned is None or tuned.get("prior_fingerprint") != prior_fingerprint(prior):
+        return config.sample
+    chosen = {f"sample.{k}": v for k, v in tuned["chosen"].items() if k in TUNED_FIELDS}
+    return apply_overrides(config, chosen).sample
+
+
+@torch.no_grad()
+def draw_codes(prior, labels: torch.Tensor | None, n: int, batch: int, temperature: float, top_k: int,
+               top_p: float, guidance: float, seed: int, dev) -> torch.Tensor:
+    """n code maps (n, h, w) from the prior, `batch` at a time, from one seeded generator."""
+    generator = torch.Generator(device=dev).manual_seed(seed)
+    codes = []
+    for start in range(0, n, batch):
+        b = min(batch, n - start)
+        codes.append(prior.sample(b, labels[start:start + b] if labels is not None else None, temperature, top_k,
+                                  generator, top_p=top_p, guidance=guidance))
+    return torch.cat(codes)
+
+
 def sample(run_dir: str | Path, out_dir: str | Path | None = None, num_samples: int | None = None,
            batch_size: int | None = None, temperature: float | None = None, top_k: int | None = None,
            seed: int | None = None, class_: str | int | None = None, prior_path: str | Path | None = None,
@@ -82,8 +126,9 @@ def sample(run_dir: str | Path, out_dir: str | Path | None = None, num_samples: 
            top_p: float | None = None, guidance: float | None = None) -> dict:
     """Draw new images: prior samples code maps (incrementally), the VQ-VAE decodes them.
 
-    Unset options come from the run's `sample` config. `guidance` (conditional priors trained with
-    label dropout): 0 = unconditional, 1 = conditional, > 1 = classifier-free guidance.
+    Unset options come from the run's sample settings (`run_sample_config`: its config's, or those
+    tune-sampling chose). `guidance` (conditional priors trained with label dropout): 0 =
+    unconditional, 1 = conditional, > 1 = classifier-free guidance.
     Writes OUT/{name}.png (a grid), OUT/{name}.npy (uint8 (N, C, H, W)), OUT/{name}_codes.npy, and
     OUT/{name}.json: the settings and the prior's fingerprint, which `evaluate` checks before it
     scores cached samples.
@@ -96,6 +141,7 @@ def sample(run_dir: str | Path, out_dir: str | Path | None = None, num_samples: 
     # The run's sample.* settings, with these arguments over them, checked like any config.
     asked = {"num_samples": num_samples, "batch_size": batch_size, "temperature": temperature, "top_k": top_k,
              "top_p": top_p, "guidance": guidance, "seed": seed}
+    config.sample = run_sample_config(run_dir, config, prior)
     s = apply_overrides(config, {f"sample.{k}": v for k, v in asked.items() if v is not None}).sample
     n, batch, temperature, top_k, top_p, seed = s.num_samples, s.batch_size, s.temperature, s.top_k, s.top_p, s.seed
     if guidance is None:  # the run's setting: it applies where the prior can be guided
@@ -103,14 +149,8 @@ def sample(run_dir: str | Path, out_dir: str | Path | None = None, num_samples: 
     check_guidance(prior, guidance)
     labels, row = class_labels(prior, class_, n, dev)
     n = len(labels) if labels is not None else n
-    generator = torch.Generator(device=dev).manual_seed(seed)
     t0 = time.perf_counter()
-    codes = []
-    for start in range(0, n, batch):
-        b = min(batch, n - start)
-        codes.append(prior.sample(b, labels[start:start + b] if labels is not None else None, temperature, top_k,
-                                  generator, top_p=top_p, guidance=guidance))
-    codes = torch.cat(codes)
+    codes = draw_codes(prior, labels, n, batch, temperature, top_k, top_p, guidance, seed, dev)
     sample_seconds = time.perf_counter() - t0
     out_dir = Path(out_dir or run_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -129,7 +169,7 @@ def sample(run_dir: str | Path, out_dir: str | Path | None = None, num_samples: 
 def cached_samples(run_dir: Path, config: RunConfig, prior, n: int, dev) -> torch.Tensor:
     """RUN/samples.npy as float images, re-drawn unless RUN/samples.json shows they came from this
     very prior (weights fingerprint) with the run's sample settings and at least n of them."""
-    s = config.sample
+    s = run_sample_config(run_dir, config, prior)
     wanted = {"prior_fingerprint": prior_fingerprint(prior), "temperature": s.temperature, "top_k": s.top_k,
               "top_p": s.top_p, "guidance": effective_guidance(prior, s.guidance), "seed": s.seed, "class": None}
     npy, meta_path = run_dir / "samples.npy", run_dir / "samples.json"
