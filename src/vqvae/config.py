@@ -132,6 +132,11 @@ class PriorConfig:
     # Also train on the codes of each training image shifted by up to this many pixels (zero
     # fill): (2s+1)^2 code maps per image. Small datasets overfit the prior less.
     train_shifts: int = 0
+    # Images without labels: condition the prior on this many clusters of the training images'
+    # code maps (k-means on their pooled code vectors; no label is read), so that classifier-free
+    # guidance has classes to sharpen. The prior is then conditional on the clusters (with a null
+    # class when label_dropout > 0) and samples clusters in their training frequencies. 0 = off.
+    pseudo_classes: int = 0
 
 
 @dataclass
@@ -464,6 +469,7 @@ RULES: dict[str, Rule] = {
     "prior.kernel_size": ODD_POSITIVE,
     "prior.head_channels": at_least(0),
     "prior.train_shifts": in_range(0, 4),
+    "prior.pseudo_classes": Rule(lambda v: v == 0 or 2 <= v <= 1024, "0 (off) or 2..1024 clusters"),
     "prior.kind": one_of("pixelcnn", "transformer"),
     "prior.num_heads": at_least(1),
     "prior.label_dropout": in_range(0, 1, high_open=True),

@@ -16,7 +16,7 @@ from .report import write_report
 from .runs import check_output_path, check_prior_matches, load_prior, load_vqvae, update_metrics
 from .sampling import cached_samples
 from .training.distributed import resolve_device
-from .training.prior_stage import encode_images, heldout_bits
+from .training.prior_stage import encode_images, heldout_bits, heldout_labels
 
 
 def evaluate(path: str | Path, data: str | None = None, out: str | Path | None = None, num_samples: int | None = None,
@@ -49,7 +49,7 @@ def evaluate(path: str | Path, data: str | None = None, out: str | Path | None =
         prior, _, extra = load_prior(path, dev)
         check_prior_matches(prior, model, extra["vqvae_fingerprint"])
         codes = encode_images(model, test_set, dev).long()
-        labels = test_set.labels if prior.conditional else None
+        labels = heldout_labels(prior, codes, test_set.labels)
         if prior.conditional and labels is None:
             result["prior"] = {"skipped": f"{test_set.name} has no labels for this conditional prior"}
         else:

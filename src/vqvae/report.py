@@ -74,7 +74,9 @@ def report_markdown(run_dir: Path, metrics: dict) -> str:
                   f"perplexity {rec.get('perplexity')}", ""]
     prior = ev.get("prior", {})
     if "test_bits_per_code" in prior:
-        given = " given the class" if metrics.get("prior", {}).get("conditional") else ""
+        prior_metrics = metrics.get("prior", {})
+        given = (" in its unconditional mode (a prior on pseudo-classes)" if prior_metrics.get("pseudo_classes")
+                 else " given the class" if prior_metrics.get("conditional") else "")
         lines += ["## Prior", "", f"- test negative log-likelihood: {prior['test_bits_per_code']:.4f} bits per code{given}"]
         drawn = _sample_settings(run_dir)
         if drawn:

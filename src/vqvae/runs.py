@@ -180,7 +180,8 @@ def load_prior(path: str | Path, device: str | torch.device = "cpu") -> tuple[Pr
     kind = ckpt.get("prior_kind", "pixelcnn")
     if kind != config.prior.kind:
         raise CheckpointError(f"{path} records a {kind} prior but its config says prior.kind={config.prior.kind!r}")
-    spec = PriorSpec(**{**ckpt["prior_spec"], "class_names": tuple(ckpt["prior_spec"]["class_names"])})
+    spec = PriorSpec(**{**ckpt["prior_spec"], "class_names": tuple(ckpt["prior_spec"]["class_names"]),
+                        "class_weights": tuple(ckpt["prior_spec"].get("class_weights", ()))})
     model = build_prior(config.prior, spec, dropout=0.0)
     load_weights(model, ckpt["model_state"], source)
     return model.to(device).eval(), config, {"vqvae_fingerprint": ckpt.get("vqvae_fingerprint")}

@@ -36,6 +36,8 @@ def class_labels(prior, class_: str | int | None, num_samples: int, device) -> t
     """Labels for conditional sampling, and the grid's row length."""
     spec = prior.spec
     if class_ is None or class_ == "":
+        if prior.conditional and spec.class_weights:
+            return weighted_classes(spec.class_weights, num_samples).to(device), 10
         if prior.conditional:
             return torch.arange(num_samples, device=device) % spec.num_classes, spec.num_classes
         return None, 0
@@ -57,6 +59,20 @@ def class_labels(prior, class_: str | int | None, num_samples: int, device) -> t
             raise ConfigError(f"--class {index} is out of range: this prior has classes 0..{spec.num_classes - 1} "
                               f"({', '.join(names)})")
     return torch.full((num_samples,), index, device=device), 0
+
+
+def weighted_classes(weights, n: int) -> torch.Tensor:
+    """n class indices in proportion to `weights` (largest remainders round the counts), interleaved
+    so that any first m of them also follow the weights roughly: (n,) int64."""
+    w = torch.tensor(weights, dtype=torch.float64)
+    exact = w / w.sum() * n
+    counts = exact.floor().long()
+    counts[(exact - counts).argsort(descending=True)[:n - int(counts.sum())]] += 1
+    labels = torch.repeat_interleave(torch.arange(len(w)), counts)
+    # Order by each label's position within its class, scaled by its count: a class's k-th copy
+    # comes at about k / count of the way through.
+    rank = torch.cat([torch.arange(int(c), dtype=torch.float64) / max(int(c), 1) for c in counts])
+    return labels[torch.argsort(rank, stable=True)]
 
 
 def check_guidance(prior, guidance: float) -> None:
