@@ -3,10 +3,11 @@
 A class-conditional prior with classifier-free guidance draws far better samples than an
 unconditional one of the same size, but needs classes. Without labels, the training images are
 clustered instead: each code map is embedded by the VQ-VAE's own code vectors (quantizer.lookup),
-average-pooled to at most 4x4 positions (so the embedding stays small on larger code maps while
-keeping the layout of strokes and objects), and k-means (k-means++ seeding, Lloyd iterations)
-finds the clusters. The prior then trains on cluster indices as its labels, with label dropout for
-its unconditional mode; sampling draws clusters in their training frequencies. No label is read.
+kept at every position of maps up to 8x8 (average-pooled to 8x8 above that, so the embedding stays
+bounded), and k-means (k-means++ seeding, Lloyd iterations) finds the clusters. Pooling MNIST's 7x7
+maps to 4x4 lost much of the layout that tells digits apart (docs/benchmarks-unlabelled.md). The
+prior then trains on cluster indices as its labels, with label dropout for its unconditional mode;
+sampling draws clusters in their training frequencies. No label is read.
 """
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ import torch.nn.functional as F
 from ..models import VQVAE, kmeans
 from ..models.quantizer import nearest_codes
 
-POOLED_SIZE = 4  # positions per side the code vectors are averaged down to
+POOLED_SIZE = 8  # positions per side the code vectors are averaged down to, on larger maps
+FIT_IMAGES = 10_000  # k-means fits its centres on at most this many maps (a fixed random subset)
 KMEANS_ITERS = 25
 
 
@@ -39,7 +41,9 @@ def find_pseudo_classes(vqvae: VQVAE, codes: torch.Tensor, num_classes: int,
     if len(codes) < num_classes:
         raise ValueError(f"{num_classes} pseudo-classes need at least as many training images, got {len(codes)}")
     features = code_map_features(vqvae, codes)
-    centres = kmeans(features, num_classes, KMEANS_ITERS, torch.Generator().manual_seed(seed))
+    generator = torch.Generator().manual_seed(seed)
+    fit = features[torch.randperm(len(features), generator=generator)[:FIT_IMAGES]]
+    centres = kmeans(fit, num_classes, KMEANS_ITERS, generator)
     return centres, assign_pseudo_classes(features, centres)
 
 
