@@ -3,6 +3,7 @@
     python benchmarks/bench_unlabelled.py ablation --vqvae RUN --runs DIR   # priors on one VQ-VAE's codes
     python benchmarks/bench_unlabelled.py demo --set prior.conditional=false prior.pseudo_classes=30 ...
                                              # `vqvae pipeline --preset mnist` (with --set) vs seed_reference.py
+    python benchmarks/bench_unlabelled.py purity --vqvae RUN   # which code-map features cluster into digits
 
 1. `ablation`: every variant below trains a prior on the cached codes of the same VQ-VAE (a run
    folder of the mnist preset, `--vqvae`); no prior reads a label, except the labelled reference
@@ -14,6 +15,10 @@
 2. `demo`: `seed_reference.py --epochs 60`, then the pipeline as `make demo` runs it with the given
    overrides, one after the other in this process, so their wall times compare as a ratio on the
    same machine at the same time; and the demo run's final score on the MNIST test images.
+
+3. `purity`: how well k-means clusters of the training images' code maps (the features
+   prior.pseudo_classes could use) agree with the digit labels the prior never reads: purity = the
+   share of images whose cluster's most common digit is their own.
 
 The machine may be shared and loaded: only ratios measured in the same run mean anything. Prints
 one JSON document and writes it to --json.
@@ -41,8 +46,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from bench_prior import prior_on_codes_of, score_row  # noqa: E402  (one copy of the shared helpers)
 
-DEFAULT_TEST = HERE.parent.parent / "shared" / "data" / "mnist"
-SEED_REFERENCE = HERE.parent.parent / "shared" / "bench" / "seed_reference.py"
+# /work/shared beside the checkout (/work/main) or beside the folder of worktrees (/work/wt/BRANCH).
+SHARED = next((p / "shared" for p in HERE.parents[1:3] if (p / "shared").is_dir()), HERE.parents[1] / "shared")
+DEFAULT_TEST = SHARED / "data" / "mnist"
+SEED_REFERENCE = SHARED / "bench" / "seed_reference.py"
 COMMON = ["train.progress=false", "prior_train.progress=false", "train.device=cpu", "prior_train.device=cpu"]
 
 # (name, prior overrides over the mnist preset, tune-sampling candidates). The preset's prior network
@@ -147,9 +154,41 @@ def demo(args) -> dict:
     return out
 
 
+def purity(args) -> dict:
+    import torch.nn.functional as F
+
+    from vqvae.models import kmeans
+    from vqvae.models.quantizer import nearest_codes
+    from vqvae.training.prior_stage import cached_codes
+
+    vqvae, cfg = load_vqvae(args.vqvae, torch.device("cpu"))
+    splits = load_splits(cfg.data)
+    codes = cached_codes(vqvae, splits.train, "train", args.vqvae, torch.device("cpu")).long()
+    labels = splits.train.labels
+    with torch.no_grad():
+        vectors = vqvae.quantizer.lookup(codes).float()  # (N, D, h, w)
+        decoded = torch.cat([vqvae.decode_indices(codes[i:i + 500]).clamp(0, 1) for i in range(0, len(codes), 500)])
+    features = {"code vectors, whole map (what pseudo_classes uses)": vectors.flatten(1),
+                "code vectors pooled to 4x4": F.adaptive_avg_pool2d(vectors, 4).flatten(1),
+                "one-hot codes": F.one_hot(codes, vqvae.codebook_size).float().flatten(1),
+                "decoded pixels": decoded.flatten(1)}
+    rows = []
+    for name, f in features.items():
+        for standardised in (False, True):
+            x = (f - f.mean(0)) / (f.std(0) + 1e-6) if standardised else f
+            for k in (10, 30):
+                assign = nearest_codes(x, kmeans(x, k, 25, torch.Generator().manual_seed(0)))
+                majority = sum(int(torch.bincount(labels[assign == c], minlength=10).max()) for c in range(k)
+                               if (assign == c).any())
+                rows.append({"features": name, "standardised": standardised, "clusters": k,
+                             "purity": round(majority / len(labels), 3)})
+                print(f"# {json.dumps(rows[-1])}", file=sys.stderr, flush=True)
+    return {"vqvae_run": str(args.vqvae), "train_images": len(labels), "rows": rows}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("part", choices=["ablation", "demo"])
+    ap.add_argument("part", choices=["ablation", "demo", "purity"])
     ap.add_argument("--vqvae", type=Path, help="ablation: a run folder holding the mnist preset's VQ-VAE")
     ap.add_argument("--runs", type=Path, default=Path("runs/bench-unlabelled"), help="where priors are trained/cached")
     ap.add_argument("--test", type=Path, default=DEFAULT_TEST, help="MNIST IDX folder with the 10k test images")
@@ -160,11 +199,11 @@ def main():
     ap.add_argument("--threads", type=int, default=1, help="torch threads (the machine may be shared)")
     ap.add_argument("--json", type=Path, help="also write the result here")
     args = ap.parse_args()
-    if args.part == "ablation" and args.vqvae is None:
-        ap.error("ablation needs --vqvae RUN (train one with `vqvae train --preset mnist --out RUN`)")
+    if args.part in ("ablation", "purity") and args.vqvae is None:
+        ap.error(f"{args.part} needs --vqvae RUN (train one with `vqvae train --preset mnist --out RUN`)")
     torch.set_num_threads(args.threads)
     started = time.strftime("%Y-%m-%dT%H:%M:%S")
-    result = {"ablation": ablation, "demo": demo}[args.part](args)
+    result = {"ablation": ablation, "demo": demo, "purity": purity}[args.part](args)
     result = {"part": args.part, "started": started, "torch_threads": torch.get_num_threads(),
               "machine": "2-core CPU shared with other jobs (loaded); only ratios within one run compare", **result}
     text = json.dumps(result, indent=2)

@@ -71,3 +71,21 @@ def test_prior_on_pseudo_classes_trains_without_labels_and_guides(bar_folder, tm
 def test_pseudo_classes_setting_is_checked():
     with pytest.raises(ConfigError, match="prior.pseudo_classes"):
         load_config("tiny", ["prior.pseudo_classes=1"])
+
+
+def test_unlabelled_folder_gets_the_presets_unlabelled_prior_unless_the_user_chose(tmp_path):
+    from PIL import Image
+
+    from vqvae.config import UNLABELLED_PRIOR
+    from vqvae.data import choose_preset
+
+    for i in range(3):
+        Image.new("L", (28, 28)).save(tmp_path / f"{i}.png")
+    choice = choose_preset("mnist", [f"data.dataset={tmp_path}"])
+    assert choice.overrides == UNLABELLED_PRIOR["mnist"] and "clusters" in choice.message
+    cfg = load_config(choice.preset, choice.overrides)
+    assert cfg.prior.pseudo_classes > 0 and not cfg.prior.conditional and cfg.prior.label_dropout > 0
+    # The user's own settings win: a plain unconditional prior, or their guidance.
+    assert choose_preset("mnist", [f"data.dataset={tmp_path}", "prior.pseudo_classes=0"]).overrides == []
+    mine = choose_preset("mnist", [f"data.dataset={tmp_path}", "sample.guidance=1"]).overrides
+    assert "prior.pseudo_classes=30" in mine and not any(o.startswith("sample.guidance") for o in mine)

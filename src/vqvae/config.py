@@ -349,6 +349,16 @@ def _tiny() -> RunConfig:
     return cfg
 
 
+# What a preset with a class-conditional prior uses on images without labels (data/choose.py applies
+# it, unless the user set prior.conditional or prior.pseudo_classes): chosen on validation data by
+# benchmarks/bench_unlabelled.py (docs/benchmarks-unlabelled.md). mnist: the same prior network
+# conditioned on k-means clusters of the code maps, sampled with classifier-free guidance, which
+# an unconditional prior of that size and budget does not come near.
+_MNIST_UNLABELLED = ["prior.conditional=false", "prior.pseudo_classes=30", "prior.label_dropout=0.1",
+                     "sample.guidance=2.0"]
+UNLABELLED_PRIOR = {"mnist": _MNIST_UNLABELLED, "mnist-gpu": _MNIST_UNLABELLED}
+
+
 PRESETS = {
     "mnist": _mnist,
     "seed-mnist": _seed_mnist,

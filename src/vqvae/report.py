@@ -139,7 +139,7 @@ def _tuning_section(run_dir: Path, metrics: dict) -> list[str]:
              f"Each setting drew {tuning['draws']} sets of n = {tuning['n']} samples (seeds {tuning['seeds']}), "
              f"scored against {tuning['heldout']}; figures are means with 95% intervals over the draws. The last "
              f"column is a check the rule does not read: the Fréchet distance in the features of an untrained "
-             f"network (random weights, no labels).", "",
+             f"network (random weights, no labels; each feature scaled by its spread over the reference).", "",
              "| guidance | temperature | top-p | Fréchet distance | precision | recall | classes present | "
              "untrained-network Fréchet |", "|---|---|---|---|---|---|---|---|",
              f"| reconstructions | | | {r['frechet_distance']:.3f} | {r['precision']:.3f} | {r['recall']:.3f} | "

@@ -65,11 +65,11 @@ def candidate_settings(prior, sample_config: SampleConfig, guidance: list[float]
     return settings
 
 
-def _figures(images: torch.Tensor, classifier, ref_features, check_net, check_ref) -> dict:
+def _figures(images: torch.Tensor, classifier, ref_features, check_net, check_ref, check_scale) -> dict:
     f = features(classifier, images)
     return {"frechet_distance": frechet_distance(f, ref_features), **precision_recall(ref_features, f, K_NEIGHBOURS),
             "classes_present": class_figures(predict(classifier, images))["classes_present"],
-            "untrained_frechet_distance": frechet_distance(features(check_net, images), check_ref)}
+            "untrained_frechet_distance": frechet_distance(features(check_net, images) / check_scale, check_ref)}
 
 
 def tune_sampling(run_dir: str | Path, guidance: list[float] | None = None, temperature: list[float] | None = None,
@@ -110,7 +110,12 @@ def tune_sampling(run_dir: str | Path, guidance: list[float] | None = None, temp
                                      for i in range(0, n, 500)])
     check_net = untrained_features_network(reference.shape[1], reference.shape[2])
     ref_features, check_ref = features(classifier, reference), features(check_net, reference)
-    recon = _figures(reconstructions, classifier, ref_features, check_net, check_ref)
+    # Random weights give features of arbitrary scale: each is divided by its spread over the reference,
+    # floored at a tenth of the mean spread so that a feature nearly constant there cannot dominate.
+    spread = check_ref.std(0)
+    check_scale = spread.clamp_min(0.1 * float(spread.mean()) + 1e-12)
+    check_ref = check_ref / check_scale
+    recon = _figures(reconstructions, classifier, ref_features, check_net, check_ref, check_scale)
     labels, _ = class_labels(prior, None, n, dev)
     batch = config.sample.batch_size
     rows = []
@@ -122,7 +127,7 @@ def tune_sampling(run_dir: str | Path, guidance: list[float] | None = None, temp
             with torch.no_grad():
                 images = torch.cat([vqvae.decode_indices(codes[i:i + 500]).float().clamp(0, 1).cpu()
                                     for i in range(0, n, 500)])
-            per_draw.append(_figures(images, classifier, ref_features, check_net, check_ref))
+            per_draw.append(_figures(images, classifier, ref_features, check_net, check_ref, check_scale))
         rows.append({"setting": setting, **{key: interval([f[key] for f in per_draw]) for key in per_draw[0]}})
     best, reason = choose_setting(rows, recon["recall"], recall_margin)
     result = {"chosen": rows[best]["setting"], "reason": reason, "rule": RULE.format(margin=recall_margin),
