@@ -39,7 +39,7 @@ import torch
 from vqvae import api
 from vqvae.config import load_config
 from vqvae.data import load_dataset, load_splits
-from vqvae.metrics.protocol import score_samples
+from vqvae.metrics.protocol import score_samples, scored_images
 from vqvae.runs import load_vqvae, read_metrics
 
 HERE = Path(__file__).resolve().parent
@@ -119,9 +119,10 @@ def ablation(args) -> dict:
         rows.append(row)
         print(f"# {json.dumps({'name': name, 'chosen': chosen, 'test': finals})}", file=sys.stderr, flush=True)
     return {"vqvae_run": str(args.vqvae), "variants": rows,
-            "protocol": "tuned on the validation split of mnist-5k (500 images: 250 the reference, 250 "
-                        "reconstructed; 5 draws of 250 samples per setting); final figures on the 10,000 MNIST "
-                        "test images, n = 1,000, the same seed for every row"}
+            "protocol": f"tuned on the validation split of mnist-5k ({len(splits.val)} images: n = "
+                        f"{scored_images(splits.val)} the reference, n others reconstructed; {args.draws} draws of n "
+                        f"samples per setting); final figures on the 10,000 MNIST test images, n = 1,000, the same "
+                        f"seed for every row"}
 
 
 def demo(args) -> dict:
