@@ -145,6 +145,10 @@ run("`sample RUN` with a damaged RUN/sampling.json", "sample", R, "--out", "tune
 Path(f"{R}/sampling.json").write_text("[1, 2]")
 run("`sample RUN` with a RUN/sampling.json that is not tune-sampling's", "sample", R, "--out", "tuned-foreign")
 Path(f"{R}/sampling.json").unlink()
+run("`train-prior RUN --set prior.pseudo_classes=1`", "train-prior", R, "--set", "prior.pseudo_classes=1",
+    "prior.label_dropout=0.1")
+run("`train-prior RUN --set prior.pseudo_classes=4` without label dropout", "train-prior", R, "--set",
+    "prior.pseudo_classes=4")
 rows.append(("file modes of a new run (umask 022)", "", ", ".join(f"{p}: {oct(os.stat(f'{R}/{p}').st_mode & 0o777)}" for p in ("config.json", "metrics.json", "checkpoints/vqvae-last.pt"))))
 print("| input | exit | outcome (first error line, or last line of output) |\n|---|---|---|")
 for label, code, line in rows:

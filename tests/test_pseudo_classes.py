@@ -70,7 +70,9 @@ def test_prior_on_pseudo_classes_trains_without_labels_and_guides(bar_folder, tm
 
 def test_pseudo_classes_setting_is_checked():
     with pytest.raises(ConfigError, match="prior.pseudo_classes"):
-        load_config("tiny", ["prior.pseudo_classes=1"])
+        load_config("tiny", ["prior.pseudo_classes=1", "prior.label_dropout=0.1"])
+    with pytest.raises(ConfigError, match="needs prior.label_dropout > 0"):
+        load_config("tiny", ["prior.pseudo_classes=4"])
 
 
 def test_unlabelled_folder_gets_the_presets_unlabelled_prior_unless_the_user_chose(tmp_path):

@@ -567,6 +567,9 @@ def validate(cfg: RunConfig) -> None:
         if rule is not None:
             check_value(key, value, rule)
     _check_quantizer(cfg.quantizer)
+    if cfg.prior.pseudo_classes and cfg.prior.label_dropout == 0:
+        raise ConfigError(f"prior.pseudo_classes={cfg.prior.pseudo_classes} needs prior.label_dropout > 0 (e.g. 0.1): "
+                          f"the null class it trains gives guidance its direction and the prior its held-out bits")
     if cfg.prior.kind == "transformer" and cfg.prior.hidden_channels % cfg.prior.num_heads:
         raise ConfigError(f"prior.num_heads={cfg.prior.num_heads} must divide prior.hidden_channels="
                           f"{cfg.prior.hidden_channels}")
