@@ -189,7 +189,8 @@ def cmd_tune_sampling(args):
               f"{f['mean']:.3f} [{f['low']:.3f}, {f['high']:.3f}], precision {row['precision']['mean']:.3f}, "
               f"recall {rec['mean']:.3f} [{rec['low']:.3f}, {rec['high']:.3f}]")
     chosen = ", ".join(f"{k} {v:g}" for k, v in result["chosen"].items())
-    print(f"chosen: {chosen}: {result['reason']}; written to {Path(args.run_dir) / 'sampling.json'}")
+    print(f"chosen: {chosen}: {result['reason']}; written to {Path(args.run_dir) / 'sampling.json'}, which `sample` "
+          f"now uses (`vqvae evaluate {args.run_dir}` redraws the run's samples with it and updates the report)")
 
 
 def cmd_export(args):
