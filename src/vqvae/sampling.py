@@ -124,14 +124,15 @@ def run_sample_config(run_dir: Path, config: RunConfig, prior) -> SampleConfig:
 
 @torch.no_grad()
 def draw_codes(prior, labels: torch.Tensor | None, n: int, batch: int, temperature: float, top_k: int,
-               top_p: float, guidance: float, seed: int, dev) -> torch.Tensor:
-    """n code maps (n, h, w) from the prior, `batch` at a time, from one seeded generator."""
+               top_p: float, guidance: float, seed: int, dev, **options) -> torch.Tensor:
+    """n code maps (n, h, w) from the prior, `batch` at a time, from one seeded generator; `options`
+    go to the prior's own `sample` (a prior kind's own settings)."""
     generator = torch.Generator(device=dev).manual_seed(seed)
     codes = []
     for start in range(0, n, batch):
         b = min(batch, n - start)
         codes.append(prior.sample(b, labels[start:start + b] if labels is not None else None, temperature, top_k,
-                                  generator, top_p=top_p, guidance=guidance))
+                                  generator, top_p=top_p, guidance=guidance, **options))
     return torch.cat(codes)
 
 
