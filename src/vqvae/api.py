@@ -7,8 +7,9 @@
 
 The model commands (reconstruct, encode, decode) are defined here; every other entry point
 lives in the module that does its job and is re-exported: training in training/, sampling in
-sampling.py, inpainting in inpainting.py, evaluation and the run's sample score in evaluation.py (its protocol in
-metrics/protocol.py), the report in report.py, the whole job in pipeline.py.
+sampling.py (its settings chosen on validation data by sample_tuning.py), inpainting in inpainting.py,
+evaluation and the run's sample score in evaluation.py (its protocol in metrics/protocol.py), the report
+in report.py, the whole job in pipeline.py.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from .models import quantizer_info
 from .pipeline import run_pipeline
 from .report import write_report
 from .runs import IMAGE_SUFFIXES, check_output_path, codebook_fingerprint, load_prior, load_vqvae
+from .sample_tuning import tune_sampling
 from .sampling import decode_and_save, sample
 from .training.distributed import resolve_device
 from .training.loop import TrainResult
@@ -37,7 +39,8 @@ from .training.prior_stage import encode_images, train_prior
 from .training.vqvae_stage import train_vqvae
 
 __all__ = ["load_config", "train_vqvae", "train_prior", "reconstruct", "encode", "decode", "evaluate", "sample",
-           "run_pipeline", "load_vqvae", "load_prior", "write_report", "sample_quality", "TrainResult", "inpaint"]
+           "run_pipeline", "load_vqvae", "load_prior", "write_report", "sample_quality", "tune_sampling", "TrainResult",
+           "inpaint"]
 
 
 def _images(config: RunConfig, data: str | None) -> ImageSet:

@@ -189,6 +189,38 @@ def cmd_inpaint(args):
           f"by the {result['prior_kind']} prior: {result['out']} (+ .npy, .json)")
 
 
+def _float_list(option: str, text: str | None) -> list[float] | None:
+    """'1,1.5,2' -> [1.0, 1.5, 2.0]; None stays None (the option was not given)."""
+    if text is None:
+        return None
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values:
+        raise ConfigError(f"{option} {text!r}: expected numbers separated by commas, e.g. 1,1.5,2")
+    return values
+
+
+def cmd_tune_sampling(args):
+    result = api.tune_sampling(args.run_dir, guidance=_float_list("--guidance", args.guidance),
+                               temperature=_float_list("--temperature", args.temperature),
+                               top_p=_float_list("--top-p", args.top_p),
+                               draws=args.draws, num_images=args.num_images, recall_margin=args.recall_margin,
+                               device=args.device)
+    r = result["reconstructions"]
+    print(f"validation, n={result['n']}, {result['draws']} draws; reconstructions: Fréchet "
+          f"{r['frechet_distance']:.3f}, precision {r['precision']:.3f}, recall {r['recall']:.3f}")
+    for row in result["settings"]:
+        s, f, rec = row["setting"], row["frechet_distance"], row["recall"]
+        print(f"  guidance {s['guidance']:g}, temperature {s['temperature']:g}, top-p {s['top_p']:g}: Fréchet "
+              f"{f['mean']:.3f} [{f['low']:.3f}, {f['high']:.3f}], precision {row['precision']['mean']:.3f}, "
+              f"recall {rec['mean']:.3f} [{rec['low']:.3f}, {rec['high']:.3f}]")
+    chosen = ", ".join(f"{k} {v:g}" for k, v in result["chosen"].items())
+    print(f"chosen: {chosen}: {result['reason']}; written to {Path(args.run_dir) / 'sampling.json'}, which `sample` "
+          f"now uses (`vqvae evaluate {args.run_dir}` redraws the run's samples with it and updates the report)")
+
+
 def cmd_export(args):
     if args.format == "diffusers":
         result = export.export_diffusers(args.source, args.out, data=args.data,
@@ -353,6 +385,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--choice-temperature", type=float, help="maskgit prior only (default: sample.choice_temperature)")
     _device_arg(p)
     p.set_defaults(func=cmd_inpaint)
+
+    p = sub.add_parser("tune-sampling", formatter_class=fmt,
+                       help="choose a run's guidance, temperature and top-p on validation data (precision and "
+                            "recall over several draws); sample and the report then use them")
+    p.add_argument("run_dir", help="run folder with a VQ-VAE and a prior")
+    p.add_argument("--guidance", metavar="G1,G2,...",
+                   help="candidate guidance values (default: 1,1.5,2 for a conditional prior with label dropout, "
+                        "else none)")
+    p.add_argument("--temperature", metavar="T1,T2,...",
+                   help="candidate temperatures (default: the run's sample.temperature)")
+    p.add_argument("--top-p", metavar="P1,P2,...",
+                   help="candidate top-p values (default: the run's sample.top_p)")
+    p.add_argument("--draws", type=int, default=5, help="sample sets per setting (seeds), for the intervals")
+    p.add_argument("--num-images", type=int, help="images per set (default and at most: half the validation split)")
+    p.add_argument("--recall-margin", type=float, default=0.1,
+                   help="a setting qualifies when its mean recall is at least the reconstructions' minus this")
+    _device_arg(p)
+    p.set_defaults(func=cmd_tune_sampling)
 
     p = sub.add_parser("export", help="a model folder (config.json + safetensors + card) or ONNX graphs",
                        formatter_class=fmt)

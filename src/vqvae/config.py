@@ -201,6 +201,11 @@ class PriorConfig:
     # Also train on the codes of each training image shifted by up to this many pixels (zero
     # fill): (2s+1)^2 code maps per image. Small datasets overfit the prior less.
     train_shifts: int = 0
+    # Images without labels: condition the prior on this many clusters of the training images'
+    # code maps (k-means on their pooled code vectors; no label is read), so that classifier-free
+    # guidance has classes to sharpen. The prior is then conditional on the clusters (with a null
+    # class when label_dropout > 0) and samples clusters in their training frequencies. 0 = off.
+    pseudo_classes: int = 0
 
 
 @dataclass
@@ -400,15 +405,19 @@ def _mnist() -> RunConfig:
                             lr_min_ratio=0.02, amp="auto", channels_last=True)
     # The prior, chosen on validation figures (benchmarks/bench_prior.py ablation; docs/presets.md): a
     # Gated PixelCNN 8x64, conditioned on the digit class, trained 2 epochs on the codes of each image
-    # and its 1-pixel shifts (9 maps per image) and sampled with classifier-free guidance 2. Adam at
-    # 4e-3 because 2 epochs is the demo's time budget. A 3x3 first kernel suffices (8 layers still see
-    # the whole 7x7 map) and is cheaper than 7x7; no dropout, as the prior underfits at this budget.
+    # and its 1-pixel shifts (9 maps per image), sampled with the guidance tune-sampling's rule chose on
+    # validation (docs/benchmarks-unlabelled.md). Adam at 4e-3 because 2 epochs is the demo's time budget.
+    # A 3x3 first kernel suffices (8 layers still see the whole 7x7 map) and is cheaper than 7x7; no
+    # dropout, as the prior underfits at this budget.
     # Unlabelled data gets an unconditional prior (data/choose.py says so).
     cfg.prior = PriorConfig(kind="pixelcnn", num_layers=8, hidden_channels=64, first_kernel_size=3, train_shifts=1,
                             conditional=True, label_dropout=0.1)
     cfg.prior_train = TrainConfig(epochs=2, batch_size=128, lr=4e-3, lr_schedule="cosine", warmup_steps=50,
                                   lr_min_ratio=0.02, dropout=0.0, weight_decay=0.0, amp="auto")
-    cfg.sample = SampleConfig(guidance=2.0)
+    # Guidance 1 (plain conditional sampling), chosen by `vqvae tune-sampling`'s rule on validation
+    # data (docs/benchmarks-unlabelled.md): guidance 1.5 and 2 come closer in the classifier's
+    # features but lose more recall (variety within a class) than the rule allows.
+    cfg.sample = SampleConfig(guidance=1.0)
     return cfg
 
 
@@ -529,6 +538,17 @@ def _vqgan_f8_64() -> RunConfig:
     _vqgan_losses(cfg)
     cfg.train.lr, cfg.train.lr_schedule, cfg.train.warmup_steps = 4.5e-6 * cfg.train.batch_size, "constant", 0
     return cfg
+
+
+# What a preset with a class-conditional prior uses on images without labels (data/choose.py applies
+# it, unless the user set prior.conditional or prior.pseudo_classes): chosen on validation data by
+# benchmarks/bench_unlabelled.py (docs/benchmarks-unlabelled.md). mnist: the same prior network and
+# budget, conditioned on 30 k-means clusters of the code maps (more clusters than digits: purer
+# clusters) and sampled with the guidance tune-sampling's rule chose, which an unconditional prior
+# of that size and budget does not come near.
+_MNIST_UNLABELLED = ["prior.conditional=false", "prior.pseudo_classes=30", "prior.label_dropout=0.1",
+                     "sample.guidance=1.5"]
+UNLABELLED_PRIOR = {"mnist": _MNIST_UNLABELLED, "mnist-gpu": _MNIST_UNLABELLED}
 
 
 PRESETS = {
@@ -674,6 +694,7 @@ RULES: dict[str, Rule] = {
     "prior.kernel_size": ODD_POSITIVE,
     "prior.head_channels": at_least(0),
     "prior.train_shifts": in_range(0, 4),
+    "prior.pseudo_classes": Rule(lambda v: v == 0 or 2 <= v <= 1024, "0 (off) or 2..1024 clusters"),
     "prior.kind": one_of("pixelcnn", "transformer", "maskgit"),
     "prior.num_heads": at_least(1),
     "prior.label_dropout": in_range(0, 1, high_open=True),
@@ -774,6 +795,9 @@ def validate(cfg: RunConfig) -> None:
             if getattr(cfg.sample, name) != getattr(defaults, name):
                 raise ConfigError(f"sample.{name}={getattr(cfg.sample, name)} is for prior.kind=maskgit; this run's "
                                   f"prior is {cfg.prior.kind}, which draws one code per position in raster order")
+    if cfg.prior.pseudo_classes and cfg.prior.label_dropout == 0:
+        raise ConfigError(f"prior.pseudo_classes={cfg.prior.pseudo_classes} needs prior.label_dropout > 0 (e.g. 0.1): "
+                          f"the null class it trains gives guidance its direction and the prior its held-out bits")
     if cfg.prior.kind in ("transformer", "maskgit") and cfg.prior.hidden_channels % cfg.prior.num_heads:
         raise ConfigError(f"prior.num_heads={cfg.prior.num_heads} must divide prior.hidden_channels="
                           f"{cfg.prior.hidden_channels}")

@@ -25,7 +25,7 @@ from .runlock import locks_run
 from .runs import check_output_path, check_prior_matches, load_prior, load_vqvae, update_metrics
 from .sampling import cached_samples
 from .training.distributed import resolve_device
-from .training.prior_stage import MASKED_NATS_MEANING, encode_images, heldout_figure
+from .training.prior_stage import MASKED_NATS_MEANING, encode_images, heldout_figure, heldout_labels
 
 
 TEXTURE_IMAGES = 2000  # images per row of the calibrated texture measure, where the held-out data allows
@@ -72,8 +72,11 @@ def evaluate(path: str | Path, data: str | None = None, out: str | Path | None =
         check_prior_matches(prior, model, extra["vqvae_fingerprint"])
         codes = encode_images(model, test_set, dev).long()
         # Matched by class name: a prior from before labels were mapped to the classes present
-        # numbers its classes 0..max label, the data now numbers only those present.
-        labels = relabel(test_set, prior.spec.class_names).labels if prior.conditional else None
+        # numbers its classes 0..max label, the data now numbers only those present. A prior on
+        # pseudo-classes is scored in its unconditional mode (heldout_labels).
+        named = prior.conditional and not prior.config.pseudo_classes
+        test_labels = relabel(test_set, prior.spec.class_names).labels if named else test_set.labels
+        labels = heldout_labels(prior, codes, test_labels)
         if prior.conditional and labels is None:
             result["prior"] = {"skipped": f"{test_set.name} has no labels for this conditional prior"}
         else:

@@ -25,7 +25,8 @@ def run_pipeline(config: RunConfig, run_dir: str | Path, progress: bool = True) 
     check_model_config(config.model)  # before any data is read or cached, or a folder made
     # Said before the VQ-VAE trains, not after; the data is described only when it matters (a
     # .npy file is read whole to describe it).
-    summary = describe_data(config.data.dataset, config.data) if config.prior.conditional else None
+    needs_labels = config.prior.conditional and not config.prior.pseudo_classes  # pseudo-classes read no labels
+    summary = describe_data(config.data.dataset, config.data) if needs_labels else None
     if summary is not None and not summary.labelled:
         raise DataError(f"prior.conditional=true needs class labels, and {summary.spec} has none ({summary.detail}); "
                         f"set prior.conditional=false, or put the images in one subfolder per class")

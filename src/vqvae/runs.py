@@ -209,7 +209,8 @@ def load_prior(path: str | Path, device: str | torch.device = "cpu") -> tuple[Pr
     kind = ckpt.get("prior_kind")
     if kind != config.prior.kind:
         raise CheckpointError(f"{path} records prior kind {kind!r} but its config says prior.kind={config.prior.kind!r}")
-    spec = PriorSpec(**{**ckpt["prior_spec"], "class_names": tuple(ckpt["prior_spec"]["class_names"])})
+    spec = PriorSpec(**{**ckpt["prior_spec"], "class_names": tuple(ckpt["prior_spec"]["class_names"]),
+                        "class_weights": tuple(ckpt["prior_spec"].get("class_weights", ()))})
     check_model_fits(lambda: build_prior(config.prior, spec, dropout=0.0), "cpu", f"the prior of {source}",
                      "its config asks for more than this machine holds", training=False)
     model = build_prior(config.prior, spec, dropout=0.0)

@@ -2,6 +2,8 @@
 
 `sample` is what `vqvae sample` runs; `cached_samples` re-uses RUN/samples.npy for scoring
 when it came from the same prior with the run's own settings, and re-draws it otherwise.
+A run's own settings are its config's `sample` section, with the settings `vqvae tune-sampling`
+chose on validation data (RUN/sampling.json) over it while they belong to the run's prior.
 """
 from __future__ import annotations
 
@@ -12,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import RunConfig, apply_overrides
-from .errors import ConfigError, OutputError
+from .config import RunConfig, SampleConfig, apply_overrides
+from .errors import CheckpointError, ConfigError, OutputError
 from .figures import save_grid
 from .files import atomic_save_npy, atomic_write_text, file_sha256
 from .models import code_dtype
@@ -37,6 +39,8 @@ def class_labels(prior, class_: str | int | None, num_samples: int, device) -> t
     """Labels for conditional sampling, and the grid's row length."""
     spec = prior.spec
     if class_ is None or class_ == "":
+        if prior.conditional and spec.class_weights:
+            return weighted_classes(spec.class_weights, num_samples).to(device), 10
         if prior.conditional:
             return torch.arange(num_samples, device=device) % spec.num_classes, spec.num_classes
         return None, 0
@@ -73,6 +77,20 @@ def _is_integer(text: str) -> bool:
     return True
 
 
+def weighted_classes(weights, n: int) -> torch.Tensor:
+    """n class indices in proportion to `weights` (largest remainders round the counts), interleaved
+    so that any first m of them also follow the weights roughly: (n,) int64."""
+    w = torch.tensor(weights, dtype=torch.float64)
+    exact = w / w.sum() * n
+    counts = exact.floor().long()
+    counts[(exact - counts).argsort(descending=True)[:n - int(counts.sum())]] += 1
+    labels = torch.repeat_interleave(torch.arange(len(w)), counts)
+    # Order by each label's position within its class, scaled by its count: a class's k-th copy
+    # comes at about k / count of the way through.
+    rank = torch.cat([torch.arange(int(c), dtype=torch.float64) / max(int(c), 1) for c in counts])
+    return labels[torch.argsort(rank, stable=True)]
+
+
 def check_guidance(prior, guidance: float) -> None:
     """Guidance needs a prior that has both a conditional and an unconditional mode (the
     option ranges themselves are checked by the config rules)."""
@@ -91,6 +109,49 @@ def effective_guidance(prior, configured: float) -> float:
     return configured if prior.conditional and prior.null_class is not None else 1.0
 
 
+TUNED_FILE = "sampling.json"  # RUN/sampling.json: the settings tune-sampling chose, and for which prior
+TUNED_FIELDS = ("guidance", "temperature", "top_p", "top_k")
+
+
+def read_tuned(run_dir: Path) -> dict | None:
+    """RUN/sampling.json as written by `vqvae tune-sampling`, or None when there is none."""
+    path = Path(run_dir) / TUNED_FILE
+    if not path.is_file():
+        return None
+    try:
+        tuned = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is not valid JSON (damaged?): {e}; run `vqvae tune-sampling` again or "
+                              f"remove it") from None
+    if not isinstance(tuned, dict) or not isinstance(tuned.get("chosen"), dict):
+        raise CheckpointError(f"{path} is not the file `vqvae tune-sampling` writes (no 'chosen' settings)")
+    return tuned
+
+
+def run_sample_config(run_dir: Path, config: RunConfig, prior) -> SampleConfig:
+    """The run's sample settings: its config's, with the tuned ones (RUN/sampling.json) over them
+    when they were chosen for this very prior (a retrained prior ignores stale tuning)."""
+    tuned = read_tuned(run_dir) if Path(run_dir).is_dir() else None
+    if tuned is None or tuned.get("prior_fingerprint") != prior_fingerprint(prior):
+        return config.sample
+    chosen = {f"sample.{k}": v for k, v in tuned["chosen"].items() if k in TUNED_FIELDS}
+    return apply_overrides(config, chosen).sample
+
+
+@torch.no_grad()
+def draw_codes(prior, labels: torch.Tensor | None, n: int, batch: int, temperature: float, top_k: int,
+               top_p: float, guidance: float, seed: int, dev, **options) -> torch.Tensor:
+    """n code maps (n, h, w) from the prior, `batch` at a time, from one seeded generator; `options`
+    go to the prior's own `sample` (a prior kind's own settings)."""
+    generator = torch.Generator(device=dev).manual_seed(seed)
+    codes = []
+    for start in range(0, n, batch):
+        b = min(batch, n - start)
+        codes.append(prior.sample(b, labels[start:start + b] if labels is not None else None, temperature, top_k,
+                                  generator, top_p=top_p, guidance=guidance, **options))
+    return torch.cat(codes)
+
+
 @locks_run("sample", lambda a: a["out_dir"] or a["run_dir"], only_run_folders=True)
 def sample(run_dir: str | Path, out_dir: str | Path | None = None, num_samples: int | None = None,
            batch_size: int | None = None, temperature: float | None = None, top_k: int | None = None,
@@ -100,8 +161,9 @@ def sample(run_dir: str | Path, out_dir: str | Path | None = None, num_samples: 
            choice_temperature: float | None = None) -> dict:
     """Draw new images: prior samples code maps (incrementally), the VQ-VAE decodes them.
 
-    Unset options come from the run's `sample` config. `guidance` (conditional priors trained with
-    label dropout): 0 = unconditional, 1 = conditional, > 1 = classifier-free guidance. `steps` and
+    Unset options come from the run's sample settings (`run_sample_config`: its config's, or those
+    tune-sampling chose). `guidance` (conditional priors trained with label dropout): 0 =
+    unconditional, 1 = conditional, > 1 = classifier-free guidance. `steps` and
     `choice_temperature` are MaskGIT's (an error for the autoregressive priors); temperature,
     top_k and top_p shape every prior's draw of a code at a position, MaskGIT's too.
     Writes OUT/{name}.png (a grid), OUT/{name}.npy (uint8 (N, C, H, W)), OUT/{name}_codes.npy, and
@@ -129,6 +191,7 @@ def sample(run_dir: str | Path, out_dir: str | Path | None = None, num_samples: 
     asked = {"num_samples": num_samples, "batch_size": batch_size, "temperature": temperature, "top_k": top_k,
              "top_p": top_p, "guidance": guidance, "seed": seed, "steps": steps,
              "choice_temperature": choice_temperature}
+    config.sample = run_sample_config(run_dir, config, prior)
     s = apply_overrides(config, {f"sample.{k}": v for k, v in asked.items() if v is not None}).sample
     n, batch, temperature, top_k, top_p, seed = s.num_samples, s.batch_size, s.temperature, s.top_k, s.top_p, s.seed
     if guidance is None:  # the run's setting: it applies where the prior can be guided
@@ -142,14 +205,8 @@ def sample(run_dir: str | Path, out_dir: str | Path | None = None, num_samples: 
     maskgit_options = {"steps": s.steps, "choice_temperature": s.choice_temperature} if masked else {}
     labels, row = class_labels(prior, class_, n, dev)
     n = len(labels) if labels is not None else n
-    generator = torch.Generator(device=dev).manual_seed(seed)
     t0 = time.perf_counter()
-    codes = []
-    for start in range(0, n, batch):
-        b = min(batch, n - start)
-        codes.append(prior.sample(b, labels[start:start + b] if labels is not None else None, temperature, top_k,
-                                  generator, top_p=top_p, guidance=guidance, **maskgit_options))
-    codes = torch.cat(codes)
+    codes = draw_codes(prior, labels, n, batch, temperature, top_k, top_p, guidance, seed, dev, **maskgit_options)
     sample_seconds = time.perf_counter() - t0
     images = decode_and_save(vqvae, codes, out_dir / f"{name}.npy")
     atomic_save_npy(out_dir / f"{name}_codes.npy", codes.cpu().to(code_dtype(prior.spec.codebook_size)).numpy())
@@ -166,9 +223,9 @@ def sample(run_dir: str | Path, out_dir: str | Path | None = None, num_samples: 
 
 def cached_samples(run_dir: Path, config: RunConfig, prior, n: int, dev) -> torch.Tensor:
     """RUN/samples.npy as float images, re-drawn unless RUN/samples.json shows they came from this
-    very prior (weights fingerprint) with the run's sample settings, at least n of them, and
-    records the hash of this samples.npy."""
-    s = config.sample
+    very prior (weights fingerprint) with the run's sample settings (`run_sample_config`), at least n
+    of them, and records the hash of this samples.npy."""
+    s = run_sample_config(run_dir, config, prior)
     wanted = {"prior_fingerprint": prior_fingerprint(prior), "temperature": s.temperature, "top_k": s.top_k,
               "top_p": s.top_p, "guidance": effective_guidance(prior, s.guidance), "seed": s.seed, "class": None}
     if prior.config.kind == "maskgit":

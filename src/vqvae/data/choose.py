@@ -22,7 +22,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from ..config import DataConfig, get_preset
+from ..config import UNLABELLED_PRIOR, DataConfig, get_preset
 from ..errors import ConfigError, DataError
 from .arrays import NUMPY_SUFFIXES, read_numpy
 from .cache import (cache_root, cache_stem, list_folder, no_images_error, parallel_map, printable, read_side_file,
@@ -215,13 +215,20 @@ def choose_preset(preset: str | None, overrides: list[str], config_file: str | N
 
 
 def _unlabelled(preset: str, summary: DataSummary | None, settings: dict[str, str]) -> tuple[list[str], str]:
-    """A preset whose prior is class-conditional, on data without labels: an unconditional prior,
-    said in one line (a user who set prior.conditional themselves gets what they asked for)."""
+    """A preset whose prior is class-conditional, on data without labels: the preset's prior for
+    unlabelled images (config.UNLABELLED_PRIOR: conditioned on clusters found without labels), else an
+    unconditional one, said in one line (a user who set prior.conditional or prior.pseudo_classes
+    themselves gets what they asked for)."""
     if (summary is None or summary.labelled or not get_preset(preset).prior.conditional
-            or "prior.conditional" in settings):
+            or "prior.conditional" in settings or "prior.pseudo_classes" in settings):
         return [], ""
-    return ["prior.conditional=false"], (f"{summary.spec} has no class labels (no class subfolders or label file): "
-                                         f"the prior of preset {preset!r} is unconditional here (prior.conditional=false)")
+    # A setting the user gave (--set or the config file, which load_config applies before these) is theirs.
+    overrides = [o for o in UNLABELLED_PRIOR.get(preset, ["prior.conditional=false"])
+                 if o.split("=")[0] not in settings]
+    kind = ("conditioned on clusters of the images found without labels" if any("pseudo_classes" in o for o in overrides)
+            else "unconditional")
+    return overrides, (f"{summary.spec} has no class labels (no class subfolders or label file): the prior of preset "
+                       f"{preset!r} is {kind} here ({' '.join(overrides)})")
 
 
 def check_data_channels(spec: str, cfg: DataConfig) -> None:

@@ -37,6 +37,9 @@ class PriorSpec:
     latent_size: int
     num_classes: int = 0
     class_names: tuple[str, ...] = ()
+    # How often to draw each class when sampling without a chosen class: () = uniformly; pseudo-classes
+    # (clusters of unlabelled images, prior.pseudo_classes) carry their training frequencies.
+    class_weights: tuple[float, ...] = ()
 
 
 def class_table_size(num_classes: int, conditional: bool, label_dropout: float) -> int:

@@ -32,6 +32,7 @@ from ..resources import check_model_fits
 from ..runlock import locks_run
 from ..runs import codebook_fingerprint, load_vqvae, update_metrics, weights_fingerprint
 from .distributed import DistContext, all_reduce_sum, barrier, setup
+from .pseudo_classes import assign_pseudo_classes, class_frequencies, code_map_features, find_pseudo_classes
 from .loop import Stage, TrainResult, check_resume_config, checkpoint_path, fit, require_finite, use_best_weights
 
 LN2 = math.log(2.0)
@@ -156,8 +157,23 @@ class PriorStage(Stage):
         spec = self.model.spec
         return {"prior_kind": self.model.config.kind,
                 "prior_spec": {"codebook_size": spec.codebook_size, "latent_size": spec.latent_size,
-                               "num_classes": spec.num_classes, "class_names": list(spec.class_names)},
+                               "num_classes": spec.num_classes, "class_names": list(spec.class_names),
+                               "class_weights": list(spec.class_weights)},
                 "vqvae_fingerprint": self.fingerprint}
+
+
+def heldout_labels(model: Prior, codes: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor | None:
+    """The labels a prior's held-out bits are computed with: none for an unconditional prior, the
+    dataset's for a class-conditional one, and the null class (its unconditional mode) for a prior
+    on pseudo-classes, whose clusters are not kept with it."""
+    if not model.conditional:
+        return None
+    if not model.config.pseudo_classes:
+        return labels
+    if model.null_class is None:
+        raise ConfigError("held-out bits of a prior on pseudo-classes need its unconditional mode: train it with "
+                          "prior.label_dropout > 0")
+    return torch.full((len(codes),), model.null_class, dtype=torch.long)
 
 
 @torch.no_grad()
@@ -231,13 +247,18 @@ def train_prior(config: RunConfig, run_dir: str | Path, resume: bool = False,
                      "reduce prior.num_layers or prior.hidden_channels")
     splits = as_splits(data, config.data)
     train_set, val_set, test_set = splits
-    if config.prior.conditional and (train_set.labels is None or not train_set.class_names):
+    pseudo = config.prior.pseudo_classes
+    if pseudo:
+        # Conditional on clusters found without labels (training/pseudo_classes.py); the dataset's
+        # labels, if any, are not read.
+        config.prior.conditional = True
+    elif config.prior.conditional and (train_set.labels is None or not train_set.class_names):
         raise DataError(f"prior.conditional=true (--conditional, or the preset's) needs a labelled dataset; "
                         f"{train_set.name} has no labels: set prior.conditional=false, or use a named dataset or "
                         f"a folder with one subfolder per class")
-    if config.prior.conditional and test_set.labels is None:
+    if config.prior.conditional and not pseudo and test_set.labels is None:
         raise DataError(f"--conditional needs labels on the test split too; {test_set.name} has none")
-    if config.prior.conditional and resume and checkpoint_path(run_dir, "prior", "last").is_file():
+    if config.prior.conditional and not pseudo and resume and checkpoint_path(run_dir, "prior", "last").is_file():
         # The resumed prior's own classes, matched by name (a prior from before labels were mapped
         # to the classes present has classes 0..max label, and keeps them).
         names = load_checkpoint(checkpoint_path(run_dir, "prior", "last"), kind="prior")["prior_spec"]["class_names"]
@@ -253,13 +274,25 @@ def train_prior(config: RunConfig, run_dir: str | Path, resume: bool = False,
                      if data is not None else None for name, data in split_names.items()}
         barrier()
     train_codes, val_codes, test_codes = codes["train"], codes["val"], codes["test"]
-    train_labels = train_set.labels.repeat(len(shift_offsets(shifts))) if train_set.labels is not None else None
-    spec = PriorSpec(vqvae.codebook_size, vqvae.latent_size,
-                     len(train_set.class_names) if config.prior.conditional else 0,
-                     tuple(train_set.class_names) if config.prior.conditional else ())
+    val_labels = val_set.labels if val_set else None
+    test_labels = test_set.labels
+    if pseudo:
+        # Clusters of the unshifted training maps; each shifted copy keeps its image's cluster.
+        centres, image_labels = find_pseudo_classes(vqvae, train_codes[:len(train_set)], pseudo,
+                                                    seed=config.prior_train.seed)
+        train_labels = image_labels.repeat(len(shift_offsets(shifts)))
+        val_labels = (assign_pseudo_classes(code_map_features(vqvae, val_codes), centres)
+                      if val_codes is not None else None)
+        spec = PriorSpec(vqvae.codebook_size, vqvae.latent_size, pseudo, tuple(f"cluster {c}" for c in range(pseudo)),
+                         tuple(class_frequencies(image_labels, pseudo)))
+    else:
+        train_labels = train_set.labels.repeat(len(shift_offsets(shifts))) if train_set.labels is not None else None
+        spec = PriorSpec(vqvae.codebook_size, vqvae.latent_size,
+                         len(train_set.class_names) if config.prior.conditional else 0,
+                         tuple(train_set.class_names) if config.prior.conditional else ())
     torch.manual_seed(config.prior_train.seed)
     model = build_prior(config.prior, spec, dropout=config.prior_train.dropout).to(ctx.device)
-    stage = PriorStage(model, config, train_codes, train_labels, val_codes, val_set.labels if val_set else None, ctx,
+    stage = PriorStage(model, config, train_codes, train_labels, val_codes, val_labels, ctx,
                        codebook_fingerprint(vqvae))
     if ctx.is_main:
         config.save(run_dir / "config.json")
@@ -276,7 +309,7 @@ def train_prior(config: RunConfig, run_dir: str | Path, resume: bool = False,
     if ctx.is_main:
         val_values = [h[f"val_{figure}"] for h in state.history if f"val_{figure}" in h]
         seconds = sum(h["seconds"] for h in state.history)
-        test_value = heldout_figure(model, TensorBatches((test_codes, test_set.labels if model.conditional else None),
+        test_value = heldout_figure(model, TensorBatches((test_codes, heldout_labels(model, test_codes, test_labels)),
                                                          500, ctx.device, shuffle=False))
         # Autoregressive priors: *_bits_per_code; MaskGIT: *_masked_nats, with what it means.
         name = "masked_nats" if stage.masked else "bits_per_code"
@@ -288,6 +321,7 @@ def train_prior(config: RunConfig, run_dir: str | Path, resume: bool = False,
                    "kind": model.config.kind, "epochs": state.epoch, "train_seconds": round(seconds, 2),
                    "codebook_size": spec.codebook_size, "latent_size": spec.latent_size,
                    "conditional": bool(spec.num_classes), "class_names": list(spec.class_names),
+                   "pseudo_classes": pseudo,
                    "history": [{k: h.get(k) for k in ("epoch", figure, f"val_{figure}", "seconds")}
                                for h in state.history],
                    "resume_notes": state.notes}
