@@ -246,8 +246,8 @@ def cache_root(cfg: DataConfig, create: bool = False) -> Path:
                 raise PermissionError(13, "permission denied")
         except OSError as e:
             setting = "data.cache_dir" if cfg.cache_dir else "$VQVAE_CACHE (or data.cache_dir)"
-            raise DataError(f"cannot use {printable(root)} as the image cache folder: {e.strerror or e}; set "
-                            f"{setting} to a writable folder") from None
+            raise DataError(f"cannot write the image cache in {printable(root)}: {(e.strerror or str(e)).lower()}; "
+                            f"set {setting} to a writable folder") from None
     return root
 
 
