@@ -144,11 +144,12 @@ def main() -> None:
         model, _ = api.load_vqvae(work / name, "cpu")
         with torch.no_grad():
             grid.append(model(grid[0]).reconstruction.float().clamp(0, 1))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    results["grid"] = str(save_grid(torch.cat(grid), out.with_suffix(".png"), nrow=len(picks)))
-    results["grid_rows"] = ["held-out originals", *[name for name, _, _ in models]]
-    out.write_text(json.dumps(results, indent=2) + "\n")
+        # Written after every model, so a run cut short keeps the models it finished.
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        results["grid"] = str(save_grid(torch.cat(grid), out.with_suffix(".png"), nrow=len(picks)))
+        results["grid_rows"] = ["held-out originals", *results["models"]]
+        out.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps({name: m["headline"] for name, m in results["models"].items()}, indent=2))
 
 
