@@ -10,6 +10,7 @@ from conftest import tiny_overrides
 from vqvae import api
 from vqvae.cli import main
 from vqvae.config import PriorConfig, load_config
+from vqvae.errors import ConfigError
 from vqvae.data import TensorBatches
 from vqvae.errors import ConfigError
 from vqvae.models import MaskGITPrior, PriorSpec
@@ -117,7 +118,7 @@ def test_guidance_zero_equals_the_unconditional_logits(monkeypatch):
     conditional = model(all_masked, labels).flatten(2).transpose(1, 2)
     assert torch.allclose(seen[0], unconditional, atol=1e-5)
     assert not torch.allclose(seen[0], conditional, atol=1e-3)
-    with pytest.raises(ValueError, match="label dropout"):
+    with pytest.raises(ConfigError, match="label dropout"):
         maskgit(conditional=True).sample(2, torch.tensor([0, 1]), guidance=2.0)
 
 
