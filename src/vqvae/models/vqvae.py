@@ -167,6 +167,14 @@ class VQVAE(nn.Module):
         commitment = qc.lfq_commitment_weight if qc.kind == "lfq" else qc.commitment_weight
         return {"codebook": qc.codebook_weight, "commitment": commitment, "entropy": qc.entropy_weight}[name]
 
+    def check_images(self, x: torch.Tensor) -> None:
+        """Images (B, C, H, W) must have this model's channels and size (inpainting checks a user's images)."""
+        cfg = self.model_config
+        expected = (cfg.in_channels, cfg.image_size, cfg.image_size)
+        if x.dim() != 4 or tuple(x.shape[1:]) != expected:
+            raise ConfigError(f"images of shape {tuple(x.shape[1:])} do not fit this model, which expects "
+                              f"(channels, height, width) = {expected}")
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) in [0, 1] -> continuous latents ze (B, D, h, w)."""
         return self.encoder(x)
