@@ -83,9 +83,10 @@ def check_model_fits(build: Callable[[], nn.Module], device: torch.device | str,
     params, buffers = model_bytes(build)
     need = params * (TRAINING_COPIES if training else 1) + buffers
     if need > available:
-        raise ConfigError(f"{what} needs at least {gigabytes(need)} of memory {'to train' if training else 'to load'} "
-                          f"({gigabytes(params + buffers)} of weights and state{', plus gradients and optimizer state' if training else ''}) "
-                          f"but {gigabytes(available)} is available on {torch.device(device)}: {advice}")
+        purpose, extra = ("to train", ", plus gradients and optimizer state") if training else ("to load", "")
+        raise ConfigError(f"{what} needs at least {gigabytes(need)} of memory {purpose} ({gigabytes(params + buffers)} "
+                          f"of weights and state{extra}) but {gigabytes(available)} is available on "
+                          f"{torch.device(device)}: {advice}")
 
 
 def check_output_fits(what: str, count: int, memory_per_item: int, disk_per_item: int, device: torch.device | str,
