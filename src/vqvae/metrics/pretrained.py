@@ -21,11 +21,11 @@ from pathlib import Path
 import torch
 
 from ..errors import ConfigError
+from ..nn.perceptual import VGG16_FILE, load_vgg16_trunk, lpips_with_random_trunk
 
 # The files the libraries download, by the names they give them in torch.hub's checkpoint folder.
 INCEPTION_FILES = ("weights-inception-2015-12-05-6726825d.pth",  # torch-fidelity (torchmetrics)
                    "pt_inception-2015-12-05-6726825d.pth")  # pytorch-fid: the same network
-VGG16_FILE = "vgg16-397923af.pth"  # torchvision's ImageNet VGG16, which lpips uses
 INCEPTION_FEATURES = 2048  # the pool features FID is defined on
 INSTALL_HINT = "pip install 'vqvae[metrics]' (torchmetrics, torch-fidelity, lpips)"
 
@@ -108,29 +108,17 @@ def lpips_vgg_network(weights: PretrainedWeights, device="cpu"):
     path = weights.lpips_vgg or _cached((VGG16_FILE,))
     if path is None and not weights.allow_download:
         return None, "no VGG16 weights on disk"
-    with warnings.catch_warnings():  # lpips passes torchvision's deprecated `pretrained=`
-        warnings.simplefilter("ignore")
-        if path is None:
+    if path is None:
+        with warnings.catch_warnings():  # lpips passes torchvision's deprecated `pretrained=`
+            warnings.simplefilter("ignore")
             try:  # torchvision downloads the trunk into torch.hub's checkpoint folder
                 network = lpips.LPIPS(net="vgg", verbose=False)
             except OSError as e:
                 return None, f"downloading the VGG16 weights failed ({type(e).__name__})"
-            return network.eval().to(device), str(hub_checkpoints() / VGG16_FILE)
-        network = lpips.LPIPS(net="vgg", pnet_rand=True, verbose=False)  # the package's heads, a random trunk
-    expected = f"torchvision's ImageNet VGG16 weights ({VGG16_FILE})"
-    state = _load_state_dict(Path(path), "--lpips-vgg-weights", expected)
-    # lpips splits torchvision's vgg16().features into slices that keep the layer numbers:
-    # its `slice2.5.weight` is torchvision's `features.5.weight`.
-    trunk = network.net.state_dict()
-    loaded = {}
-    for key, value in trunk.items():
-        source = "features." + key.split(".", 1)[1]
-        if source not in state or state[source].shape != value.shape:
-            found = "missing" if source not in state else f"of shape {tuple(state[source].shape)}"
-            raise ConfigError(f"--lpips-vgg-weights {path} does not hold {expected}: {source} is {found}, expected "
-                              f"{tuple(value.shape)}")
-        loaded[key] = state[source]
-    network.net.load_state_dict(loaded)
+        return network.eval().to(device), str(hub_checkpoints() / VGG16_FILE)
+    network = lpips_with_random_trunk()
+    state = _load_state_dict(Path(path), "--lpips-vgg-weights", f"torchvision's ImageNet VGG16 weights ({VGG16_FILE})")
+    load_vgg16_trunk(network, state, f"--lpips-vgg-weights {path}")
     return network.eval().to(device), str(path)
 
 

@@ -17,10 +17,6 @@ from ..errors import ConfigError
 
 # torchvision's file name for its ImageNet VGG16 weights (torchvision.models.VGG16_Weights.IMAGENET1K_V1).
 VGG16_FILE = "vgg16-397923af.pth"
-# lpips' vgg16 wrapper splits torchvision's `features` into five slices at these indices.
-SLICE_STARTS = (0, 4, 9, 16, 23, 30)
-
-
 def default_vgg16_path() -> Path:
     """Where torchvision keeps its downloaded VGG16 weights (TORCH_HOME/hub/checkpoints)."""
     return Path(torch.hub.get_dir()) / "checkpoints" / VGG16_FILE
@@ -38,44 +34,49 @@ def missing_weights_advice(path: Path) -> str:
             f"torchvision.models.vgg16(weights='IMAGENET1K_V1')\" (saved {where})")
 
 
+def lpips_with_random_trunk():
+    """`lpips.LPIPS` with VGG16 features: the package's calibrated linear heads, a randomly initialised
+    trunk (nothing downloaded); `load_vgg16_trunk` fills the trunk."""
+    import lpips
+
+    with warnings.catch_warnings():  # lpips passes torchvision's deprecated `pretrained=False`
+        warnings.simplefilter("ignore")
+        return lpips.LPIPS(net="vgg", pnet_rand=True, verbose=False)
+
+
+def load_vgg16_trunk(network, state: dict, source: str) -> None:
+    """Load a torchvision vgg16 state_dict into an `lpips.LPIPS`'s VGG16 trunk. lpips splits
+    torchvision's `features` into slices that keep the layer numbers: its `slice2.5.weight` is
+    torchvision's `features.5.weight`. `source` names the file in the error for anything else."""
+    trunk = network.net.state_dict()
+    loaded = {}
+    for key, value in trunk.items():
+        name = "features." + key.split(".", 1)[1]
+        if name not in state or not torch.is_tensor(state[name]) or state[name].shape != value.shape:
+            found = "missing" if name not in state else f"of shape {tuple(getattr(state[name], 'shape', ()))}"
+            raise ConfigError(f"{source} does not hold torchvision's ImageNet VGG16 weights ({VGG16_FILE}): {name} is "
+                              f"{found}, expected {tuple(value.shape)}")
+        loaded[key] = state[name]
+    network.net.load_state_dict(loaded)
+
+
 class LPIPS(nn.Module):
     """Frozen LPIPS distance between images in [0, 1]: (B, C, H, W) x 2 -> (B,)."""
 
     def __init__(self, vgg_weights: str | Path):
         super().__init__()
-        import lpips
-
         path = Path(vgg_weights)
         if not path.is_file():
             raise ConfigError(missing_weights_advice(path))
-        with warnings.catch_warnings():  # lpips passes torchvision's deprecated `pretrained=False`
-            warnings.simplefilter("ignore")
-            self.net = lpips.LPIPS(net="vgg", pnet_rand=True, verbose=False)  # heads loaded from the package
+        self.net = lpips_with_random_trunk()
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception:
             raise ConfigError(f"{path} is not a torchvision vgg16 state_dict (it could not be loaded safely); "
                               f"{missing_weights_advice(path)}") from None
-        self.load_vgg16(state, path)
+        load_vgg16_trunk(self.net, state, str(path))
         self.net.eval()
         self.requires_grad_(False)
-
-    def load_vgg16(self, state: dict, path: Path) -> None:
-        """torchvision's `features.N.*` keys into lpips' `sliceK.N.*` modules."""
-        backbone = self.net.net
-        renamed = {}
-        for k, (start, stop) in enumerate(zip(SLICE_STARTS, SLICE_STARTS[1:]), start=1):
-            for index in range(start, stop):
-                for name in ("weight", "bias"):
-                    key = f"features.{index}.{name}"
-                    if key in state:
-                        renamed[f"slice{k}.{index}.{name}"] = state[key]
-        expected = backbone.state_dict()
-        wrong = [k for k in expected if k not in renamed or renamed[k].shape != expected[k].shape]
-        if wrong:
-            raise ConfigError(f"{path} is not a torchvision vgg16 state_dict: {len(wrong)} of {len(expected)} "
-                              f"backbone tensors are missing or of another shape (first: {wrong[0]})")
-        backbone.load_state_dict(renamed)
 
     def train(self, mode: bool = True) -> "LPIPS":
         return super().train(False)  # always in eval mode: the heads' dropout must never be on
