@@ -107,7 +107,7 @@ def run(line: str, data: Path, capsys) -> tuple[int, str]:
 def readme_folder(tmp_path, monkeypatch):
     for name, seed in DATA_FOLDERS.items():
         write_bar_folder(tmp_path / name, seed)
-    write_bar_folder(tmp_path / "default_data", 3)
+    write_bar_folder(tmp_path / "default_data", 3, n=280)  # a validation split of 20+ images: tune-sampling scores on it
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
