@@ -149,9 +149,9 @@ def test_runs_and_model_folders_from_before_the_mapping_load_and_sample_the_same
     # Evaluation and a resumed prior read the data's labels 3 and 7 as the old prior's classes 3 and 7.
     seen = []
     import vqvae.evaluation as evaluation
-    real_bits = evaluation.heldout_bits
-    monkeypatch.setattr(evaluation, "heldout_bits",
-                        lambda prior, batches: seen.append(batches.tensors[1].unique().tolist()) or real_bits(prior, batches))
+    real_figure = evaluation.heldout_figure
+    monkeypatch.setattr(evaluation, "heldout_figure",
+                        lambda prior, batches: seen.append(batches.tensors[1].unique().tolist()) or real_figure(prior, batches))
     api.evaluate(run, device="cpu", samples=False)
     assert seen == [[3, 7]]
     resumed = api.train_prior(cfg.__class__.from_dict({**cfg.to_dict(), "prior_train": {**cfg.to_dict()["prior_train"],
