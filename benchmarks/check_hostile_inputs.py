@@ -16,6 +16,7 @@ from PIL import Image  # noqa: E402
 from vqvae.cli import main  # noqa: E402
 
 root = Path(tempfile.mkdtemp(prefix="vqvae-hostile-"))
+os.environ["VQVAE_CACHE"] = str(root / "cache")  # its own image cache: no side files of earlier runs
 os.chdir(root)
 bars = root / "bars"
 images, labels = bar_images(120)
