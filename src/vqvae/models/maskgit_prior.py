@@ -31,9 +31,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import PriorConfig, SampleConfig
-from .prior_common import PriorSpec, check_labels, check_sampling, class_table_size, guided_batch, mix_guidance, \
-    truncated_probs
-from .transformer_prior import Block
+from .prior_common import (ConditionalPrior, PriorSpec, check_labels, check_sampling, class_table_size, guided_batch,
+                           mix_guidance, truncated_probs)
+from .transformer_prior import Block, gpt2_init
 
 # The held-out figure checkpoints are chosen on: mean masked cross-entropy over these mask ratios,
 # with the masked positions drawn once from this seed, so every epoch scores the same positions.
@@ -87,7 +87,7 @@ def masked_cross_entropy(network, codes: torch.Tensor, labels: torch.Tensor | No
     return F.cross_entropy(logits.permute(0, 2, 3, 1)[masked].float(), codes[masked], reduction=reduction)
 
 
-class MaskGITPrior(nn.Module):
+class MaskGITPrior(ConditionalPrior):
     def __init__(self, config: PriorConfig, spec: PriorSpec, dropout: float = 0.0):
         super().__init__()
         if config.hidden_channels % config.num_heads:
@@ -107,23 +107,7 @@ class MaskGITPrior(nn.Module):
                                     for _ in range(config.num_layers))
         self.norm = nn.LayerNorm(C)
         self.head = nn.Linear(C, K)
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, std=0.02)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
-
-    @property
-    def conditional(self) -> bool:
-        return self.config.conditional
-
-    @property
-    def null_class(self) -> int | None:
-        """The label index meaning "no class" (learned with label dropout), or None."""
-        return self.spec.num_classes if self.conditional and self.config.label_dropout > 0 else None
+        self.apply(gpt2_init)
 
     def forward(self, codes: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """codes (B, H, W) in 0..K, K = [MASK] -> logits (B, K, H, W); every position sees the whole map."""

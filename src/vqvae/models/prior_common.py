@@ -155,11 +155,8 @@ def sample_full_pass(prior, batch: int, labels: torch.Tensor | None = None, temp
     return codes
 
 
-class AutoregressivePrior(nn.Module):
-    """What both priors share. A subclass sets `config` (PriorConfig) and `spec` (PriorSpec) and
-    implements `forward(codes, labels) -> logits (B, K, H, W)` (each position sees only earlier
-    codes) and `_autoregress(batch, height, width, labels, choose)`, which walks the positions in
-    raster order and asks `choose(logits (B, K), i, j)` for the code at each."""
+class ConditionalPrior(nn.Module):
+    """What every prior shares: a subclass sets `config` (PriorConfig) and `spec` (PriorSpec)."""
 
     @property
     def conditional(self) -> bool:
@@ -169,6 +166,13 @@ class AutoregressivePrior(nn.Module):
     def null_class(self) -> int | None:
         """The label index meaning "no class" (learned with label dropout), or None."""
         return self.spec.num_classes if self.conditional and self.config.label_dropout > 0 else None
+
+
+class AutoregressivePrior(ConditionalPrior):
+    """What the autoregressive priors share. A subclass implements `forward(codes, labels) -> logits
+    (B, K, H, W)` (each position sees only earlier codes) and `_autoregress(batch, height, width,
+    labels, choose)`, which walks the positions in raster order and asks `choose(logits (B, K), i, j)`
+    for the code at each."""
 
     def loss(self, codes: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Mean cross-entropy in nats per code."""

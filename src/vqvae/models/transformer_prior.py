@@ -23,6 +23,14 @@ from ..config import PriorConfig
 from .prior_common import AutoregressivePrior, PriorSpec, check_labels, class_table_size
 
 
+def gpt2_init(module: nn.Module) -> None:
+    """GPT-2's initialisation: small normal weights, zero biases (`model.apply(gpt2_init)`)."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, std=0.02)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention; `causal` hides later positions (False: MaskGIT's bidirectional prior)."""
 
@@ -99,15 +107,7 @@ class TransformerPrior(AutoregressivePrior):
         self.blocks = nn.ModuleList(Block(C, config.num_heads, dropout) for _ in range(config.num_layers))
         self.norm = nn.LayerNorm(C)
         self.head = nn.Linear(C, K)
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        # GPT-2's initialisation: small normal weights, zero biases.
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, std=0.02)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
+        self.apply(gpt2_init)
 
     def _start_tokens(self, batch: int, labels: torch.Tensor | None, device) -> torch.Tensor:
         index = labels if labels is not None else torch.zeros(batch, dtype=torch.long, device=device)
