@@ -558,6 +558,21 @@ run("`train-prior RUN --set prior.pseudo_classes=1`", "train-prior", R, "--set",
     "prior.label_dropout=0.1")
 run("`train-prior RUN --set prior.pseudo_classes=4` without label dropout", "train-prior", R, "--set",
     "prior.pseudo_classes=4")
+# --- settings of the new features (#17-#19): each an invalid value, expect exit 2 with a one-line error
+for s in ["model.arch=unet", "model.channel_mult=1,2", "model.arch=vqgan", "model.arch=vqgan model.channel_mult=0,1",
+          "model.arch=vqgan model.channel_mult=1,2 model.norm_groups=3", "model.arch=vqgan model.channel_mult=1,2 model.norm_groups=8 model.attention_resolutions=3",
+          "model.arch=vqgan model.channel_mult=1,2,2,2,2,2", "model.arch=vqgan model.channel_mult=1,2 model.layers_per_block=0",
+          "model.arch=vqgan model.channel_mult=1,2 model.num_residual_blocks=5", "model.layers_per_block=3",
+          "loss.reconstruction=l3", "loss.adversarial=wgan", "loss.perceptual=vgg", "loss.disc_weight=-1", "loss.disc_layers=0",
+          "loss.disc_start=-1", "loss.disc_ramp_steps=-5", "loss.r1_weight=-1", "loss.collapse_accuracy=2", "loss.collapse_action=maybe",
+          "loss.collapse_steps=0", "loss.disc_lr=-0.1", "loss.perceptual=lpips loss.lpips_vgg_weights=/no/such/vgg16.pth",
+          "train.adam_betas=1,2", "train.adam_betas=0.5", "train.adam_betas=a,b", "train.ema_decay=1", "train.ema_decay=-0.5",
+          "prior.kind=maskgit prior.hidden_channels=64 prior.num_heads=3", "sample.steps=0", "sample.steps=1000",
+          "sample.choice_temperature=-1", "prior.pseudo_classes=1", "prior.pseudo_classes=5000", "data.cache_check=sometimes"]:
+    run(f"`--set {s}` (expect 2)", "train", "--preset", "tiny", "--out", "x", "--set", *s.split())
+run("`tune-sampling RUN --recall-margin -1` (expect 2)", "tune-sampling", R, "--recall-margin", "-1")
+run("`tune-sampling RUN --num-images 0` (expect 2)", "tune-sampling", R, "--num-images", "0")
+run("`evaluate RUN --lpips-vgg-weights` a missing file (expect 2)", "evaluate", R, "--lpips-vgg-weights", "no-such-vgg.pth")
 print("| input | exit | outcome (first error line, or last line of output) |\n|---|---|---|")
 for label, code, line in rows:
     print(f"| {label} | {code} | {line.replace('|', '/')} |")
