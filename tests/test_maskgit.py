@@ -336,3 +336,27 @@ def test_inpaint_bad_masks_are_one_line_errors(maskgit_run, tmp_path, capsys, ma
                  str(tmp_path / "out.png")] + extra)
     err = capsys.readouterr().err
     assert code == 2 and message in err and err.count("\n") == 1
+
+
+def test_tune_sampling_draws_a_maskgit_prior_with_the_runs_decoding(tmp_path, bar_folder, monkeypatch):
+    """tune-sampling on a MaskGIT run with its own steps and choice temperature: the candidates are checked
+    against the run's prior kind (not a default PixelCNN's) and drawn with the run's decoding."""
+    from vqvae.models.maskgit_prior import MaskGITPrior
+
+    cfg = load_config("tiny", tiny_overrides(bar_folder) + [
+        "data.val_fraction=0.3", "prior.kind=maskgit", "prior.num_layers=1", "prior.hidden_channels=16",
+        "prior.conditional=true", "prior.label_dropout=0.1", "sample.steps=3", "sample.choice_temperature=2.0"])
+    run = tmp_path / "run"
+    api.train_vqvae(cfg, run)
+    api.train_prior(cfg, run)
+    seen = set()
+    original = MaskGITPrior.sample
+
+    def spy(self, *args, **kwargs):
+        seen.add((kwargs.get("steps"), kwargs.get("choice_temperature")))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(MaskGITPrior, "sample", spy)
+    result = api.tune_sampling(run, guidance=[1.0, 2.0], draws=2, device="cpu", write=False)
+    assert seen == {(3, 2.0)}
+    assert result["maskgit_decoding"] == {"steps": 3, "choice_temperature": 2.0}

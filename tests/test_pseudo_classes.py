@@ -91,3 +91,23 @@ def test_unlabelled_folder_gets_the_presets_unlabelled_prior_unless_the_user_cho
     assert choose_preset("mnist", [f"data.dataset={tmp_path}", "prior.pseudo_classes=0"]).overrides == []
     mine = choose_preset("mnist", [f"data.dataset={tmp_path}", "sample.guidance=1"]).overrides
     assert "prior.pseudo_classes=30" in mine and not any(o.startswith("sample.guidance") for o in mine)
+
+
+def test_a_prior_on_pseudo_classes_resumes_through_the_api_and_reports_its_unconditional_mode(tmp_path, bar_folder):
+    """train_prior records a prior on pseudo-classes as conditional: resuming with the settings it was
+    started with must pass the resume check, and the report must not say "given the class"."""
+    from conftest import tiny_overrides
+    from vqvae import api
+    from vqvae.config import load_config
+
+    settings = tiny_overrides(bar_folder) + ["prior.kind=maskgit", "prior.num_layers=1", "prior.hidden_channels=16",
+                                             "prior.conditional=false", "prior.pseudo_classes=2", "prior.label_dropout=0.1"]
+    run = tmp_path / "run"
+    api.train_vqvae(load_config("tiny", settings), run)
+    api.train_prior(load_config("tiny", settings), run)
+    resumed = api.train_prior(load_config("tiny", settings + ["prior_train.epochs=3"]), run, resume=True)
+    assert resumed.metrics["epochs"] == 3
+    api.evaluate(run, device="cpu", samples=False)
+    report = (run / "report.md").read_text()
+    assert "nats per masked code in its unconditional mode (a prior on pseudo-classes)" in report
+    assert "given the class" not in report

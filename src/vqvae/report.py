@@ -82,13 +82,13 @@ def report_markdown(run_dir: Path, metrics: dict) -> str:
     lines += _texture_lines(ev.get("texture", {})) + _perceptual_lines(ev.get("perceptual", {}))
     lines += objective_lines(metrics.get("vqvae", {}))
     prior = ev.get("prior", {})
+    prior_metrics = metrics.get("prior", {})
+    # A prior on pseudo-classes is scored in its unconditional mode (its clusters are not kept).
+    given = (" in its unconditional mode (a prior on pseudo-classes)" if prior_metrics.get("pseudo_classes")
+             else " given the class" if prior_metrics.get("conditional") else "")
     if "test_bits_per_code" in prior:
-        prior_metrics = metrics.get("prior", {})
-        given = (" in its unconditional mode (a prior on pseudo-classes)" if prior_metrics.get("pseudo_classes")
-                 else " given the class" if prior_metrics.get("conditional") else "")
         lines += ["## Prior", "", f"- test negative log-likelihood: {prior['test_bits_per_code']:.4f} bits per code{given}"]
     elif "test_masked_nats" in prior:  # MaskGIT: no likelihood, so no bits per code
-        given = " given the class" if metrics.get("prior", {}).get("conditional") else ""
         lines += ["## Prior", "", f"- MaskGIT, test masked cross-entropy: {prior['test_masked_nats']:.4f} nats "
                   f"per masked code{given} ({prior.get('masked_nats_meaning', 'not a likelihood, not bits per code')})"]
     if "test_bits_per_code" in prior or "test_masked_nats" in prior:
@@ -186,6 +186,8 @@ def _tuned_note(run_dir: Path, metrics: dict) -> str:
     if tuning and isinstance(drawn, dict) and drawn.get("prior_fingerprint") == tuning.get("prior_fingerprint") \
             and all(drawn.get(k) == v for k, v in tuning.get("chosen", {}).items()):
         return " (chosen by `vqvae tune-sampling` on validation data; see Sampling settings)"
+    if tuning and isinstance(drawn, dict) and drawn.get("prior_fingerprint") != tuning.get("prior_fingerprint"):
+        return " (the tuned settings belong to an earlier prior and are not used: run `vqvae tune-sampling` again)"
     return " (not the tuned settings: `vqvae sample RUN` redraws them with those)" if tuning else ""
 
 

@@ -47,7 +47,8 @@ def untrained_features_network(channels: int, image_size: int, seed: int = 0) ->
 def candidate_settings(prior, sample_config: SampleConfig, guidance: list[float] | None,
                        temperature: list[float] | None, top_p: list[float] | None) -> list[dict]:
     """Every combination of the given values; an option not given keeps the run's value (for
-    guidance: 1, 1.5 and 2 where the prior can be guided)."""
+    guidance: 1, 1.5 and 2 where the prior can be guided). `prior.config` is the run's prior
+    settings, against which the sample settings are checked (MaskGIT's steps are valid only there)."""
     if guidance is None:
         guided = prior.conditional and prior.null_class is not None
         guidance = list(GUIDANCE_CANDIDATES) if guided else [effective_guidance(prior, sample_config.guidance)]
@@ -57,8 +58,8 @@ def candidate_settings(prior, sample_config: SampleConfig, guidance: list[float]
     for g, t, p in itertools.product(guidance, temperature, top_p):
         check_guidance(prior, g)
         # Each value checked by the config's own rules (temperature > 0, top-p in (0, 1], guidance >= 0).
-        s = apply_overrides(RunConfig(sample=sample_config), {"sample.guidance": g, "sample.temperature": t,
-                                                              "sample.top_p": p}).sample
+        s = apply_overrides(RunConfig(prior=prior.config, sample=sample_config),
+                            {"sample.guidance": g, "sample.temperature": t, "sample.top_p": p}).sample
         settings.append({"guidance": s.guidance, "temperature": s.temperature, "top_p": s.top_p})
     if len({tuple(s.values()) for s in settings}) != len(settings):
         raise ConfigError("tune-sampling: a value is given twice; give each candidate once")
@@ -118,12 +119,15 @@ def tune_sampling(run_dir: str | Path, guidance: list[float] | None = None, temp
     recon = _figures(reconstructions, classifier, ref_features, check_net, check_ref, check_scale)
     labels, _ = class_labels(prior, None, n, dev)
     batch = config.sample.batch_size
+    # MaskGIT's decoding as the run samples it, so the setting is chosen under the decoding it is used with.
+    options = ({"steps": config.sample.steps, "choice_temperature": config.sample.choice_temperature}
+               if prior.config.kind == "maskgit" else {})
     rows = []
     for setting in settings:
         per_draw = []
         for d in range(draws):
             codes = draw_codes(prior, labels, n, batch, setting["temperature"], config.sample.top_k, setting["top_p"],
-                               setting["guidance"], seed + d, dev)
+                               setting["guidance"], seed + d, dev, **options)
             with torch.no_grad():
                 images = torch.cat([vqvae.decode_indices(codes[i:i + 500]).float().clamp(0, 1).cpu()
                                     for i in range(0, n, 500)])
@@ -136,7 +140,7 @@ def tune_sampling(run_dir: str | Path, guidance: list[float] | None = None, temp
                                             f"{n} others reconstructed",
               "reconstructions": {k: round(v, 4) for k, v in recon.items()}, "settings": rows,
               "classifier": {k: info[k] for k in ("heldout_accuracy", "train_images") if k in info},
-              "prior_fingerprint": prior_fingerprint(prior)}
+              "prior_fingerprint": prior_fingerprint(prior), **({"maskgit_decoding": options} if options else {})}
     if write:
         atomic_write_text(run_dir / TUNED_FILE, json.dumps(result, indent=2) + "\n")
         update_metrics(run_dir, "sampling_tuning", result)

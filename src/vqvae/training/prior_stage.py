@@ -234,6 +234,10 @@ def train_prior(config: RunConfig, run_dir: str | Path, resume: bool = False,
     """
     run_dir = Path(run_dir)
     ctx = setup(config.prior_train.device)
+    if config.prior.pseudo_classes:
+        # Conditional on clusters found without labels (training/pseudo_classes.py); the dataset's
+        # labels, if any, are not read. Set before the resume check: the checkpoint records it so.
+        config.prior.conditional = True
     if resume:
         check_resume_config(run_dir, "prior", config, ("prior",))
     vqvae, vq_config = load_vqvae(run_dir, ctx.device)
@@ -248,11 +252,7 @@ def train_prior(config: RunConfig, run_dir: str | Path, resume: bool = False,
     splits = as_splits(data, config.data)
     train_set, val_set, test_set = splits
     pseudo = config.prior.pseudo_classes
-    if pseudo:
-        # Conditional on clusters found without labels (training/pseudo_classes.py); the dataset's
-        # labels, if any, are not read.
-        config.prior.conditional = True
-    elif config.prior.conditional and (train_set.labels is None or not train_set.class_names):
+    if not pseudo and config.prior.conditional and (train_set.labels is None or not train_set.class_names):
         raise DataError(f"prior.conditional=true (--conditional, or the preset's) needs a labelled dataset; "
                         f"{train_set.name} has no labels: set prior.conditional=false, or use a named dataset or "
                         f"a folder with one subfolder per class")
