@@ -169,7 +169,7 @@ def test_lpips_from_a_vgg_file_matches_lpips_own_trunk(no_hub_weights, random_vg
     assert result["lpips_vgg_weights"] == str(random_vgg)
     # lpips's own construction around the same trunk: torchvision's vgg16 holding the file's weights
     vgg = torchvision.models.vgg16(weights=None)
-    vgg.features.load_state_dict({k[len("features."):]: v for k, v in torch.load(random_vgg).items()})
+    vgg.features.load_state_dict({k[len("features."):]: v for k, v in torch.load(random_vgg, weights_only=True).items()})
     monkeypatch.setattr(lpips.pretrained_networks.tv, "vgg16", lambda **kwargs: vgg)
     reference = lpips.LPIPS(net="vgg", verbose=False).eval()
     expected = reference((x * 255).round() / 255, (y * 255).round() / 255, normalize=True).mean().item()
@@ -202,7 +202,7 @@ def test_weight_files_that_are_wrong_are_one_line_errors(tmp_path, random_vgg, n
         reconstruction_perceptual([(x, x)], 3, PretrainedWeights(inception=random_vgg))  # the VGG file
     assert "\n" not in str(e.value)
     partial = tmp_path / "partial.pth"
-    torch.save({k: v for k, v in torch.load(random_vgg).items() if not k.startswith("features.28")}, partial)
+    torch.save({k: v for k, v in torch.load(random_vgg, weights_only=True).items() if not k.startswith("features.28")}, partial)
     with pytest.raises(ConfigError, match="features.28.weight is missing"):
         reconstruction_perceptual([(x, x)], 3, PretrainedWeights(lpips_vgg=partial))
 
