@@ -187,18 +187,18 @@ def unconditional_bits(run: Path) -> float | None:
     return round(heldout_bits(prior, TensorBatches((codes, null), 500, torch.device("cpu"), shuffle=False)), 5)
 
 
-def demo(args, common: list[str]) -> dict:
+def demo_against_seed(seed_reference: Path, test: Path, cfg: RunConfig, run: Path) -> tuple[dict, dict]:
+    """seed_reference.py (60 epochs) and then the pipeline on `cfg` into `run`, in one process's turn, so
+    their wall times are taken side by side. Returns (figures, the run's metrics.json)."""
     out: dict = {}
     t0 = time.perf_counter()
-    seed = subprocess.run([sys.executable, str(args.seed_reference), "--epochs", "60", "--test",
-                           str(args.test / "t10k-images-idx3-ubyte.gz")], capture_output=True, text=True)
+    seed = subprocess.run([sys.executable, str(seed_reference), "--epochs", "60", "--test",
+                           str(test / "t10k-images-idx3-ubyte.gz")], capture_output=True, text=True)
     out["seed_reference_wall_s"] = round(time.perf_counter() - t0, 1)
     if seed.returncode == 0 and seed.stdout.strip():
         out["seed_reference"] = json.loads(seed.stdout.strip().splitlines()[-1])
     else:
         out["seed_reference_error"] = seed.stderr[-500:]
-    cfg = load_config("mnist", common + args.set)
-    run = args.out / "demo"
     if run.exists():
         shutil.rmtree(run)
     t0 = time.perf_counter()
@@ -207,6 +207,13 @@ def demo(args, common: list[str]) -> dict:
     out["demo_vs_seed_reference_wall"] = round(out["demo_wall_s"] / out["seed_reference_wall_s"], 3)
     metrics = read_metrics(run)
     out["demo_timings"] = metrics["pipeline"]["timings"]
+    return out, metrics
+
+
+def demo(args, common: list[str]) -> dict:
+    cfg = load_config("mnist", common + args.set)
+    run = args.out / "demo"
+    out, metrics = demo_against_seed(args.seed_reference, args.test, cfg, run)
     out["demo_prior"] = {k: metrics["prior"][k] for k in ("best_val_bits_per_code", "test_bits_per_code", "epochs",
                                                           "conditional")}
     out["demo_prior"]["val_bits_per_code_unconditional_mode"] = unconditional_bits(run)

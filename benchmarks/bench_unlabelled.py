@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -44,7 +42,7 @@ from vqvae.runs import load_vqvae, read_metrics
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from bench_prior import prior_on_codes_of, score_row  # noqa: E402  (one copy of the shared helpers)
+from bench_prior import demo_against_seed, prior_on_codes_of, score_row  # noqa: E402  (one copy of the shared helpers)
 
 # /work/shared beside the checkout (/work/main) or beside the folder of worktrees (/work/wt/BRANCH).
 SHARED = next((p / "shared" for p in HERE.parents[1:3] if (p / "shared").is_dir()), HERE.parents[1] / "shared")
@@ -126,25 +124,10 @@ def ablation(args) -> dict:
 
 
 def demo(args) -> dict:
-    out: dict = {"overrides": args.set}
-    t0 = time.perf_counter()
-    seed = subprocess.run([sys.executable, str(args.seed_reference), "--epochs", "60", "--test",
-                           str(args.test / "t10k-images-idx3-ubyte.gz")], capture_output=True, text=True)
-    out["seed_reference_wall_s"] = round(time.perf_counter() - t0, 1)
-    if seed.returncode == 0 and seed.stdout.strip():
-        out["seed_reference"] = json.loads(seed.stdout.strip().splitlines()[-1])
-    else:
-        out["seed_reference_error"] = seed.stderr[-500:]
     cfg = load_config("mnist", COMMON + args.set)
     run = args.runs / "demo"
-    if run.exists():
-        shutil.rmtree(run)
-    t0 = time.perf_counter()
-    api.run_pipeline(cfg, run, progress=False)
-    out["demo_wall_s"] = round(time.perf_counter() - t0, 1)
-    out["demo_vs_seed_reference_wall"] = round(out["demo_wall_s"] / out["seed_reference_wall_s"], 3)
-    metrics = read_metrics(run)
-    out["demo_timings"] = metrics["pipeline"]["timings"]
+    figures, metrics = demo_against_seed(args.seed_reference, args.test, cfg, run)
+    out: dict = {"overrides": args.set, **figures}
     out["demo_sampling"] = metrics["pipeline"]["sampling"]
     out["demo_report_score"] = score_row(metrics["evaluation"]["samples"])
     splits = load_splits(cfg.data)
