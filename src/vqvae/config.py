@@ -529,14 +529,13 @@ def _vqgan_f8_64() -> RunConfig:
                             layers_per_block=2, attention_resolutions=[8], norm_groups=32, code_dim=4)
     cfg.quantizer = QuantizerConfig(codebook_size=1024, update="ema", ema_decay=0.99, init="kmeans",
                                     restart_after_steps=200)
-    cfg.train = TrainConfig(epochs=20, batch_size=64, lr=2e-4, lr_schedule="cosine", warmup_steps=200,
-                            lr_min_ratio=0.02, amp="auto", channels_last=True)
+    cfg.train = TrainConfig(epochs=20, batch_size=64, lr=4.5e-6 * 64, lr_schedule="constant", lr_min_ratio=0.02,
+                            amp="auto", channels_last=True)
     cfg.prior = PriorConfig(num_layers=10, hidden_channels=128)
     cfg.prior_train = TrainConfig(epochs=20, batch_size=64, lr=1e-3, lr_schedule="cosine", warmup_steps=200,
                                   lr_min_ratio=0.02, dropout=0.1, amp="auto")
     cfg.sample = SampleConfig(num_samples=64, batch_size=64)
     _vqgan_losses(cfg)
-    cfg.train.lr, cfg.train.lr_schedule, cfg.train.warmup_steps = 4.5e-6 * cfg.train.batch_size, "constant", 0
     return cfg
 
 
