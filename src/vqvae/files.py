@@ -165,6 +165,18 @@ def _remove(tmp: str | None) -> None:
         os.unlink(tmp)
 
 
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` of this machine still runs: a temporary file or folder named with a
+    writer's pid may be removed only once its writer is gone."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
 def remove_stale_temporaries(folder: Path) -> list[Path]:
     """Delete temporary files left by a process killed while writing (".<name>.<random>.tmp")."""
     folder = Path(folder)

@@ -40,7 +40,7 @@ from PIL import Image
 
 from ..config import DataConfig
 from ..errors import DataError
-from ..files import atomic_write_json, commit_file
+from ..files import atomic_write_json, commit_file, process_alive
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 CACHE_VERSION = 2  # part of every key: bump when decoding (resize, crop, conversion) changes
@@ -126,11 +126,15 @@ def list_folder(folder: Path) -> FolderListing:
 
 # --------------------------------------------------------------------------- side files and temporaries
 
+def _host() -> str:
+    """This machine's name as it appears in temporary names (letters, digits and _)."""
+    return re.sub(r"[^A-Za-z0-9]", "_", socket.gethostname())[:40] or "host"
+
+
 def temporary_name(path: Path) -> Path:
     """A temporary name beside `path`, unique to this writer: two processes building the same
     cache never share one, and `remove_dead_temporaries` can tell whether its writer is alive."""
-    host = re.sub(r"[^A-Za-z0-9]", "_", socket.gethostname())[:40] or "host"
-    return path.with_name(f"{path.name}.tmp-{host}-{os.getpid()}-{secrets.token_hex(4)}")
+    return path.with_name(f"{path.name}.tmp-{_host()}-{os.getpid()}-{secrets.token_hex(4)}")
 
 
 TEMPORARY = re.compile(r"\.tmp-(?P<host>[A-Za-z0-9_]+)-(?P<pid>\d+)-[0-9a-f]+$")
@@ -138,20 +142,10 @@ OLD_TEMPORARY = re.compile(r"\.tmp(?P<pid>\d*)b?$")  # names of earlier versions
 FOREIGN_TEMPORARY_AGE = 24 * 3600  # seconds: a temporary of another host's process is stale after a day
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's live process
-        return True
-    return True
-
-
 def remove_dead_temporaries(root: Path) -> list[str]:
     """Delete temporaries in the cache folder whose writer is dead (a killed build can leave a
     full-size .npy); a live writer's, even another process's of this same build, are kept."""
-    host = re.sub(r"[^A-Za-z0-9]", "_", socket.gethostname())[:40] or "host"
+    host = _host()
     removed = []
     try:
         entries = list(os.scandir(root))
@@ -167,9 +161,9 @@ def remove_dead_temporaries(root: Path) -> list[str]:
         except OSError:
             continue
         if match:
-            dead = not _alive(int(match["pid"])) if match["host"] == host else age > FOREIGN_TEMPORARY_AGE
+            dead = not process_alive(int(match["pid"])) if match["host"] == host else age > FOREIGN_TEMPORARY_AGE
         else:  # no host recorded: its pid is only trusted to be dead once it is an hour old
-            dead = age > 3600 and (not old["pid"] or not _alive(int(old["pid"])))
+            dead = age > 3600 and (not old["pid"] or not process_alive(int(old["pid"])))
         if dead:
             try:
                 os.unlink(entry.path)

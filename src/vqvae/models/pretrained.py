@@ -32,7 +32,7 @@ from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from ..errors import CheckpointError
-from ..files import TMP_SUFFIX, atomic_write_bytes, default_mode, file_sha256, fsync_folder
+from ..files import TMP_SUFFIX, atomic_write_bytes, default_mode, file_sha256, fsync_folder, process_alive
 
 FORMAT = "vqvae-toolkit-model"
 VERSION = 1
@@ -212,18 +212,8 @@ def remove_stale_exports(folder: Path) -> None:
     prefix = f".{folder.name}."
     for stale in folder.parent.glob(f"{glob.escape(prefix)}*-*{TMP_SUFFIX}"):
         pid = stale.name[len(prefix):].split("-", 1)[0]
-        if stale.is_dir() and pid.isdigit() and not _running(int(pid)):
+        if stale.is_dir() and pid.isdigit() and not process_alive(int(pid)):
             shutil.rmtree(stale, ignore_errors=True)
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's process
-    return True
 
 
 def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str | Path) -> None:
