@@ -5,7 +5,6 @@ stage trains the discriminator as the loop's second network ("critic")."""
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import torch
 from ..config import RunConfig
 from ..errors import OutputError
 from ..data import Batches, ImageSet, Splits, as_splits
+from ..data.cache import printable
 from ..figures import plot_history, save_reconstruction_grid, spread_indices
 from ..metrics.codebook import codebook_stats
 from ..metrics.reconstruction import evaluate_reconstruction
@@ -223,8 +223,7 @@ def train_vqvae(config: RunConfig, run_dir: str | Path, resume: bool = False,
     try:
         str(run_dir.absolute()).encode("utf-8")
     except UnicodeEncodeError:  # bytes kept as surrogates: tensorboard cannot write there
-        shown = os.fsencode(run_dir).decode("utf-8", "backslashreplace")
-        raise OutputError(f"the run folder {shown} has a name that is not UTF-8 (tensorboard cannot log there); "
+        raise OutputError(f"the run folder {printable(run_dir)} has a name that is not UTF-8 (tensorboard cannot log there); "
                           f"choose a UTF-8 name") from None
     ctx = setup(config.train.device)
     check_model_fits(lambda: VQVAE(config.model, config.quantizer), ctx.device, "the VQ-VAE",
