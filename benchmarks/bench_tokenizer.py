@@ -5,11 +5,14 @@
         --budget 240 --out benchmarks/results/cpu-tokenizer-cifar10.json
 
 Each --model is NAME=PRESET followed by --set style overrides. For each model: a short calibration run
-measures its training throughput (images per second of training steps, on this machine, now); the
-budget in seconds times that throughput gives the number of training images it may see, drawn as a
-random subset of the training data (repeated over whole epochs when the budget exceeds the data),
-so every model trains for about the same wall-clock time (the measured training seconds are
-reported beside the budget). Then `vqvae.api.evaluate` (the function behind `vqvae evaluate`) scores
+(two epochs over a small subset; the second epoch's throughput, after start-up work such as the
+codebook's k-means initialisation) measures its training throughput, in images per second of
+training steps, on this machine, now; the budget in seconds times that throughput gives the number
+of training images it may see, drawn as a random subset of the training data (repeated over whole
+epochs when the budget exceeds the data), so every model trains for about the same wall-clock time
+(the measured training seconds are reported beside the budget). A model with an adversarial loss
+is calibrated twice, without and with the discriminator, and its discriminator starts after
+--disc-start-fraction of its steps (loss.disc_start), so its budget counts both phases at their cost. Then `vqvae.api.evaluate` (the function behind `vqvae evaluate`) scores
 the run on `--test-images` held-out images: both PSNRs, SSIM, the calibrated texture measure,
 codebook usage, and rFID / LPIPS when weight files are given. Writes the JSON to --out and a grid
 PNG beside it (first row held-out originals, then each model's reconstructions, in --model order).
@@ -34,7 +37,8 @@ from vqvae.config import load_config
 from vqvae.data import load_dataset
 from vqvae.figures import save_grid, spread_indices
 
-CALIBRATION_IMAGES = 256  # one short epoch; its throughput sets how many images the budget buys
+VAL_FRACTION = 0.02  # of each model's training subset: its best checkpoint is chosen there
+CALIBRATION_IMAGES = 512  # two short epochs; the second's throughput sets how many images the budget buys
 
 
 def subset_npy(images: torch.Tensor, count: int, path: Path, seed: int) -> Path:
@@ -53,31 +57,55 @@ def parse_model(spec: str) -> tuple[str, str, list[str]]:
     return name, words[0], words[1:]
 
 
-def train_for_budget(name, preset, overrides, train_images, test_npy, budget_s, work: Path, seed: int) -> dict:
-    common = [f"data.test_dataset={test_npy}", "data.num_workers=0", "train.device=cpu", "train.progress=false",
-              "train.checkpoint_every_steps=0", *overrides]
-    # Calibration: one epoch over a small subset, no validation; its steps' throughput sets the budget.
+def calibrate(name, preset, overrides, common, train_images, work: Path, seed: int) -> tuple[float, float]:
+    """(steady training images per second, wall seconds of the calibration) of one configuration."""
     calib = subset_npy(train_images, CALIBRATION_IMAGES, work / f"{name}-calibration.npy", seed)
-    cfg = load_config(preset, [f"data.dataset={calib}", "data.val_fraction=0", "train.epochs=1",
-                               "train.warmup_steps=0", *common])
+    cfg = load_config(preset, [f"data.dataset={calib}", "data.val_fraction=0", "train.epochs=2",
+                               "train.warmup_steps=0", *common, *overrides])
     t0 = time.perf_counter()
-    calibration = api.train_vqvae(cfg, work / f"{name}-calibration").metrics
-    calibration_wall = time.perf_counter() - t0
-    images_per_s = calibration["images_per_s"]
+    history = api.train_vqvae(cfg, work / f"{name}-calibration").history
+    return history[-1]["images_per_s"], time.perf_counter() - t0
+
+
+def train_for_budget(name, preset, overrides, train_images, test_npy, budget_s, work: Path, seed: int,
+                     disc_start_fraction: float) -> dict:
+    common = [f"data.test_dataset={test_npy}", "data.num_workers=0", "train.device=cpu", "train.progress=false",
+              "train.checkpoint_every_steps=0"]
+    probe = load_config(preset, [*common, *overrides])
+    adversarial = probe.loss.adversarial != "none"
+    if adversarial:  # both phases: the generator alone until disc_start, then both networks
+        before, wall_before = calibrate(f"{name}-generator", preset, [*overrides, "loss.adversarial=none"], common,
+                                        train_images, work, seed)
+        after, wall_after = calibrate(name, preset, [*overrides, "loss.disc_start=0"], common, train_images, work,
+                                      seed)
+        f = disc_start_fraction
+        images_per_s = 1 / (f / before + (1 - f) / after)
+        calibration = {"images_per_s_generator_only": before, "images_per_s_with_discriminator": after,
+                       "wall_s": round(wall_before + wall_after, 1)}
+    else:
+        images_per_s, wall = calibrate(name, preset, overrides, common, train_images, work, seed)
+        calibration = {"wall_s": round(wall, 1)}
     budget_images = int(images_per_s * budget_s)
     epochs = max(1, math.ceil(budget_images / len(train_images)))
     per_epoch = max(1, budget_images // epochs)
     data = subset_npy(train_images, per_epoch, work / f"{name}-train.npy", seed)
-    cfg = load_config(preset, [f"data.dataset={data}", "data.val_fraction=0.02", f"train.epochs={epochs}",
-                               "train.eval_batches=2", *common])
+    extra = []
+    if adversarial:
+        steps = epochs * math.ceil(per_epoch * (1 - VAL_FRACTION) / probe.train.batch_size)
+        extra = [f"loss.disc_start={int(disc_start_fraction * steps)}"]
+    cfg = load_config(preset, [f"data.dataset={data}", f"data.val_fraction={VAL_FRACTION}", f"train.epochs={epochs}",
+                               "train.eval_batches=2", *common, *overrides, *extra])
     t0 = time.perf_counter()
     result = api.train_vqvae(cfg, work / name)
     wall = time.perf_counter() - t0
     m = result.metrics
-    return {"preset": preset, "overrides": overrides, "parameters": sum(p.numel() for p in result.model.parameters()),
-            "calibration_images_per_s": images_per_s, "calibration_wall_s": round(calibration_wall, 1),
+    return {"preset": preset, "overrides": overrides + extra,
+            "parameters": sum(p.numel() for p in result.model.parameters()),
+            "calibration_images_per_s": round(images_per_s, 1), "calibration": calibration,
             "train_images_per_epoch": per_epoch, "epochs": epochs, "steps": m["steps"],
-            "train_seconds": m["train_seconds"], "train_call_wall_s": round(wall, 1), "run": str(work / name)}
+            "disc_start": cfg.loss.disc_start if adversarial else None,
+            "train_seconds": m["train_seconds"], "train_call_wall_s": round(wall, 1), "run": str(work / name),
+            "last_epoch": result.history[-1]}
 
 
 def headline(evaluation: dict) -> dict:
@@ -105,6 +133,9 @@ def main() -> None:
     p.add_argument("--inception-weights", help="as `vqvae evaluate --inception-weights`")
     p.add_argument("--lpips-vgg-weights", help="as `vqvae evaluate --lpips-vgg-weights`")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: leave the other core to others)")
+    p.add_argument("--disc-start-fraction", type=float, default=0.5,
+                   help="models with an adversarial loss: the discriminator starts after this fraction of their steps")
+    p.add_argument("--machine", default="a shared 2-core CPU", help="what ran it, for the results file")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -122,8 +153,7 @@ def main() -> None:
         np.save(test_npy, test_images.numpy())
     held_out = torch.from_numpy(np.load(test_npy))
     results = {"command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
-               "machine": "shared 2-core CPU, loaded (8 sessions at once); torch threads "
-                          f"{args.threads}; {platform.processor() or platform.machine()}",
+               "machine": f"{args.machine}; torch threads {args.threads}; {platform.processor() or platform.machine()}",
                "torch": torch.__version__, "budget_s": args.budget, "train_data": args.train,
                "train_images": len(train_images), "test_data": args.test, "test_images": len(held_out),
                "models": {}}
@@ -132,7 +162,8 @@ def main() -> None:
     for name, preset, overrides in models:
         overrides = [f"data.image_size={args.image_size}", f"model.image_size={args.image_size}", *overrides]
         print(f"{name}: {preset} {' '.join(overrides)}", flush=True)
-        entry = train_for_budget(name, preset, overrides, train_images, test_npy, args.budget, work, args.seed)
+        entry = train_for_budget(name, preset, overrides, train_images, test_npy, args.budget, work, args.seed,
+                                 args.disc_start_fraction)
         t0 = time.perf_counter()
         evaluation = api.evaluate(work / name, samples=False, device="cpu", inception_weights=args.inception_weights,
                                   lpips_vgg_weights=args.lpips_vgg_weights)

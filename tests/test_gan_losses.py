@@ -98,6 +98,10 @@ def test_gan_training_keeps_the_discriminator_still_until_disc_start(tiny_config
     assert {"critic_state", "critic_optimizer_state", "critic_scheduler_state"} <= set(ckpt)
     assert ckpt["critic_optimizer_state"]["state"]  # it trained
     assert ckpt["critic_optimizer_state"]["param_groups"][0]["betas"] == (0.5, 0.9)
+    # An epoch before the discriminator is on is never the best checkpoint, however low its MSE.
+    assert "val_loss" not in first and "val_mse" in first and "val_loss" in second
+    best = checkpoint(tmp_path / "run", "best")
+    assert torch.equal(best["model_state"]["decoder.layers.0.weight"], ckpt["model_state"]["decoder.layers.0.weight"])
     # Every term is in metrics.json's last epoch, and the curves have the GAN's panels.
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())["vqvae"]
     for key in ("recon", "adversarial", "adaptive_weight", "disc_loss", "logits_real", "logits_fake", "disc_accuracy"):

@@ -150,7 +150,13 @@ class VQVAEStage(Stage):
         if self.val_batches is None:
             return {}
         r = evaluate_reconstruction(self.model, self.val_batches.epoch(0), self.train_cfg.eval_batches)
-        return {"val_loss": r["mse"], "val_mse": round(r["mse"], 6),
+        # The validation MSE chooses the best checkpoint. In an adversarial run it would always prefer
+        # the weights from before the discriminator's term reached full weight (they have the lowest
+        # MSE and the blurriest textures), so those epochs are not candidates: their record has no
+        # val_loss, and a run that never gets there keeps its last checkpoint.
+        candidate = not (self.objective is not None and self.objective.adversarial
+                         and self.objective.adversarial_factor(self.step) < 1.0)
+        return {**({"val_loss": r["mse"]} if candidate else {}), "val_mse": round(r["mse"], 6),
                 "val_mse_clipped": round(r["mse_clipped"], 6), "val_codes_used": r["codes_used"],
                 "val_perplexity": r["perplexity"]}
 
