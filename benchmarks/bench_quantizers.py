@@ -162,7 +162,8 @@ def run_one(name: str, overrides: list[str], base: list[str], epochs: int, data,
     from vqvae.data import Batches, as_splits
     from vqvae.metrics.reconstruction import evaluate_reconstruction
 
-    cfg = load_config("mnist", [*base, RESTARTS, f"train.epochs={epochs}", "train.progress=false", "train.device=cpu",
+    codebook = not {"quantizer.kind=fsq", "quantizer.kind=lfq"} & set(overrides)  # restarts are vq/rvq options
+    cfg = load_config("mnist", [*base, *([RESTARTS] if codebook else []), f"train.epochs={epochs}", "train.progress=false", "train.device=cpu",
                                 "train.amp=off", "data.num_workers=0", *PRIOR, f"prior_train.epochs={prior_epochs}",
                                 *overrides])
     load_before = round(os.getloadavg()[0], 2)

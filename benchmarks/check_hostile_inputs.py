@@ -203,7 +203,9 @@ expect("`train --resume RUN` after the holder was SIGKILLed (no stale lock)", 0,
 for s in [["quantizer.fsq_levels=8,5"], ["quantizer.rvq_depth=3"], ["quantizer.rvq_dropout=0.5"],
           ["quantizer.kind=fsq", "quantizer.codebook_size=64", "quantizer.entropy_weight=0.5"],
           ["quantizer.kind=fsq", "quantizer.codebook_size=64", "quantizer.update=loss"],
-          ["quantizer.kind=lfq", "quantizer.init=uniform"]]:
+          ["quantizer.kind=lfq", "quantizer.init=uniform"],
+          ["quantizer.kind=lfq", "quantizer.restart_after_steps=50"],
+          ["quantizer.kind=fsq", "quantizer.codebook_size=64", "quantizer.ema_decay=0.9"]]:
     expect(f"`--set {' '.join(s)}`", 2, "does not apply to quantizer.kind", "train", "--preset", "tiny", "--out", "x", "--set", *s)
 expect("`--preset seed-mnist --set quantizer.kind=fsq quantizer.codebook_size=64 quantizer.init=kmeans`", 2, "does not apply",
        "train", "--preset", "seed-mnist", "--out", "x", "--set", "quantizer.kind=fsq", "quantizer.codebook_size=64", "quantizer.init=kmeans")

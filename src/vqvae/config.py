@@ -292,9 +292,11 @@ def fsq_levels(q: QuantizerConfig) -> list[int]:
 KIND_ONLY_OPTIONS = {"fsq_levels": "fsq", "fsq_normalise": "fsq", "entropy_weight": "lfq",
                      "entropy_diversity": "lfq", "entropy_temperature": "lfq", "lfq_commitment_weight": "lfq",
                      "rvq_depth": "rvq", "rvq_dropout": "rvq"}
-# Codebook options (vq and rvq) that presets set: on fsq/lfq they are an error when a --set or
-# --config changes them (a preset's own value is no mistake of the user's; see apply_overrides).
-CODEBOOK_CHOICES = ("update", "init")
+# Codebook options (vq and rvq) that presets set and fsq/lfq never read: on fsq/lfq they are an error
+# when a --set or --config changes them (a preset's own value is no mistake of the user's; see
+# apply_overrides). (lfq's commitment weight is lfq_commitment_weight.)
+CODEBOOK_CHOICES = ("update", "init", "codebook_weight", "commitment_weight", "ema_decay", "ema_epsilon",
+                    "kmeans_iters", "restart_after_steps")
 
 
 def _shown(value) -> str:
