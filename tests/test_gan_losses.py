@@ -258,19 +258,21 @@ def test_discriminator_settings_are_checked(tiny_config):
         apply_overrides(tiny_config, ["train.adam_betas=0.5,1.0"])
 
 
-def test_two_gloo_processes_train_the_gan_as_one_process(tiny_config, tmp_path):
+@pytest.mark.parametrize("r1", [[], ["loss.r1_weight=1.0"]], ids=["plain", "r1"])
+def test_two_gloo_processes_train_the_gan_as_one_process(tiny_config, tmp_path, r1):
     """The same global batch split over two processes: the adaptive weight (its gradients
-    averaged over processes), the model and the GroupNorm discriminator match one process."""
+    averaged over processes), the model and the GroupNorm discriminator match one process;
+    with the R1 penalty too (a gradient of the discriminator's output taken inside its loss)."""
     from test_distributed import launch
 
     # No validation split: 128 training images in 4 batches of 32 that split evenly (16 + 16).
     cfg = apply_overrides(tiny_config, GAN + ["train.amp=off", "train.channels_last=false", "data.val_fraction=0",
-                                              "loss.disc_start=2", "prior_train.epochs=1"])
+                                              "loss.disc_start=2", "prior_train.epochs=1", *r1])
     launch(cfg, tmp_path / "ddp", 2)
     launch(cfg, tmp_path / "single", 1)
     ddp, single = checkpoint(tmp_path / "ddp" / "run"), checkpoint(tmp_path / "single" / "run")
     for a, b in zip(ddp["loop"]["history"], single["loop"]["history"]):
-        for key in ("adaptive_weight", "disc_loss", "logits_real", "logits_fake", "recon"):
+        for key in ("adaptive_weight", "disc_loss", "logits_real", "logits_fake", "recon", *(("r1",) if r1 else ())):
             # Equal to the 6 digits the history keeps; per-process adaptive weights miss by ~1e-3.
             assert a[key] == pytest.approx(b[key], rel=2e-5, abs=2e-6), (key, a[key], b[key])
     for key, value in ddp["critic_state"].items():
