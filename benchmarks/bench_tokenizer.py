@@ -1,8 +1,14 @@
 """Tokenizers side by side at the same training time: reconstruction figures on a held-out split.
 
-    python benchmarks/bench_tokenizer.py --train /work/data/cifar10/train --test /work/data/cifar10/test \\
-        --model "vqvae=cifar10" --model "vqgan=vqgan-f8-64 model.image_size=32 model.channel_mult=[1,2,2] ..." \\
-        --budget 240 --out benchmarks/results/cpu-tokenizer-cifar10.json
+    python benchmarks/bench_tokenizer.py --train /work/data/cifar10/train --test /work/data/cifar10/test \
+        --image-size 32 --budget 750 --test-images 1000 --work /tmp/tok --model "vqvae=cifar10" \
+        --model "vqgan=vqgan-f8-64 model.channel_mult=[1,2,2] ... loss.adversarial=none ..." \
+        --model "vqgan-gan=vqgan-f8-64 model.channel_mult=[1,2,2] ..." \
+        --out benchmarks/results/cpu-tokenizer-and-losses-cifar10.json
+
+(docs/benchmarks-tokenizer.md has the full commands.) It compares architectures (the VQ-VAE
+presets against the VQGAN-class encoder/decoder) and training objectives (MSE against the VQGAN
+losses) alike.
 
 Each --model is NAME=PRESET followed by --set style overrides. For each model: a short calibration run
 (two epochs over a small subset; the second epoch's throughput, after start-up work such as the
@@ -12,9 +18,10 @@ of training images it may see, drawn as a random subset of the training data (re
 epochs when the budget exceeds the data), so every model trains for about the same wall-clock time
 (the measured training seconds are reported beside the budget). A model with an adversarial loss
 is calibrated twice, without and with the discriminator, and its discriminator starts after
---disc-start-fraction of its steps (loss.disc_start), so its budget counts both phases at their cost. Then `vqvae.api.evaluate` (the function behind `vqvae evaluate`) scores
-the run on `--test-images` held-out images: both PSNRs, SSIM, the calibrated texture measure,
-codebook usage, and rFID / LPIPS when weight files are given. Writes the JSON to --out and a grid
+--disc-start-fraction of its steps (loss.disc_start), so its budget counts both phases at their
+cost. Then `vqvae.api.evaluate` (the function behind `vqvae evaluate`) scores the run on
+`--test-images` held-out images: both PSNRs, SSIM, the calibrated texture measure, codebook usage,
+and rFID / LPIPS when weight files are given. Writes the JSON to --out and a grid
 PNG beside it (first row held-out originals, then each model's reconstructions, in --model order).
 Run folders go to --work (outside the repository; they hold checkpoints).
 """
