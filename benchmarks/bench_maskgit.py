@@ -12,8 +12,11 @@
    class-conditional MaskGIT prior with label dropout on its codes, through `api.train_vqvae` and
    `api.train_prior`, then inpaints the lower half (rows 14-27, blanked) of --num held-out digits
    from the 10,000 MNIST test images (a fixed random subset) with `inpainting.inpaint_images`, the
-   function `vqvae inpaint` runs, in three modes: no class (the prior's unconditional mode), the
-   digit's own class, and another class c = (class + 1 + k) mod 10, k random. Figures: the fraction
+   function `vqvae inpaint` runs, in four modes: no class in the prior's unconditional mode
+   (`--class none`), no class with the class inferred from the kept codes (`inpainting.infer_classes`,
+   what `vqvae inpaint` does without --class; --class-choice argmax or sample), the digit's own class,
+   and another class c = (class + 1 + k) mod 10, k random. --modes runs some of them; --run may also
+   hold an autoregressive prior (pixelcnn, transformer; --steps and --choice-temperature then unused). Figures: the fraction
    of re-drawn code positions whose code differs from the original (unblanked) digit's; the
    fraction classified as the original class (as c for the edit) by the calibrated score's
    classifier (trained on the run's training split, as `evaluate` trains it); the seam, the mean
@@ -143,16 +146,26 @@ def inpaint(args) -> dict:
                                                                            field=field).sum())}}
     g = torch.Generator().manual_seed(1)
     other = (labels + 1 + torch.randint(0, 9, labels.shape, generator=g)) % 10
-    modes = {"no_class": (None, 0.0), "own_class": (labels, args.guidance), "other_class": (other, args.guidance)}
-    out["sampling"] = {"steps": args.steps, "choice_temperature": args.choice_temperature, "temperature": 1.0,
-                       "guidance_with_a_class": args.guidance}
+    modes = {"no_class": (None, 0.0), "inferred_class": (None, args.guidance), "own_class": (labels, args.guidance),
+             "other_class": (other, args.guidance)}
+    modes = {name: modes[name] for name in args.modes.split(",")}
+    masked_prior = prior.config.kind == "maskgit"
+    decoding = {"steps": args.steps, "choice_temperature": args.choice_temperature} if masked_prior else {}
+    out["sampling"] = {**decoding, "temperature": 1.0, "guidance_with_a_class": args.guidance,
+                       "class_choice_when_inferred": args.class_choice}
     out["seam_real_digits"] = round(seam(images, 14), 4)
     shown = [images[:10], images.masked_fill(mask, 0)[:10]]
     for name, (mode_labels, guidance) in modes.items():
         t0 = time.perf_counter()
-        given = mode_labels if mode_labels is not None else torch.zeros_like(labels)
+        inferred = name == "inferred_class"
+        given = mode_labels if mode_labels is not None or inferred else torch.zeros_like(labels)
+        if name == "no_class" and prior.null_class is None:
+            out[name] = "skipped: the prior has no unconditional mode (no label dropout)"
+            continue
+        if prior.null_class is None:
+            guidance = 1.0  # no unconditional mode: no guidance
         result = inpaint_images(vqvae, prior, images, mask, given, generator=torch.Generator().manual_seed(2),
-                                guidance=guidance, steps=args.steps, choice_temperature=args.choice_temperature)
+                                guidance=guidance, class_choice=args.class_choice if inferred else None, **decoding)
         seconds = time.perf_counter() - t0
         assert torch.equal(result.images[:, :, :14], images[:, :, :14])  # kept pixels, bit for bit
         predicted = predict(classifier, result.images.float() / 255).argmax(1)
@@ -164,10 +177,15 @@ def inpaint(args) -> dict:
                      "seam": round(seam(result.images, 14), 4), "seconds": round(seconds, 2)}
         if name == "other_class":
             out[name]["classified_as_original_class"] = round((predicted == labels).float().mean().item(), 4)
+        if inferred:
+            out[name]["inferred_class_equals_label"] = round((result.classes == labels).float().mean().item(), 4)
+            out[name]["mean_posterior_of_inferred_class"] = round(result.class_probability.mean().item(), 4)
+            out[name]["classified_as_inferred_class"] = round((predicted == result.classes).float().mean().item(), 4)
+            out[name]["guidance"] = guidance
         shown.append(result.images[:10])
     if args.png:
         save_grid(torch.cat(shown).float() / 255, Path(args.png), nrow=10)
-        out["png"] = "rows: original, blanked lower half, inpainted without a class, with its own class, as class c"
+        out["png"] = "rows: original, blanked lower half, then one row per mode: " + ", ".join(modes)
     out["num_digits"] = len(images)
     return out
 
@@ -190,7 +208,10 @@ def main() -> None:
     p.add_argument("--width", type=int, default=64)
     p.add_argument("--steps", type=int, default=12)
     p.add_argument("--choice-temperature", type=float, default=4.5)
-    p.add_argument("--guidance", type=float, default=2.0)
+    p.add_argument("--guidance", type=float, default=2.0, help="with a class given or inferred")
+    p.add_argument("--class-choice", default="argmax", help="inferred_class mode: argmax or sample")
+    p.add_argument("--modes", default="no_class,inferred_class,own_class,other_class",
+                   help="comma-separated, from no_class, inferred_class, own_class, other_class")
     p.add_argument("--png")
     p.add_argument("--json")
     args = parser.parse_args()
