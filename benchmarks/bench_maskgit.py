@@ -103,6 +103,21 @@ def seam(images: torch.Tensor, row: int) -> float:
     return (x[:, :, row - 1] - x[:, :, row]).abs().mean().item()
 
 
+def nearest_real_completion(images: torch.Tensor, classes: torch.Tensor, train_images: torch.Tensor,
+                            train_labels: torch.Tensor, row: int) -> torch.Tensor:
+    """A reference for editing: each image's rows from `row` on replaced by those of the training digit
+    of the wanted class whose kept rows (above `row`) are nearest in pixels (L2). How often the scorer
+    calls these class c says how far real digits of class c can continue the kept half."""
+    top = images[:, :, :row].flatten(1).float()
+    train_top = train_images[:, :, :row].flatten(1).float()
+    distance = torch.cdist(top, train_top)  # (N, N_train)
+    distance[train_labels[None] != classes[:, None]] = float("inf")
+    nearest = distance.argmin(1)
+    out = images.clone()
+    out[:, :, row:] = train_images[nearest, :, row:]
+    return out
+
+
 def inpaint(args) -> dict:
     run = Path(args.run)
     out: dict = {"run": str(run)}
@@ -131,13 +146,14 @@ def inpaint(args) -> dict:
 
     mask = torch.zeros(28, 28, dtype=torch.bool)
     mask[14:] = True
-    codes_mask = code_mask(mask, vqvae.latent_size)
+    codes_mask = code_mask(mask, vqvae.latent_size, args.margin)
     original_codes = vqvae.codes(images.float() / 255)
     blanked_codes = vqvae.codes(images.masked_fill(mask, 0).float() / 255)
     changed_by_blanking = (original_codes != blanked_codes).float().mean((0, 2))  # per code row
     field = receptive_field(vqvae)
     out["code_mask"] = {
-        "rule": "code re-drawn when a masked pixel lies in its 4x4 cell grown by 2 pixels (default margin)",
+        "rule": "code re-drawn when a masked pixel lies in its 4x4 cell grown by %s pixels (%s)" % (
+            2 if args.margin is None else args.margin, "default margin" if args.margin is None else "--margin"),
         "rows_redrawn": [int(r) for r in torch.nonzero(codes_mask.any(1)).flatten()],
         "codes_redrawn": int(codes_mask.sum()),
         "fraction_changed_by_blanking_per_code_row": [round(v, 4) for v in changed_by_blanking.tolist()],
@@ -164,8 +180,9 @@ def inpaint(args) -> dict:
             continue
         if prior.null_class is None:
             guidance = 1.0  # no unconditional mode: no guidance
-        result = inpaint_images(vqvae, prior, images, mask, given, generator=torch.Generator().manual_seed(2),
-                                guidance=guidance, class_choice=args.class_choice if inferred else None, **decoding)
+        result = inpaint_images(vqvae, prior, images, mask, given, args.margin,
+                                generator=torch.Generator().manual_seed(2), guidance=guidance,
+                                class_choice=args.class_choice if inferred else None, **decoding)
         seconds = time.perf_counter() - t0
         assert torch.equal(result.images[:, :, :14], images[:, :, :14])  # kept pixels, bit for bit
         predicted = predict(classifier, result.images.float() / 255).argmax(1)
@@ -177,6 +194,9 @@ def inpaint(args) -> dict:
                      "seam": round(seam(result.images, 14), 4), "seconds": round(seconds, 2)}
         if name == "other_class":
             out[name]["classified_as_original_class"] = round((predicted == labels).float().mean().item(), 4)
+            pasted = nearest_real_completion(images, other, train_set.tensor(), train_set.labels, 14)
+            pasted_as_c = (predict(classifier, pasted.float() / 255).argmax(1) == other).float().mean().item()
+            out[name]["real_completion_classified_as_c"] = round(pasted_as_c, 4)
         if inferred:
             out[name]["inferred_class_equals_label"] = round((result.classes == labels).float().mean().item(), 4)
             out[name]["mean_posterior_of_inferred_class"] = round(result.class_probability.mean().item(), 4)
@@ -210,6 +230,7 @@ def main() -> None:
     p.add_argument("--choice-temperature", type=float, default=4.5)
     p.add_argument("--guidance", type=float, default=2.0, help="with a class given or inferred")
     p.add_argument("--class-choice", default="argmax", help="inferred_class mode: argmax or sample")
+    p.add_argument("--margin", type=int, help="pixels of the code-mask rule (default: half a code cell)")
     p.add_argument("--modes", default="no_class,inferred_class,own_class,other_class",
                    help="comma-separated, from no_class, inferred_class, own_class, other_class")
     p.add_argument("--png")

@@ -424,18 +424,22 @@ def test_inferred_class_equals_a_hand_computation(kind, class_weights):
     assert set(drawn.tolist()) == {0, 1, 2}  # nothing kept: the uniform prior
 
 
-def test_pseudo_likelihood_scores_each_kept_code_once_with_the_region_masked():
+def test_maskgit_likelihood_is_the_chain_rule_over_groups_of_the_kept_codes():
     prior = TablePrior("maskgit", PROBS)
     codes = torch.randint(0, 3, (2, 3, 3), generator=torch.Generator().manual_seed(0))
     masked = torch.zeros(2, 3, 3, dtype=torch.bool)
     masked[:, 1:, 1:] = True
-    kept_log_likelihood(prior, codes, masked, torch.tensor([0, 1]), groups=3)
+    masked[1, 0, 0] = True  # the maps keep different codes
+    kept_log_likelihood(prior, codes, masked, torch.tensor([0, 1]), groups=3, orders=2)
     hidden = [c == prior.mask_token for c, _ in prior.inputs]
-    assert len(hidden) == 3
-    for h in hidden:
-        assert h[masked].all()  # the re-drawn region is never seen
-    scored = torch.stack([h & ~masked for h in hidden])
-    assert torch.equal(scored.sum(0), (~masked).long())  # disjoint groups covering the kept codes
+    assert len(hidden) == 6  # 3 groups x 2 orders, one pass each
+    for order in (hidden[:3], hidden[3:]):
+        assert all(h[masked].all() for h in order)  # the re-drawn region is never seen
+        assert torch.equal(order[0], masked | ~masked)  # the first group: from the class alone
+        for earlier, later in zip(order, order[1:]):  # each pass reveals the group scored before it
+            revealed = earlier & ~later
+            assert torch.equal(earlier | later, earlier) and revealed.flatten(1).any(1).all()
+    assert not torch.equal(hidden[1], hidden[4])  # two different orders
 
 
 def test_autoregressive_kept_likelihood_is_exact(trained_run):
