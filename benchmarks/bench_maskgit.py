@@ -16,13 +16,16 @@
    (`--class none`), no class with the class inferred from the kept codes (`inpainting.infer_classes`,
    what `vqvae inpaint` does without --class; --class-choice argmax or sample), the digit's own class,
    and another class c = (class + 1 + k) mod 10, k random. --modes runs some of them; --run may also
-   hold an autoregressive prior (pixelcnn, transformer; --steps and --choice-temperature then unused). Figures: the fraction
-   of re-drawn code positions whose code differs from the original (unblanked) digit's; the
+   hold an autoregressive prior (pixelcnn, transformer; --steps and --choice-temperature unused).
+   Figures: the fraction of re-drawn code positions whose code differs from the original (unblanked) digit's; the
    fraction classified as the original class (as c for the edit) by the calibrated score's
    classifier (trained on the run's training split, as `evaluate` trains it); the seam, the mean
    absolute difference between pixel rows 13 and 14 (across the mask's edge) against the same
    statistic of the real digits; and, for the code-mask rule, how often blanking the lower half
-   changes the codes of each code row (rows the rule keeps vs rows it re-draws).
+   changes the codes of each code row (rows the rule keeps vs rows it re-draws). For the edit, a
+   reference: the lower half of the training digit of class c whose upper half is nearest (L2 in
+   pixels), pasted under the kept half, and how often the scorer calls that c. --margin sets the
+   code-mask rule's margin (pixels) for the whole run.
 The machine may be shared and loaded: timings are only comparable within one run.
 """
 from __future__ import annotations

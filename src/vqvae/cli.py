@@ -18,6 +18,7 @@ from .data import choose_preset
 from .errors import CheckpointError, ConfigError, VQVAEError
 from .models.pretrained import is_model_folder
 from .files import os_error_text
+from .inpainting import DEFAULT_CLASS_CHOICE
 from .runs import check_output_path, read_run_config
 
 
@@ -380,7 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "the kept region, see --class-choice)")
     p.add_argument("--class-choice", help="without --class, a conditional prior infers each image's class from the "
                                           "kept region: 'argmax' (the likeliest class) or 'sample' (a draw from the "
-                                          "posterior) (default: argmax)")
+                                          f"posterior) (default: {DEFAULT_CLASS_CHOICE})")
     p.add_argument("--margin", help="pixels around each code's cell in which a masked pixel makes the code re-drawn, "
                                     "or 'rf': the encoder's whole receptive field (default: half a cell)")
     p.add_argument("--seed", type=int, help="random seed (default: sample.seed)")
