@@ -134,6 +134,7 @@ def inpaint(args) -> dict:
     vqvae, config = load_vqvae(run, "cpu")
     prior, prior_config, _ = load_prior(run, "cpu")
     out["prior"]["size"] = {k: getattr(prior_config.prior, k) for k in ("num_layers", "hidden_channels", "num_heads")}
+    out["prior"]["kind"] = prior.config.kind
     train_set, val_set, _ = load_splits(config.data)
     # --heldout val: the run's validation split, for choosing sampling settings without the test digits.
     test = val_set if args.heldout == "val" else load_dataset(str(args.test_data), config.data)
