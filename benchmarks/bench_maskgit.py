@@ -242,7 +242,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     result = speed(args) if args.part == "speed" else inpaint(args)
-    result["machine"] = ("a shared 2-core CPU machine loaded by other jobs (8 helpers at once); torch threads 1; "
+    result["machine"] = ("a shared 2-core CPU machine loaded by other jobs; torch threads 1; "
                          "timings compare only within this run")
     text = json.dumps(result, indent=2)
     print(text)
