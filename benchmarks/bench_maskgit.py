@@ -12,14 +12,20 @@
    class-conditional MaskGIT prior with label dropout on its codes, through `api.train_vqvae` and
    `api.train_prior`, then inpaints the lower half (rows 14-27, blanked) of --num held-out digits
    from the 10,000 MNIST test images (a fixed random subset) with `inpainting.inpaint_images`, the
-   function `vqvae inpaint` runs, in three modes: no class (the prior's unconditional mode), the
-   digit's own class, and another class c = (class + 1 + k) mod 10, k random. Figures: the fraction
-   of re-drawn code positions whose code differs from the original (unblanked) digit's; the
+   function `vqvae inpaint` runs, in four modes: no class in the prior's unconditional mode
+   (`--class none`), no class with the class inferred from the kept codes (`inpainting.infer_classes`,
+   what `vqvae inpaint` does without --class; --class-choice argmax or sample), the digit's own class,
+   and another class c = (class + 1 + k) mod 10, k random. --modes runs some of them; --run may also
+   hold an autoregressive prior (pixelcnn, transformer; --steps and --choice-temperature unused).
+   Figures: the fraction of re-drawn code positions whose code differs from the original (unblanked) digit's; the
    fraction classified as the original class (as c for the edit) by the calibrated score's
    classifier (trained on the run's training split, as `evaluate` trains it); the seam, the mean
    absolute difference between pixel rows 13 and 14 (across the mask's edge) against the same
    statistic of the real digits; and, for the code-mask rule, how often blanking the lower half
-   changes the codes of each code row (rows the rule keeps vs rows it re-draws).
+   changes the codes of each code row (rows the rule keeps vs rows it re-draws). For the edit, a
+   reference: the lower half of the training digit of class c whose upper half is nearest (L2 in
+   pixels), pasted under the kept half, and how often the scorer calls that c. --margin sets the
+   code-mask rule's margin (pixels) for the whole run.
 The machine may be shared and loaded: timings are only comparable within one run.
 """
 from __future__ import annotations
@@ -100,6 +106,21 @@ def seam(images: torch.Tensor, row: int) -> float:
     return (x[:, :, row - 1] - x[:, :, row]).abs().mean().item()
 
 
+def nearest_real_completion(images: torch.Tensor, classes: torch.Tensor, train_images: torch.Tensor,
+                            train_labels: torch.Tensor, row: int) -> torch.Tensor:
+    """A reference for editing: each image's rows from `row` on replaced by those of the training digit
+    of the wanted class whose kept rows (above `row`) are nearest in pixels (L2). How often the scorer
+    calls these class c says how far real digits of class c can continue the kept half."""
+    top = images[:, :, :row].flatten(1).float()
+    train_top = train_images[:, :, :row].flatten(1).float()
+    distance = torch.cdist(top, train_top)  # (N, N_train)
+    distance[train_labels[None] != classes[:, None]] = float("inf")
+    nearest = distance.argmin(1)
+    out = images.clone()
+    out[:, :, row:] = train_images[nearest, :, row:]
+    return out
+
+
 def inpaint(args) -> dict:
     run = Path(args.run)
     out: dict = {"run": str(run)}
@@ -113,6 +134,7 @@ def inpaint(args) -> dict:
     vqvae, config = load_vqvae(run, "cpu")
     prior, prior_config, _ = load_prior(run, "cpu")
     out["prior"]["size"] = {k: getattr(prior_config.prior, k) for k in ("num_layers", "hidden_channels", "num_heads")}
+    out["prior"]["kind"] = prior.config.kind
     train_set, val_set, _ = load_splits(config.data)
     # --heldout val: the run's validation split, for choosing sampling settings without the test digits.
     test = val_set if args.heldout == "val" else load_dataset(str(args.test_data), config.data)
@@ -128,13 +150,14 @@ def inpaint(args) -> dict:
 
     mask = torch.zeros(28, 28, dtype=torch.bool)
     mask[14:] = True
-    codes_mask = code_mask(mask, vqvae.latent_size)
+    codes_mask = code_mask(mask, vqvae.latent_size, args.margin)
     original_codes = vqvae.codes(images.float() / 255)
     blanked_codes = vqvae.codes(images.masked_fill(mask, 0).float() / 255)
     changed_by_blanking = (original_codes != blanked_codes).float().mean((0, 2))  # per code row
     field = receptive_field(vqvae)
     out["code_mask"] = {
-        "rule": "code re-drawn when a masked pixel lies in its 4x4 cell grown by 2 pixels (default margin)",
+        "rule": "code re-drawn when a masked pixel lies in its 4x4 cell grown by %s pixels (%s)" % (
+            2 if args.margin is None else args.margin, "default margin" if args.margin is None else "--margin"),
         "rows_redrawn": [int(r) for r in torch.nonzero(codes_mask.any(1)).flatten()],
         "codes_redrawn": int(codes_mask.sum()),
         "fraction_changed_by_blanking_per_code_row": [round(v, 4) for v in changed_by_blanking.tolist()],
@@ -143,16 +166,27 @@ def inpaint(args) -> dict:
                                                                            field=field).sum())}}
     g = torch.Generator().manual_seed(1)
     other = (labels + 1 + torch.randint(0, 9, labels.shape, generator=g)) % 10
-    modes = {"no_class": (None, 0.0), "own_class": (labels, args.guidance), "other_class": (other, args.guidance)}
-    out["sampling"] = {"steps": args.steps, "choice_temperature": args.choice_temperature, "temperature": 1.0,
-                       "guidance_with_a_class": args.guidance}
+    modes = {"no_class": (None, 0.0), "inferred_class": (None, args.guidance), "own_class": (labels, args.guidance),
+             "other_class": (other, args.guidance)}
+    modes = {name: modes[name] for name in args.modes.split(",")}
+    masked_prior = prior.config.kind == "maskgit"
+    decoding = {"steps": args.steps, "choice_temperature": args.choice_temperature} if masked_prior else {}
+    out["sampling"] = {**decoding, "temperature": 1.0, "guidance_with_a_class": args.guidance,
+                       "class_choice_when_inferred": args.class_choice}
     out["seam_real_digits"] = round(seam(images, 14), 4)
     shown = [images[:10], images.masked_fill(mask, 0)[:10]]
     for name, (mode_labels, guidance) in modes.items():
         t0 = time.perf_counter()
-        given = mode_labels if mode_labels is not None else torch.zeros_like(labels)
-        result = inpaint_images(vqvae, prior, images, mask, given, generator=torch.Generator().manual_seed(2),
-                                guidance=guidance, steps=args.steps, choice_temperature=args.choice_temperature)
+        inferred = name == "inferred_class"
+        given = mode_labels if mode_labels is not None or inferred else torch.zeros_like(labels)
+        if name == "no_class" and prior.null_class is None:
+            out[name] = "skipped: the prior has no unconditional mode (no label dropout)"
+            continue
+        if prior.null_class is None:
+            guidance = 1.0  # no unconditional mode: no guidance
+        result = inpaint_images(vqvae, prior, images, mask, given, args.margin,
+                                generator=torch.Generator().manual_seed(2), guidance=guidance,
+                                class_choice=args.class_choice if inferred else None, **decoding)
         seconds = time.perf_counter() - t0
         assert torch.equal(result.images[:, :, :14], images[:, :, :14])  # kept pixels, bit for bit
         predicted = predict(classifier, result.images.float() / 255).argmax(1)
@@ -164,10 +198,18 @@ def inpaint(args) -> dict:
                      "seam": round(seam(result.images, 14), 4), "seconds": round(seconds, 2)}
         if name == "other_class":
             out[name]["classified_as_original_class"] = round((predicted == labels).float().mean().item(), 4)
+            pasted = nearest_real_completion(images, other, train_set.tensor(), train_set.labels, 14)
+            pasted_as_c = (predict(classifier, pasted.float() / 255).argmax(1) == other).float().mean().item()
+            out[name]["real_completion_classified_as_c"] = round(pasted_as_c, 4)
+        if inferred:
+            out[name]["inferred_class_equals_label"] = round((result.classes == labels).float().mean().item(), 4)
+            out[name]["mean_posterior_of_inferred_class"] = round(result.class_probability.mean().item(), 4)
+            out[name]["classified_as_inferred_class"] = round((predicted == result.classes).float().mean().item(), 4)
+            out[name]["guidance"] = guidance
         shown.append(result.images[:10])
     if args.png:
         save_grid(torch.cat(shown).float() / 255, Path(args.png), nrow=10)
-        out["png"] = "rows: original, blanked lower half, inpainted without a class, with its own class, as class c"
+        out["png"] = "rows: original, blanked lower half, then one row per mode: " + ", ".join(modes)
     out["num_digits"] = len(images)
     return out
 
@@ -190,13 +232,17 @@ def main() -> None:
     p.add_argument("--width", type=int, default=64)
     p.add_argument("--steps", type=int, default=12)
     p.add_argument("--choice-temperature", type=float, default=4.5)
-    p.add_argument("--guidance", type=float, default=2.0)
+    p.add_argument("--guidance", type=float, default=2.0, help="with a class given or inferred")
+    p.add_argument("--class-choice", default="argmax", help="inferred_class mode: argmax or sample")
+    p.add_argument("--margin", type=int, help="pixels of the code-mask rule (default: half a code cell)")
+    p.add_argument("--modes", default="no_class,inferred_class,own_class,other_class",
+                   help="comma-separated, from no_class, inferred_class, own_class, other_class")
     p.add_argument("--png")
     p.add_argument("--json")
     args = parser.parse_args()
     torch.set_num_threads(1)
     result = speed(args) if args.part == "speed" else inpaint(args)
-    result["machine"] = ("a shared 2-core CPU machine loaded by other jobs (8 helpers at once); torch threads 1; "
+    result["machine"] = ("a shared 2-core CPU machine loaded by other jobs; torch threads 1; "
                          "timings compare only within this run")
     text = json.dumps(result, indent=2)
     print(text)

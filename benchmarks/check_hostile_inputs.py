@@ -575,6 +575,16 @@ for s in ["model.arch=unet", "model.channel_mult=1,2", "model.arch=vqgan", "mode
 run("`tune-sampling RUN --recall-margin -1` (expect 2)", "tune-sampling", R, "--recall-margin", "-1")
 run("`tune-sampling RUN --num-images 0` (expect 2)", "tune-sampling", R, "--num-images", "0")
 run("`evaluate RUN --lpips-vgg-weights` a missing file (expect 2)", "evaluate", R, "--lpips-vgg-weights", "no-such-vgg.pth")
+# --- inpaint-infer: `inpaint --class-choice` and `--class none`; every row expects exit 2 with a one-line error
+for label, extra in [("`--class-choice maybe`", ["--class-choice", "maybe"]),
+                     ("`--class-choice ''`", ["--class-choice", ""]),
+                     ("`--class-choice sample` on an unconditional prior", ["--class-choice", "sample"]),
+                     ("`--class-choice argmax --class 1`", ["--class-choice", "argmax", "--class", "1"]),
+                     ("`--class none` on an unconditional prior", ["--class", "none"]),
+                     ("`--class none --guidance 2`", ["--class", "none", "--guidance", "2"])]:
+    run(f"`inpaint` {label} (expect 2)", *INP, "--mask", "0,8,16,16", *extra)
+run("`inpaint --class none` on an unconditional pixelcnn prior (expect 2)", "inpaint", R, "--image",
+    "one.png", "--mask", "0,8,16,16", "--out", "inp.png", "--class", "none")
 print("| input | exit | outcome (first error line, or last line of output) |\n|---|---|---|")
 for label, code, line in rows:
     print(f"| {label} | {code} | {line.replace('|', '/')} |")

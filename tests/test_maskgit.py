@@ -312,7 +312,7 @@ def test_inpaint_command(maskgit_run, tmp_path, capsys):
                  "--out", str(tmp_path / "many.png")]) == 0
     many = np.load(tmp_path / "many.npy")
     assert many.shape == (4, 1, 16, 16) and np.array_equal(many[:, 0, :4], images[:, :4])
-    assert json.loads((tmp_path / "many.json").read_text())["guidance"] == 0.0  # no class: unconditional mode
+    assert json.loads((tmp_path / "many.json").read_text())["class"] == "inferred"  # no class: inferred
 
 
 @pytest.mark.parametrize("mask_kind, message", [
@@ -360,3 +360,171 @@ def test_tune_sampling_draws_a_maskgit_prior_with_the_runs_decoding(tmp_path, ba
     result = api.tune_sampling(run, guidance=[1.0, 2.0], draws=2, device="cpu", write=False)
     assert seen == {(3, 2.0)}
     assert result["maskgit_decoding"] == {"steps": 3, "choice_temperature": 2.0}
+
+
+# ---------------------------------------------------------------------- inferring the class from the kept region
+
+from vqvae.inpainting import class_posterior, infer_classes, kept_log_likelihood  # noqa: E402
+from vqvae.runs import read_run_config  # noqa: E402
+from vqvae.models.prior_common import ConditionalPrior  # noqa: E402
+
+
+class TablePrior(ConditionalPrior):
+    """A hand-made conditional prior: every position's code distribution is table[class], whatever
+    the other codes, so p(kept codes | class) is a product a test can write down. Records its inputs."""
+
+    def __init__(self, kind: str, probs: list[list[float]], class_weights: tuple[float, ...] = ()):
+        super().__init__()
+        table = torch.tensor(probs).log()  # (C, K)
+        self.config = PriorConfig(kind=kind, conditional=True, label_dropout=0.1)
+        self.spec = PriorSpec(codebook_size=table.shape[1], latent_size=3, num_classes=table.shape[0],
+                              class_weights=class_weights)
+        self.mask_token = table.shape[1]
+        self.register_buffer("table", table)
+        self.inputs = []
+
+    def forward(self, codes, labels=None):
+        self.inputs.append((codes.clone(), labels.clone()))
+        B, H, W = codes.shape
+        return self.table[labels][:, :, None, None].expand(B, -1, H, W)
+
+
+PROBS = [[0.7, 0.2, 0.1], [0.1, 0.2, 0.7], [1 / 3, 1 / 3, 1 / 3]]
+
+
+@pytest.mark.parametrize("kind", ["maskgit", "pixelcnn"])
+@pytest.mark.parametrize("class_weights", [(), (0.1, 0.1, 0.8)])
+def test_inferred_class_equals_a_hand_computation(kind, class_weights):
+    prior = TablePrior(kind, PROBS, class_weights)
+    codes = torch.tensor([[[2, 1, 2], [2, 2, 2], [0, 0, 0]],
+                          [[0, 0, 1], [0, 0, 0], [1, 1, 1]]])
+    masked = torch.zeros(2, 3, 3, dtype=torch.bool)
+    masked[:, 0, 1] = True  # one masked code inside the top row, and the bottom row
+    masked[:, 2] = True
+    # MaskGIT keeps every unmasked code; a raster-order prior only those before (0, 1).
+    kept = [[(0, 0), (0, 2), (1, 0), (1, 1), (1, 2)] if kind == "maskgit" else [(0, 0)]] * 2
+    p = torch.tensor(PROBS, dtype=torch.float64)
+    log_prior = (torch.tensor(class_weights or (1.0, 1.0, 1.0), dtype=torch.float64) / sum(class_weights or (3,))).log()
+    expected = torch.stack([torch.stack([sum(p[c, codes[b, i, j]].log() for i, j in kept[b]) for c in range(3)])
+                            for b in range(2)]) + log_prior
+    expected = torch.softmax(expected, 1)
+    posterior = class_posterior(prior, codes, masked)
+    assert torch.allclose(posterior, expected, atol=1e-9)
+    classes, probability = infer_classes(prior, codes, masked, "argmax")
+    assert classes.tolist() == expected.argmax(1).tolist()
+    if kind == "maskgit":  # five 2s: class 1; four 0s and a 1: class 0, even against a prior of 0.8 on class 2
+        assert classes.tolist() == [1, 0]
+    else:  # one kept code each (2, then 0): a likelihood ratio of 2.1 loses to the prior's 8 for class 2
+        assert classes.tolist() == ([2, 2] if class_weights else [1, 0])
+    assert torch.allclose(probability.double(), expected.max(1).values, atol=1e-6)
+    # Sampling from the posterior: a clear posterior gives its class; an even one gives several.
+    g = torch.Generator().manual_seed(0)
+    even = torch.zeros(400, 3, 3, dtype=torch.long)
+    drawn, _ = infer_classes(TablePrior(kind, PROBS), even, torch.ones_like(even, dtype=torch.bool), "sample", g)
+    assert set(drawn.tolist()) == {0, 1, 2}  # nothing kept: the uniform prior
+
+
+def test_maskgit_likelihood_is_the_chain_rule_over_groups_of_the_kept_codes():
+    prior = TablePrior("maskgit", PROBS)
+    codes = torch.randint(0, 3, (2, 3, 3), generator=torch.Generator().manual_seed(0))
+    masked = torch.zeros(2, 3, 3, dtype=torch.bool)
+    masked[:, 1:, 1:] = True
+    masked[1, 0, 0] = True  # the maps keep different codes
+    kept_log_likelihood(prior, codes, masked, torch.tensor([0, 1]), groups=3, orders=2)
+    hidden = [c == prior.mask_token for c, _ in prior.inputs]
+    assert len(hidden) == 6  # 3 groups x 2 orders, one pass each
+    for order in (hidden[:3], hidden[3:]):
+        assert all(h[masked].all() for h in order)  # the re-drawn region is never seen
+        assert torch.equal(order[0], masked | ~masked)  # the first group: from the class alone
+        for earlier, later in zip(order, order[1:]):  # each pass reveals the group scored before it
+            revealed = earlier & ~later
+            assert torch.equal(earlier | later, earlier) and revealed.flatten(1).any(1).all()
+    assert not torch.equal(hidden[1], hidden[4])  # two different orders
+
+
+def test_autoregressive_kept_likelihood_is_exact(trained_run):
+    """The pixelcnn's kept-prefix log-likelihood equals the sum of its incremental (cached) path's log-probs."""
+    prior, _, _ = load_prior(trained_run, "cpu")
+    B, size = 4, prior.spec.latent_size
+    codes = torch.randint(0, prior.spec.codebook_size, (B, size, size), generator=torch.Generator().manual_seed(0))
+    masked = torch.zeros_like(codes, dtype=torch.bool)
+    masked[:, size // 2:] = True
+    labels = torch.tensor([0, 1, 0, 1])
+    log_probs = torch.log_softmax(prior.teacher_forced_logits(codes, labels).double(), 1)
+    expected = log_probs.gather(1, codes[:, None])[:, 0, :size // 2].sum((1, 2))
+    assert torch.allclose(kept_log_likelihood(prior, codes, masked, labels), expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["maskgit", "pixelcnn"])
+def test_inpainting_without_a_class_redraws_with_the_inferred_one(maskgit_run, trained_run, kind, monkeypatch):
+    run = maskgit_run[0] if kind == "maskgit" else trained_run
+    vqvae, _ = api.load_vqvae(run, "cpu")
+    prior, _, _ = load_prior(run, "cpu")
+    images = torch.from_numpy(bar_images(6, seed=5)[0])[:, None]
+    mask = torch.zeros(16, 16, dtype=torch.bool)
+    mask[8:] = True
+    given = []
+    complete = type(prior).complete
+
+    def spy(self, codes, masked, labels=None, **kw):
+        given.append(labels.clone())
+        return complete(self, codes, masked, labels, **kw)
+
+    monkeypatch.setattr(type(prior), "complete", spy)
+    result = inpaint_images(vqvae, prior, images, mask, generator=torch.Generator().manual_seed(0),
+                            class_choice="argmax", guidance=1.0)
+    blanked_codes = vqvae.codes(images.masked_fill(mask, 0).float() / 255)
+    expected, probability = infer_classes(prior, blanked_codes, result.code_mask.expand_as(blanked_codes))
+    assert torch.equal(result.classes, expected) and torch.equal(given[0], expected)
+    assert torch.allclose(result.class_probability, probability) and (probability > 0).all()
+    assert torch.equal(result.images[:, :, ~mask], images[:, :, ~mask])  # bit for bit
+
+
+def test_inpaint_command_infers_the_class_and_keeps_the_unconditional_mode(maskgit_run, trained_run, tmp_path,
+                                                                           capsys):
+    run, _ = maskgit_run
+    images = bar_images(4, seed=7)[0]
+    np.save(tmp_path / "many.npy", images)
+    Image.fromarray(images[0]).save(tmp_path / "one.png")
+    base = ["inpaint", str(run), "--image", str(tmp_path / "many.npy"), "--mask", "0,8,16,16"]
+    assert main(base + ["--out", str(tmp_path / "inferred.png")]) == 0
+    settings = json.loads((tmp_path / "inferred.json").read_text())
+    assert settings["class"] == "inferred" and settings["class_choice"] == "argmax"
+    assert settings["class_prior"] == "uniform" and settings["guidance"] == read_run_config(run).sample.guidance
+    assert len(settings["inferred_class"]) == 4 and set(settings["inferred_class"]) <= {0, 1}
+    assert all(1 / 2 <= p <= 1 for p in settings["inferred_class_posterior"])  # argmax of 2 classes
+    assert np.array_equal(np.load(tmp_path / "inferred.npy")[:, 0, :8], images[:, :8])
+    assert main(base + ["--out", str(tmp_path / "sampled.png"), "--class-choice", "sample"]) == 0
+    assert json.loads((tmp_path / "sampled.json").read_text())["class_choice"] == "sample"
+    assert main(base + ["--out", str(tmp_path / "none.png"), "--class", "none"]) == 0
+    settings = json.loads((tmp_path / "none.json").read_text())
+    assert settings["class"] == "none" and settings["guidance"] == 0.0 and "inferred_class" not in settings
+    assert np.array_equal(np.load(tmp_path / "none.npy")[:, 0, :8], images[:, :8])
+    capsys.readouterr()
+    # A conditional prior without label dropout (no unconditional mode) infers the class too.
+    assert main(["inpaint", str(trained_run), "--image", str(tmp_path / "one.png"), "--mask", "0,8,16,16",
+                 "--out", str(tmp_path / "ar.png")]) == 0
+    assert "class inferred from the kept region" in capsys.readouterr().out
+    assert json.loads((tmp_path / "ar.json").read_text())["guidance"] == 1.0
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--class-choice", "maybe"], "--class-choice 'maybe': one of argmax, sample"),
+    (["--class-choice", "sample", "--class", "1"], "needs a class-conditional prior and no --class"),
+    (["--class", "none", "--guidance", "2"], "--guidance needs a class"),
+    (["--class", "all"], "--class all is for sampling"),
+])
+def test_inpaint_class_options_are_one_line_errors(maskgit_run, tmp_path, capsys, extra, message):
+    Image.fromarray(bar_images(1)[0][0]).save(tmp_path / "one.png")
+    code = main(["inpaint", str(maskgit_run[0]), "--image", str(tmp_path / "one.png"), "--mask", "0,8,16,16",
+                 "--out", str(tmp_path / "out.png")] + extra)
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.count("\n") == 1
+
+
+def test_inpaint_class_none_needs_an_unconditional_mode(trained_run, tmp_path, capsys):
+    Image.fromarray(bar_images(1)[0][0]).save(tmp_path / "one.png")
+    code = main(["inpaint", str(trained_run), "--image", str(tmp_path / "one.png"), "--mask", "0,8,16,16",
+                 "--out", str(tmp_path / "out.png"), "--class", "none"])
+    err = capsys.readouterr().err
+    assert code == 2 and "no unconditional mode" in err and err.count("\n") == 1

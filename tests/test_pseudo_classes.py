@@ -60,6 +60,12 @@ def test_prior_on_pseudo_classes_trains_without_labels_and_guides(bar_folder, tm
     # Sampled clusters follow the training frequencies; guidance applies (there is a null class).
     drawn = api.sample(run, tmp_path / "s", num_samples=12, guidance=2.0, device="cpu")
     assert drawn["guidance"] == 2.0 and drawn["num_samples"] == 12
+    # Inpainting without a class infers the cluster, with the clusters' frequencies as p(c).
+    images = torch.stack([test[i][0] for i in range(4)])
+    inpainted = api.inpaint(run, images, "0,8,16,16", tmp_path / "inpainted.png", device="cpu")
+    assert inpainted["class"] == "inferred" and inpainted["class_prior"] == "the prior's recorded class frequencies"
+    assert set(inpainted["inferred_class_name"]) <= {"cluster 0", "cluster 1", "cluster 2"}
+    assert all(1 / 3 <= p <= 1 for p in inpainted["inferred_class_posterior"])  # the argmax of 3 clusters
     # The held-out bits of its unconditional mode equal those computed with the null class by hand.
     vqvae, _ = load_vqvae(run)
     codes = encode_images(vqvae, test, torch.device("cpu")).long()

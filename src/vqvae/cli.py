@@ -18,6 +18,7 @@ from .data import choose_preset
 from .errors import CheckpointError, ConfigError, VQVAEError
 from .models.pretrained import is_model_folder
 from .files import os_error_text
+from .inpainting import DEFAULT_CLASS_CHOICE
 from .runs import check_output_path, read_run_config
 
 
@@ -184,9 +185,12 @@ def cmd_inpaint(args):
     result = api.inpaint(args.run_dir, args.image, args.mask, args.out, class_=args.class_, margin=args.margin,
                          seed=args.seed, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                          guidance=args.guidance, steps=args.steps, choice_temperature=args.choice_temperature,
-                         device=args.device)
+                         device=args.device, class_choice=args.class_choice)
     print(f"{result['images']} image(s): {result['mask_pixels']} pixels and {result['codes_redrawn']} codes re-drawn "
           f"by the {result['prior_kind']} prior: {result['out']} (+ .npy, .json)")
+    if result.get("inferred_class") is not None and result["images"] == 1:
+        name = (result["inferred_class_name"] or result["inferred_class"])[0]
+        print(f"class inferred from the kept region: {name} (posterior {result['inferred_class_posterior'][0]:.3f})")
 
 
 def _float_list(option: str, text: str | None) -> list[float] | None:
@@ -372,8 +376,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the region: a box x0,y0,x1,y1 in pixels (x1, y1 exclusive), or a mask image of the same "
                         "size (nonzero = re-draw); one mask for all images")
     p.add_argument("--out", required=True, help="output PNG (also OUT.npy: uint8 images, OUT.json: settings)")
-    p.add_argument("--class", dest="class_", help="conditional prior: re-draw the region as this class "
-                                                  "(default: the prior's unconditional mode)")
+    p.add_argument("--class", dest="class_", help="conditional prior: re-draw the region as this class, or 'none': "
+                                                  "the prior's unconditional mode (default: the class inferred from "
+                                                  "the kept region, see --class-choice)")
+    p.add_argument("--class-choice", help="without --class, a conditional prior infers each image's class from the "
+                                          "kept region: 'argmax' (the likeliest class) or 'sample' (a draw from the "
+                                          f"posterior) (default: {DEFAULT_CLASS_CHOICE})")
     p.add_argument("--margin", help="pixels around each code's cell in which a masked pixel makes the code re-drawn, "
                                     "or 'rf': the encoder's whole receptive field (default: half a cell)")
     p.add_argument("--seed", type=int, help="random seed (default: sample.seed)")

@@ -17,8 +17,27 @@ The steps, for images x and a pixel mask M (True = re-draw):
    and re-draw everything from there on (`AutoregressivePrior.complete`).
 4. Decode and paste: the decoded images fill the masked pixels only; every other pixel is the
    original's, bit for bit (uint8 in, uint8 out).
-`class_` re-draws the region as that class (conditional priors); without it, a conditional prior
-trained with label dropout draws in its unconditional mode (guidance 0).
+`class_` re-draws the region as that class (conditional priors). Without it, a conditional prior
+first infers the class from the kept codes (`class_posterior`, `infer_classes`) and re-draws with
+that class and the run's guidance; `class_="none"` keeps the older unconditional mode (the null
+class, guidance 0; priors trained with label dropout only).
+
+Inferring the class (Bayes): p(c | kept codes) is proportional to p(kept codes | c) p(c), with
+p(c) the class frequencies the prior records (`spec.class_weights`: pseudo-classes carry their
+clusters' training frequencies), else uniform (named classes record none). p(kept codes | c):
+- autoregressive priors: exact, the log-likelihood of the codes before the first masked position
+  in raster order (the codes `complete` keeps), from one forward pass per class;
+- MaskGIT, which has no exact likelihood: the chain rule over groups. The kept codes are split
+  into `LIKELIHOOD_GROUPS` disjoint groups of about equal size in a random order; group g is
+  predicted given the class, the groups before it and nothing else (the later groups and the
+  re-drawn region are [MASK]), its codes scored independently given that context (the
+  factorisation MaskGIT's own parallel steps assume), and the log-probabilities are summed
+  over the groups. The estimate is averaged (in log space) over `LIKELIHOOD_ORDERS` orders drawn
+  from a fixed seed, so it does not depend on the caller's random state. One forward pass per
+  group, order and class. Chosen on validation digits over a pseudo-likelihood (each group
+  given all other kept codes), which found the class less often: given most of the map, the
+  codes predict each other and the class token barely matters (docs/benchmarks-maskgit.md).
+The class is then the posterior's argmax, or a draw from the posterior (`class_choice`).
 """
 from __future__ import annotations
 
@@ -42,6 +61,16 @@ from .runs import check_output_path, check_prior_matches, load_prior, load_vqvae
 from .sampling import check_guidance, class_labels, effective_guidance
 from .training.distributed import resolve_device
 
+# How the inferred class is chosen from its posterior: its argmax, or a draw from it (keeps diversity
+# where the kept region is ambiguous). The default was chosen on validation digits
+# (docs/benchmarks-maskgit.md).
+CLASS_CHOICES = ("argmax", "sample")
+DEFAULT_CLASS_CHOICE = "argmax"
+# MaskGIT's likelihood estimate: the chain rule over this many groups of the kept codes, averaged
+# over this many random orders (module docstring; chosen on validation digits).
+LIKELIHOOD_GROUPS = 4
+LIKELIHOOD_ORDERS = 4
+LIKELIHOOD_SEED = 0
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
@@ -164,14 +193,108 @@ class InpaintResult:
     blanked: torch.Tensor  # uint8 (N, C, H, W): what the encoder was given
     codes: torch.Tensor  # (N, h, w): the code maps decoded
     code_mask: torch.Tensor  # (h, w) bool: the codes re-drawn (MaskGIT; AR priors re-draw more, see module doc)
+    classes: torch.Tensor | None = None  # (N,) the inferred classes (class_choice given), else None
+    class_probability: torch.Tensor | None = None  # (N,) each inferred class's posterior probability
+
+
+def check_class_choice(choice: str) -> str:
+    if choice not in CLASS_CHOICES:
+        raise ConfigError(f"--class-choice {choice!r}: one of {', '.join(CLASS_CHOICES)} (how the class inferred "
+                          f"from the kept region is taken from its posterior)")
+    return choice
+
+
+def kept_positions(prior, masked: torch.Tensor) -> torch.Tensor:
+    """(B, H, W) bool: the codes a prior keeps when it re-draws `masked`: the unmasked ones for MaskGIT,
+    those before each map's first masked position (raster order) for the autoregressive priors."""
+    if prior.config.kind == "maskgit":
+        return ~masked
+    B, H, W = masked.shape
+    flat = masked.reshape(B, H * W)
+    first = torch.where(flat.any(1), flat.float().argmax(1), torch.full((B,), H * W, device=masked.device))
+    return (torch.arange(H * W, device=masked.device)[None] < first[:, None]).view(B, H, W)
+
+
+@torch.no_grad()
+def kept_log_likelihood(prior, codes: torch.Tensor, masked: torch.Tensor, labels: torch.Tensor | None,
+                        groups: int = LIKELIHOOD_GROUPS, orders: int = LIKELIHOOD_ORDERS) -> torch.Tensor:
+    """(B,) log p(kept codes | labels) in nats (float64): exact for the autoregressive priors; for
+    MaskGIT the chain rule over `groups` groups of the kept codes, averaged over `orders` random
+    orders (see the module docstring)."""
+    kept = kept_positions(prior, masked)
+    B, H, W = codes.shape
+    if prior.config.kind != "maskgit":
+        # A causal prior's logits at a kept position read only earlier (kept) codes.
+        log_probs = torch.log_softmax(prior(codes, labels).double(), 1).gather(1, codes[:, None])[:, 0]
+        return (log_probs * kept).sum((1, 2))
+    flat_kept = kept.reshape(B, H * W)
+    count = flat_kept.sum(1, keepdim=True).clamp_min(1)  # (B, 1)
+    generator = torch.Generator().manual_seed(LIKELIHOOD_SEED)
+    total = torch.zeros(B, dtype=torch.float64, device=codes.device)
+    for _ in range(orders):
+        scores = torch.rand(H * W, generator=generator).to(codes.device).expand(B, -1)
+        rank = scores.masked_fill(~flat_kept, 2.0).argsort(1).argsort(1)  # (B, L): kept codes first, in order
+        group = (rank * groups // count).view(B, H, W)  # 0..groups-1 on the kept codes
+        for g in range(groups):
+            scored = kept & (group == g)
+            if not scored.any():
+                continue
+            hidden = masked | (kept & (group >= g))  # predict group g from the groups before it only
+            logits = prior(codes.masked_fill(hidden, prior.mask_token), labels)  # (B, K, H, W)
+            log_probs = torch.log_softmax(logits.double(), 1).gather(1, codes[:, None])[:, 0]
+            total += (log_probs * scored).sum((1, 2))
+    return total / orders
+
+
+def class_log_prior(prior) -> torch.Tensor:
+    """(C,) log p(c): the class frequencies the prior records (pseudo-classes), else uniform."""
+    C = prior.spec.num_classes
+    weights = torch.tensor(prior.spec.class_weights or [1.0] * C, dtype=torch.float64)
+    return (weights / weights.sum()).log()
+
+
+@torch.no_grad()
+def class_posterior(prior, codes: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+    """(B, C) p(c | the kept codes of each map) for a class-conditional prior (Bayes, module docstring)."""
+    if not prior.conditional:
+        raise ConfigError("inferring the class needs a class-conditional prior; this prior is unconditional")
+    B = len(codes)
+    log_likelihood = torch.stack([kept_log_likelihood(prior, codes, masked,
+                                                      torch.full((B,), c, dtype=torch.long, device=codes.device))
+                                  for c in range(prior.spec.num_classes)], 1)  # (B, C)
+    return torch.softmax(log_likelihood + class_log_prior(prior).to(codes.device), 1)
+
+
+@torch.no_grad()
+def infer_classes(prior, codes: torch.Tensor, masked: torch.Tensor, class_choice: str = DEFAULT_CLASS_CHOICE,
+                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B,) classes for re-drawing the `masked` codes of `codes`, taken from p(c | kept codes) by
+    `class_choice` ("argmax" or "sample"), and (B,) the posterior probability of each."""
+    check_class_choice(class_choice)
+    posterior = class_posterior(prior, codes, masked)
+    if class_choice == "argmax":
+        classes = posterior.argmax(1)
+    else:
+        classes = torch.multinomial(posterior.float(), 1, generator=generator)[:, 0]
+    return classes, posterior.gather(1, classes[:, None])[:, 0].float()
 
 
 @torch.no_grad()
 def inpaint_images(vqvae: VQVAE, prior, images: torch.Tensor, pixel_mask: torch.Tensor,
                    labels: torch.Tensor | None = None, margin: int | str | None = None,
-                   generator: torch.Generator | None = None, batch_size: int = 500, **sampling) -> InpaintResult:
+                   generator: torch.Generator | None = None, batch_size: int = 500,
+                   class_choice: str | None = None, **sampling) -> InpaintResult:
     """Re-draw the `pixel_mask` (H, W) region of uint8 `images` (N, C, H, W); `sampling` holds the
-    prior's options (temperature, top_k, top_p, guidance; MaskGIT's steps, choice_temperature)."""
+    prior's options (temperature, top_k, top_p, guidance; MaskGIT's steps, choice_temperature).
+    With `class_choice` ("argmax" or "sample") and no `labels`, a conditional prior infers each
+    image's class from its kept codes (`infer_classes`) and re-draws with it."""
+    if class_choice is not None:
+        check_class_choice(class_choice)
+        if labels is not None:
+            raise ConfigError("give labels or class_choice (infer the class), not both")
+        if not prior.conditional:
+            raise ConfigError("--class-choice infers a class: it needs a class-conditional prior; this prior is "
+                              "unconditional")
     if images.dtype != torch.uint8 or images.dim() != 4:
         raise DataError(f"images must be uint8 (N, C, H, W); got {images.dtype} {tuple(images.shape)}")
     vqvae.check_images(images.float())
@@ -186,17 +309,23 @@ def inpaint_images(vqvae: VQVAE, prior, images: torch.Tensor, pixel_mask: torch.
     codes_masked = code_mask(pixel_mask, vqvae.latent_size, None if margin == "rf" else margin, field)
     images = images.cpu()
     blanked = images.masked_fill(pixel_mask[None, None], 0)
-    out_codes, out_images = [], []
+    out_codes, out_images, out_classes, out_probability = [], [], [], []
     for start in range(0, len(images), batch_size):
         x = blanked[start:start + batch_size].to(device)
         codes = vqvae.codes(x.float() / 255)  # (b, h, w)
         masked = codes_masked.to(device).expand_as(codes)
-        part_labels = labels[start:start + batch_size].to(device) if labels is not None else None
+        if class_choice is not None:
+            part_labels, probability = infer_classes(prior, codes, masked, class_choice, generator)
+            out_classes.append(part_labels.cpu())
+            out_probability.append(probability.cpu())
+        else:
+            part_labels = labels[start:start + batch_size].to(device) if labels is not None else None
         codes = prior.complete(codes, masked, part_labels, generator=generator, **sampling)
         decoded = (vqvae.decode_indices(codes).float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
         out_codes.append(codes.cpu())
         out_images.append(torch.where(pixel_mask[None, None], decoded, images[start:start + batch_size]))
-    return InpaintResult(torch.cat(out_images), blanked, torch.cat(out_codes), codes_masked)
+    inferred = (torch.cat(out_classes), torch.cat(out_probability)) if class_choice is not None else (None, None)
+    return InpaintResult(torch.cat(out_images), blanked, torch.cat(out_codes), codes_masked, *inferred)
 
 
 def parse_margin(text: str | int | None) -> int | str | None:
@@ -217,14 +346,17 @@ def inpaint(run_dir: str | Path, image: str | Path | torch.Tensor, mask: str | t
             class_: str | int | None = None, margin: int | str | None = None, seed: int | None = None,
             temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
             guidance: float | None = None, steps: int | None = None, choice_temperature: float | None = None,
-            device: str = "auto") -> dict:
+            device: str = "auto", class_choice: str | None = None) -> dict:
     """Re-draw the `mask` region of `image` with the run's prior (see the module docstring).
 
     `image`: an image file at the model's size, a folder or .npy of images, or a uint8 tensor
     (N, C, H, W). `mask`: a box "x0,y0,x1,y1" in pixels (x1, y1 exclusive), a mask image (nonzero =
-    re-draw), or a bool tensor (H, W); one mask for every image. Writes OUT (a PNG grid of the
-    results), OUT.npy (uint8 (N, C, H, W)) and OUT.json (settings and the code mask).
-    Unset sampling options come from the run's sample config."""
+    re-draw), or a bool tensor (H, W); one mask for every image. `class_`: a class index or name;
+    None: a conditional prior infers each image's class from its kept codes, taken by
+    `class_choice` ("argmax" or "sample", default DEFAULT_CLASS_CHOICE); "none": the prior's
+    unconditional mode. Writes OUT (a PNG grid of the results), OUT.npy (uint8 (N, C, H, W)) and
+    OUT.json (settings, the code mask, and the inferred class of each image with its posterior
+    probability). Unset sampling options come from the run's sample config."""
     out = check_output_path(out)
     for path in (out.with_suffix(".npy"), out.with_suffix(".json")):
         check_output_path(path)
@@ -243,21 +375,36 @@ def inpaint(run_dir: str | Path, image: str | Path | torch.Tensor, mask: str | t
     size = vq_config.model.image_size
     pixel_mask = mask if isinstance(mask, torch.Tensor) else parse_mask(mask, size)
     images = image if isinstance(image, torch.Tensor) else read_images(image, vq_config)
-    if class_ is not None and class_ != "":
-        if str(class_) == "all":
-            raise ConfigError("--class all is for sampling; inpainting takes one class index or name")
+    class_ = None if class_ is None or class_ == "" else str(class_)
+    infer = class_ is None and prior.conditional
+    if class_choice is not None:
+        check_class_choice(class_choice)
+        if not infer:
+            raise ConfigError(f"--class-choice {class_choice} chooses the class inferred from the kept region: it "
+                              f"needs a class-conditional prior and no --class (here: "
+                              f"{'--class ' + class_ if class_ is not None else 'an unconditional prior'})")
+    if class_ == "none":
+        if not prior.conditional:
+            raise ConfigError("--class none is a conditional prior's unconditional mode; this prior is "
+                              "unconditional already: leave --class out")
+        if prior.null_class is None:
+            raise ConfigError("--class none needs a prior trained with label dropout (prior.label_dropout > 0); "
+                              "this one has no unconditional mode: leave --class out to infer the class")
+        if guidance not in (None, 0.0):
+            raise ConfigError("--guidance needs a class: --class none inpaints in the prior's unconditional mode")
+        labels = torch.zeros(len(images), dtype=torch.long, device=dev)  # any class: guidance 0 ignores it
+        guidance = 0.0
+    elif class_ is not None:
+        if class_ == "all":
+            raise ConfigError("--class all is for sampling; inpainting takes one class index or name, or 'none'")
         labels, _ = class_labels(prior, class_, len(images), dev)
         if guidance is None:
             guidance = effective_guidance(prior, s.guidance)
-    elif prior.conditional:
-        if prior.null_class is None:
-            raise ConfigError("this prior is class-conditional and was trained without label dropout: pass --class "
-                              "to say what to draw")
-        if guidance not in (None, 0.0):
-            raise ConfigError("--guidance needs --class: without a class, a conditional prior inpaints in its "
-                              "unconditional mode")
-        labels = torch.zeros(len(images), dtype=torch.long, device=dev)  # any class: guidance 0 ignores it
-        guidance = 0.0
+    elif infer:
+        labels = None
+        class_choice = class_choice or DEFAULT_CLASS_CHOICE
+        if guidance is None:
+            guidance = effective_guidance(prior, s.guidance)
     else:
         labels = None
         guidance = 1.0 if guidance is None else guidance
@@ -266,7 +413,8 @@ def inpaint(run_dir: str | Path, image: str | Path | torch.Tensor, mask: str | t
     if masked_prior:
         sampling.update(steps=s.steps, choice_temperature=s.choice_temperature)
     generator = torch.Generator(device=dev).manual_seed(s.seed)
-    result = inpaint_images(vqvae, prior, images, pixel_mask, labels, margin, generator, **sampling)
+    result = inpaint_images(vqvae, prior, images, pixel_mask, labels, margin, generator,
+                            class_choice=class_choice if infer else None, **sampling)
     atomic_save_npy(out.with_suffix(".npy"), result.images.numpy())
     if len(images) == 1:  # one image: the result itself, at its own size
         buffer = io.BytesIO()
@@ -280,7 +428,16 @@ def inpaint(run_dir: str | Path, image: str | Path | torch.Tensor, mask: str | t
     settings = {"images": len(images), "mask_pixels": int(pixel_mask.sum()),
                 "margin": margin if margin is not None else cell // 2,
                 "codes_redrawn": int(result.code_mask.sum()), "code_mask": result.code_mask.int().tolist(),
-                "prior_kind": prior.config.kind, "class": None if class_ is None else str(class_), **sampling,
+                "prior_kind": prior.config.kind, "class": "inferred" if infer else class_, **sampling,
                 "seed": s.seed}
+    if infer:
+        names = prior.spec.class_names
+        classes = result.classes.tolist()
+        settings.update(class_choice=class_choice,
+                        class_prior="the prior's recorded class frequencies" if prior.spec.class_weights
+                        else "uniform",
+                        inferred_class=classes,
+                        inferred_class_name=[names[c] for c in classes] if names else None,
+                        inferred_class_posterior=[round(p, 6) for p in result.class_probability.tolist()])
     atomic_write_text(out.with_suffix(".json"), json.dumps(settings, indent=2) + "\n")
     return {**settings, "out": str(grid)}
