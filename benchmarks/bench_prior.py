@@ -264,10 +264,10 @@ KIND_NETWORKS = {
     "transformer": ["prior.kind=transformer", "prior.num_layers=4", "prior.hidden_channels=128", "prior.num_heads=4"],
     "maskgit": ["prior.kind=maskgit", "prior.num_layers=4", "prior.hidden_channels=128", "prior.num_heads=4"],
 }
-# The budget, the same for every kind: 5 epochs over the same code maps, the cifar10 preset's recipe
+# The budget, the same for every kind: 4 epochs over the same code maps, the cifar10 preset's recipe
 # (Adam 1e-3, cosine, batch 128) but a 50-step warmup (its 200 would be most of the run) and no
 # dropout (priors this short underfit; the mnist preset drops it for the same reason).
-KIND_BUDGET = ["prior_train.epochs=5", "prior_train.warmup_steps=50", "prior_train.dropout=0", "prior.train_shifts=0"]
+KIND_BUDGET = ["prior_train.epochs=4", "prior_train.warmup_steps=50", "prior_train.dropout=0", "prior.train_shifts=0"]
 # (overrides, tune-sampling candidates) per conditioning.
 CONDITIONING = {
     "unconditional": (["prior.conditional=false"], {"temperature": [1.0, 0.9]}),
