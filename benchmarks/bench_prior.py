@@ -3,6 +3,8 @@
     python benchmarks/bench_prior.py ablation --vqvae RUN   # priors on one VQ-VAE's codes
     python benchmarks/bench_prior.py demo                   # `vqvae pipeline --preset mnist` vs seed_reference.py
     python benchmarks/bench_prior.py score RUN              # one trained run's validation score per sampling setting
+    python benchmarks/bench_prior.py kinds --vqvae RUN --train-folder DIR --test-folder DIR
+                                            # the three prior kinds on a cifar10-preset VQ-VAE's codes
 
 Parts:
 1. `ablation`: every prior setting below is trained on the cached codes of the same VQ-VAE
@@ -17,6 +19,18 @@ Parts:
    run, so their wall times compare as a ratio on the same machine at the same time. Final
    figures of the demo's run: its own report (test split of the bundled data) and the
    calibrated score on the 10,000 MNIST test images (n = 1,000).
+
+3. `kinds`: Gated PixelCNN, transformer and MaskGIT priors, each unconditional and class-conditional
+   (label dropout 0.1), trained at one budget (the same epochs over the same code maps; networks
+   of similar parameter counts, `KIND_NETWORKS`) on the codes of a `cifar10`-preset VQ-VAE
+   (`--vqvae`; its folder is only read). The labelled data: `--per-class` images of each class of
+   `--train-folder` (class subfolders; 10% carved for validation) and `--test-per-class` of each
+   class of `--test-folder`, linked into --out, chosen with a fixed seed. Each prior's sampling
+   setting is chosen by `vqvae tune-sampling` on the validation split (conditional: guidance 1,
+   1.5, 2; unconditional: temperature 1, 0.9; --draws draws of --tune-images samples each); then
+   the calibrated score of `vqvae evaluate` on the test images (n = half of them, at most 1,000)
+   with the chosen setting, beside the real, reconstruction and noise rows (the same for every
+   prior), and a grid of 40 samples per prior (conditional: one column per class).
 
 The machine may be shared: only ratios measured in the same run mean anything. Prints one JSON
 document and writes it to --json.
@@ -37,11 +51,13 @@ import torch
 from vqvae import api
 from vqvae.config import RunConfig, load_config
 from vqvae.data import TensorBatches, load_dataset, load_splits
+from vqvae.figures import save_grid
 from vqvae.metrics.protocol import score_samples
 from vqvae.runs import load_prior, load_vqvae, read_metrics
-from vqvae.training.prior_stage import heldout_bits
+from vqvae.training.prior_stage import cached_codes, heldout_bits
 
 HERE = Path(__file__).resolve().parent
+COMMON = ["train.progress=false", "prior_train.progress=false", "train.device=cpu", "prior_train.device=cpu"]
 DEFAULT_TEST = HERE.parent.parent / "shared" / "data" / "mnist"
 SEED_REFERENCE = HERE.parent.parent / "shared" / "bench" / "seed_reference.py"
 
@@ -108,6 +124,23 @@ def prior_on_codes_of(vqvae_run: Path, run: Path) -> None:
             shutil.copy(vqvae_run / "checkpoints" / name, run / "checkpoints" / name)
     if (vqvae_run / "codes").is_dir():
         shutil.copytree(vqvae_run / "codes", run / "codes")
+
+
+def trained_prior(vqvae_run: Path, run: Path, overrides: list[str], preset: str = "mnist") -> dict:
+    """A prior (`preset` with `overrides`) on `vqvae_run`'s codes in `run`, reused when one was
+    trained there with the same preset and overrides."""
+    marker = run / "bench-overrides.json"
+    # The marker of a run trained before the preset was recorded holds the overrides alone (mnist).
+    recorded = overrides if preset == "mnist" else None
+    if (run / "checkpoints" / "prior-best.pt").is_file() and marker.is_file() \
+            and json.loads(marker.read_text()) in ({"preset": preset, "overrides": overrides}, recorded):
+        return {"reused": True, **read_metrics(run)["prior"]}
+    prior_on_codes_of(vqvae_run, run)
+    cfg = load_config(preset, COMMON + overrides)
+    t0 = time.perf_counter()
+    metrics = api.train_prior(cfg, run).metrics
+    marker.write_text(json.dumps({"preset": preset, "overrides": overrides}))
+    return {"reused": False, "wall_s": round(time.perf_counter() - t0, 1), **metrics}
 
 
 def validation_score(run: Path, splits, draws: int = 4, **sampling) -> dict:
@@ -224,26 +257,153 @@ def demo(args, common: list[str]) -> dict:
     out["demo_run"] = str(run)
     return out
 
+# `kinds`: each kind's usual shape at similar parameter counts (PixelCNN 8x64 with the cifar10 preset's
+# 7x7 first kernel; transformers 4 blocks of width 128), small enough to train on one CPU thread.
+KIND_NETWORKS = {
+    "pixelcnn": ["prior.kind=pixelcnn", "prior.num_layers=8", "prior.hidden_channels=64", "prior.first_kernel_size=7"],
+    "transformer": ["prior.kind=transformer", "prior.num_layers=4", "prior.hidden_channels=128", "prior.num_heads=4"],
+    "maskgit": ["prior.kind=maskgit", "prior.num_layers=4", "prior.hidden_channels=128", "prior.num_heads=4"],
+}
+# The budget, the same for every kind: 4 epochs over the same code maps, the cifar10 preset's recipe
+# (Adam 1e-3, cosine, batch 128) but a 50-step warmup (its 200 would be most of the run) and no
+# dropout (priors this short underfit; the mnist preset drops it for the same reason).
+KIND_BUDGET = ["prior_train.epochs=4", "prior_train.warmup_steps=50", "prior_train.dropout=0", "prior.train_shifts=0"]
+# (overrides, tune-sampling candidates) per conditioning.
+CONDITIONING = {
+    "unconditional": (["prior.conditional=false"], {"temperature": [1.0, 0.9]}),
+    "conditional": (["prior.conditional=true", "prior.label_dropout=0.1"], {"guidance": [1.0, 1.5, 2.0]}),
+}
+GRID_SAMPLES = 40  # 4 rows of 10: a conditional prior's samples cycle through the classes, one column each
+
+
+def labelled_subset(source: Path, dest: Path, per_class: int, seed: int) -> dict:
+    """`per_class` images of each class subfolder of `source`, chosen with `seed`, linked into
+    dest/<class>/ (the folder loader reads the classes from the subfolders)."""
+    classes = sorted(d for d in source.iterdir() if d.is_dir())
+    if len(classes) < 2:
+        raise SystemExit(f"{source} has {len(classes)} class subfolders; expected one per class")
+    if dest.exists():
+        shutil.rmtree(dest)
+    gen = torch.Generator().manual_seed(seed)
+    counts = {}
+    for folder in classes:
+        files = sorted(f for f in folder.iterdir() if f.is_file())
+        if len(files) < per_class:
+            raise SystemExit(f"{folder} has {len(files)} images; --per-class asks for {per_class}")
+        (dest / folder.name).mkdir(parents=True)
+        for i in torch.randperm(len(files), generator=gen)[:per_class].tolist():
+            (dest / folder.name / files[i].name).symlink_to(files[i].resolve())
+        counts[folder.name] = per_class
+    return {"source": str(source), "per_class": per_class, "seed": seed, "classes": list(counts)}
+
+
+def row_figures(scores: dict, row: str) -> dict:
+    r = scores["rows"][row]
+    return {k: r[k] for k in ("frechet_distance", "precision", "recall", "classes_present", "class_coverage")}
+
+
+def kinds(args, common: list[str]) -> dict:
+    cpu = torch.device("cpu")
+    data_dir = args.out / "data"
+    subsets = {"train": labelled_subset(args.train_folder, data_dir / "train", args.per_class, args.seed),
+               "test": labelled_subset(args.test_folder, data_dir / "test", args.test_per_class, args.seed)}
+    data = [f"data.dataset={data_dir / 'train'}", f"data.test_dataset={data_dir / 'test'}", "data.val_fraction=0.1",
+            "data.num_workers=0", "data.image_size=32", "data.channels=3"]
+    splits = load_splits(load_config("cifar10", common + data).data)
+    # One copy of the VQ-VAE whose codes of these images every prior shares (--vqvae is only read).
+    base = args.out / "vqvae"
+    prior_on_codes_of(args.vqvae, base)
+    vqvae, vq_cfg = load_vqvae(base, cpu)
+    for split, images in zip(("train", "val", "test"), splits):
+        cached_codes(vqvae, images, split, base, cpu)
+    grids = {"real and reconstructions": str(api.reconstruct(base, args.grids / "cpu-cifar10-prior-kinds-reconstructions.png",
+                                                             data=str(data_dir / "test"), num_images=20, device="cpu"))}
+    rows = []
+    for kind, network in KIND_NETWORKS.items():
+        for conditioning, (conditioning_overrides, candidates) in CONDITIONING.items():
+            name = f"{kind}-{conditioning}"
+            if args.only and name not in args.only:
+                continue
+            run = args.out / name
+            overrides = data + network + KIND_BUDGET + conditioning_overrides + args.set
+            prior = trained_prior(base, run, overrides, preset="cifar10")
+            tuning = api.tune_sampling(run, draws=args.draws, num_images=args.tune_images, device="cpu", **candidates)
+            t0 = time.perf_counter()
+            scores = api.sample_quality(run, splits.test, splits.train, splits.val, device="cpu")
+            score_s = time.perf_counter() - t0
+            samples = torch.from_numpy(np.load(run / "samples.npy")[:GRID_SAMPLES]).float() / 255
+            grid = save_grid(samples, args.grids / f"cpu-cifar10-prior-kinds-{name}.png", nrow=10)
+            figure = "masked_nats" if kind == "maskgit" else "bits_per_code"
+            model, _, _ = load_prior(run, cpu)
+            row = {"name": name, "kind": kind, "conditioning": conditioning, "overrides": overrides,
+                   "parameters": sum(p.numel() for p in model.parameters()),
+                   "prior": {k: prior.get(k) for k in ("reused", "wall_s", "train_seconds", f"best_val_{figure}",
+                                                       f"test_{figure}", "epochs", "masked_nats_meaning")
+                             if k in prior},
+                   "validation": {k: tuning[k] for k in ("chosen", "reason", "n", "draws", "reconstructions",
+                                                         "settings")},
+                   "test": {"setting": tuning["chosen"], **row_figures(scores, "samples"),
+                            "samples_vs_reconstructions": scores["samples_vs_reconstructions"],
+                            "confidence": scores["rows"]["samples"]["confidence"]},
+                   "sample_and_score_wall_s": round(score_s, 1), "grid": str(grid), "run": str(run)}
+            rows.append((row, scores))
+            print(f"# {json.dumps({'name': name, 'chosen': tuning['chosen'], 'test': row['test']})}", file=sys.stderr,
+                  flush=True)
+    first = rows[0][1] if rows else None
+    heldout = {name: row_figures(first, name) for name in ("real", "reconstructions", "noise")} if first else {}
+    trained = read_metrics(args.vqvae).get("vqvae", {})
+    return {"machine": args.machine, "vqvae_run": str(args.vqvae), "vqvae_preset": vq_cfg.preset,
+            "vqvae": {k: trained.get(k) for k in ("train_dataset", "train_images", "epochs", "train_seconds", "test")}, "data": subsets,
+            "splits": {"train": len(splits.train), "validation": len(splits.val), "test": len(splits.test)},
+            "class_names": list(splits.train.class_names),
+            "budget": {"same": "epochs: every prior trains the same epochs over the same code maps",
+                       "overrides": KIND_BUDGET + args.set, "networks": KIND_NETWORKS},
+            "protocol": f"sampling chosen by tune-sampling on the validation split ({len(splits.val)} images; "
+                        f"n = {args.tune_images} per set, {args.draws} draws per setting); final figures: the "
+                        f"calibrated score on the test images, n = {first['n'] if first else None}, the "
+                        f"run's sample seed, the chosen setting",
+            "classifier": first["classifier"] if first else None,
+            "heldout_rows": heldout,
+            "heldout_rows_same_for_every_prior": all(
+                {n: row_figures(s, n) for n in ("real", "reconstructions", "noise")} == heldout for _, s in rows),
+            "priors": [r for r, _ in rows], "grids": grids}
+
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("part", choices=["ablation", "demo", "score"])
+    ap.add_argument("part", choices=["ablation", "demo", "score", "kinds"])
     ap.add_argument("run", type=Path, nargs="?", help="score: a run folder with a trained prior")
-    ap.add_argument("--vqvae", type=Path, help="ablation: a run folder holding the mnist preset's VQ-VAE")
+    ap.add_argument("--vqvae", type=Path, help="ablation: a run folder holding the mnist preset's VQ-VAE; kinds: "
+                                                "the cifar10 preset's")
+    ap.add_argument("--train-folder", type=Path, help="kinds: training images, one subfolder per class")
+    ap.add_argument("--test-folder", type=Path, help="kinds: held-out images, one subfolder per class")
+    ap.add_argument("--per-class", type=int, default=1000, help="kinds: training images per class")
+    ap.add_argument("--test-per-class", type=int, default=200, help="kinds: test images per class")
+    ap.add_argument("--seed", type=int, default=0, help="kinds: which images the subsets take")
+    ap.add_argument("--draws", type=int, default=5, help="kinds: draws per setting in tune-sampling")
+    ap.add_argument("--tune-images", type=int, default=250, help="kinds: n per set in tune-sampling")
+    ap.add_argument("--grids", type=Path, default=HERE / "results", help="kinds: where the sample grids go")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads; 0 = torch's default")
+    ap.add_argument("--machine", default="", help="kinds: the machine, in words, for the results file")
     ap.add_argument("--test", type=Path, default=DEFAULT_TEST, help="MNIST IDX folder with the 10k test images")
     ap.add_argument("--seed-reference", type=Path, default=SEED_REFERENCE, help="demo: the seed_reference.py script")
     ap.add_argument("--out", type=Path, default=Path("runs/bench-prior"))
-    ap.add_argument("--only", nargs="*", default=[], help="ablation: only the settings of these names")
+    ap.add_argument("--only", nargs="*", default=[], help="ablation, kinds: only the settings of these names "
+                                                          "(kinds: e.g. maskgit-conditional)")
     ap.add_argument("--set", nargs="*", default=[], help="extra overrides for every run, e.g. prior_train.epochs=1")
     ap.add_argument("--json", type=Path, help="also write the result here")
     args = ap.parse_args()
-    common = ["train.progress=false", "prior_train.progress=false", "train.device=cpu", "prior_train.device=cpu"]
+    common = list(COMMON)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.part == "ablation" and args.vqvae is None:
         ap.error("ablation needs --vqvae RUN (train one with `vqvae train --preset mnist --out RUN`)")
+    if args.part == "kinds" and None in (args.vqvae, args.train_folder, args.test_folder):
+        ap.error("kinds needs --vqvae RUN (the cifar10 preset's VQ-VAE), --train-folder and --test-folder")
     started = time.strftime("%Y-%m-%dT%H:%M:%S")
     if args.part == "score" and args.run is None:
         ap.error("score needs RUN, a run folder with a trained prior")
-    result = {"ablation": ablation, "demo": demo, "score": score}[args.part](args, common)
+    result = {"ablation": ablation, "demo": demo, "score": score, "kinds": kinds}[args.part](args, common)
     result = {"part": args.part, "started": started, "torch_threads": torch.get_num_threads(), **result}
     text = json.dumps(result, indent=2)
     print(text)

@@ -38,17 +38,16 @@ from vqvae import api
 from vqvae.config import load_config
 from vqvae.data import load_dataset, load_splits
 from vqvae.metrics.protocol import score_samples, scored_images
-from vqvae.runs import load_vqvae, read_metrics
+from vqvae.runs import load_vqvae
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from bench_prior import demo_against_seed, prior_on_codes_of, score_row  # noqa: E402  (one copy of the shared helpers)
+from bench_prior import COMMON, demo_against_seed, score_row, trained_prior  # noqa: E402  (one copy of the shared helpers)
 
 # /work/shared beside the checkout (/work/main) or beside the folder of worktrees (/work/wt/BRANCH).
 SHARED = next((p / "shared" for p in HERE.parents[1:3] if (p / "shared").is_dir()), HERE.parents[1] / "shared")
 DEFAULT_TEST = SHARED / "data" / "mnist"
 SEED_REFERENCE = SHARED / "bench" / "seed_reference.py"
-COMMON = ["train.progress=false", "prior_train.progress=false", "train.device=cpu", "prior_train.device=cpu"]
 
 # (name, prior overrides over the mnist preset, tune-sampling candidates). The preset's prior network
 # (Gated PixelCNN 8x64, 3x3 first kernel, shifted codes, 2 epochs at Adam 4e-3) in every row, so the
@@ -65,20 +64,6 @@ VARIANTS = [  # (run folder under --runs, name, overrides, candidates)
      {"guidance": [0.0, 1.0, 1.5, 2.0]}),
 ]
 UNTUNED = {"temperature": 1.0, "top_p": 1.0}  # each variant's plain setting: guidance 1 or none, full temperature
-
-
-def trained_prior(vqvae_run: Path, run: Path, overrides: list[str]) -> dict:
-    """A prior on `vqvae_run`'s codes in `run`, reused when one was trained there with the same overrides."""
-    marker = run / "bench-overrides.json"
-    if (run / "checkpoints" / "prior-best.pt").is_file() and marker.is_file() \
-            and json.loads(marker.read_text()) == overrides:
-        return {"reused": True, **read_metrics(run)["prior"]}
-    prior_on_codes_of(vqvae_run, run)
-    cfg = load_config("mnist", COMMON + overrides)
-    t0 = time.perf_counter()
-    metrics = api.train_prior(cfg, run).metrics
-    marker.write_text(json.dumps(overrides))
-    return {"reused": False, "wall_s": round(time.perf_counter() - t0, 1), **metrics}
 
 
 def test_score(run: Path, setting: dict, test_set, splits, n: int = 1000) -> dict:
