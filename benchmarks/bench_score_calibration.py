@@ -29,7 +29,7 @@ from vqvae.data import load_splits
 from vqvae.metrics.sample_quality import calibrated_scores, features, frechet_distance, load_or_train_classifier
 from vqvae.runs import load_vqvae
 
-from bench_prior import DEFAULT_TEST, mnist_test_halves
+from bench_prior import DEFAULT_TEST, mnist_test
 
 
 class OldClassifier(nn.Module):
@@ -85,16 +85,17 @@ def main():
     args = ap.parse_args()
     vqvae, cfg = load_vqvae(args.run)
     train, val, heldout = load_splits(cfg.data)
-    tuning, _ = mnist_test_halves(cfg, args.test)
+    test = mnist_test(cfg, args.test)
+    pick = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:2000]  # a fixed 2,000
     samples = torch.from_numpy(np.load(args.run / "samples.npy")[:1000]).float() / 255
-    pool = tuning.tensor(2000).float() / 255
+    pool = test.subset(pick, "mnist-test-2000").tensor(2000).float() / 255
     reference, real = pool[:1000], pool[1000:]
     with torch.no_grad():
         reconstructions = vqvae(real).reconstruction.clamp(0, 1)
     old = train_old(train.tensor(), train.labels)
     new, info = load_or_train_classifier(train.tensor(), train.labels, val.tensor(), val.labels)
-    out = {"run": str(args.run), "classifier_accuracy_on_mnist_test_half": {
-        "old": accuracy(old, tuning.tensor(), tuning.labels), "new": accuracy(new, tuning.tensor(), tuning.labels)}}
+    out = {"run": str(args.run), "classifier_accuracy_on_mnist_test": {
+        "old": accuracy(old, test.tensor(), test.labels), "new": accuracy(new, test.tensor(), test.labels)}}
     train_images = train.tensor().float() / 255
     own_heldout = heldout.tensor().float() / 255
     for name, model in (("old", old), ("new", new)):

@@ -302,7 +302,7 @@ except Exception as e:
 # --- harden-data
 # Data-side cases of issue 16. Each label says the expected outcome; `drun` keeps the first error line, else the
 # first warning line (one clean line, never Python's "file.py:LINE: UserWarning"), else the last line of output.
-import multiprocessing, signal, socket, stat as stat_module, time as time_module
+import multiprocessing, signal, socket, time as time_module
 from vqvae.config import DataConfig
 from vqvae.data.cache import cache_root
 def drun(label, *args, check=None):
