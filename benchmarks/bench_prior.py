@@ -224,14 +224,16 @@ def demo_against_seed(seed_reference: Path, test: Path, cfg: RunConfig, run: Pat
     """seed_reference.py (60 epochs) and then the pipeline on `cfg` into `run`, in one process's turn, so
     their wall times are taken side by side. Returns (figures, the run's metrics.json)."""
     out: dict = {}
+    for path in (seed_reference, test / "t10k-images-idx3-ubyte.gz"):
+        if not path.is_file():  # before anything runs: a missing file would cost the whole demo's time
+            raise SystemExit(f"{path} not found (--seed-reference, --test)")
     t0 = time.perf_counter()
     seed = subprocess.run([sys.executable, str(seed_reference), "--epochs", "60", "--test",
                            str(test / "t10k-images-idx3-ubyte.gz")], capture_output=True, text=True)
     out["seed_reference_wall_s"] = round(time.perf_counter() - t0, 1)
-    if seed.returncode == 0 and seed.stdout.strip():
-        out["seed_reference"] = json.loads(seed.stdout.strip().splitlines()[-1])
-    else:
-        out["seed_reference_error"] = seed.stderr[-500:]
+    if seed.returncode != 0 or not seed.stdout.strip():
+        raise SystemExit(f"seed_reference.py failed (exit {seed.returncode}): {seed.stderr[-500:]}")
+    out["seed_reference"] = json.loads(seed.stdout.strip().splitlines()[-1])
     if run.exists():
         shutil.rmtree(run)
     t0 = time.perf_counter()
