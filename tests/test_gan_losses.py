@@ -109,6 +109,16 @@ def test_gan_training_keeps_the_discriminator_still_until_disc_start(tiny_config
     assert metrics["objective"]["adversarial"] == "hinge"
 
 
+def test_a_gan_run_whose_discriminator_never_starts_keeps_its_last_checkpoint(tiny_config, tmp_path):
+    """No epoch is a best-checkpoint candidate: keep_last=false must not delete the only weights."""
+    cfg = apply_overrides(tiny_config, GAN + ["loss.disc_start=1000", "train.keep_last=false"])
+    api.train_vqvae(cfg, tmp_path / "run", data=memory_data())
+    assert (tmp_path / "run" / "checkpoints" / "vqvae-last.pt").is_file()
+    assert not (tmp_path / "run" / "checkpoints" / "vqvae-best.pt").exists()
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())["vqvae"]  # strict JSON: no Infinity
+    assert metrics["best_val_mse"] is None and "val_mse" in metrics["last_epoch"]
+
+
 def _stop_after(calls_wanted):
     class Stop(Exception):
         pass

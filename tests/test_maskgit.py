@@ -10,7 +10,6 @@ from conftest import tiny_overrides
 from vqvae import api
 from vqvae.cli import main
 from vqvae.config import PriorConfig, load_config
-from vqvae.errors import ConfigError
 from vqvae.data import TensorBatches
 from vqvae.errors import ConfigError
 from vqvae.models import MaskGITPrior, PriorSpec
@@ -306,7 +305,7 @@ def test_inpaint_command(maskgit_run, tmp_path, capsys):
     assert settings["class"] == "1" and settings["steps"] == 4 and settings["codes_redrawn"] == 12
     np.save(tmp_path / "many.npy", images)
     mask = np.zeros((16, 16), np.uint8)
-    mask[4:12, 4:12] = 255
+    mask[6:10, 6:10] = 255  # the border codes stay: the class is inferred from them
     Image.fromarray(mask).save(tmp_path / "mask.png")
     assert main(["inpaint", str(run), "--image", str(tmp_path / "many.npy"), "--mask", str(tmp_path / "mask.png"),
                  "--out", str(tmp_path / "many.png")]) == 0
@@ -393,6 +392,19 @@ PROBS = [[0.7, 0.2, 0.1], [0.1, 0.2, 0.7], [1 / 3, 1 / 3, 1 / 3]]
 
 
 @pytest.mark.parametrize("kind", ["maskgit", "pixelcnn"])
+def test_inferring_a_class_from_no_kept_code_is_a_one_line_error(kind):
+    """With nothing kept the posterior would be p(c) alone: its argmax, class 0, is no inference."""
+    prior = TablePrior(kind, PROBS)
+    codes = torch.zeros(2, 3, 3, dtype=torch.long)
+    masked = torch.zeros(2, 3, 3, dtype=torch.bool)
+    masked[1, 0, 0] = True  # the second map's first code: a raster-order prior keeps nothing before it
+    if kind == "maskgit":
+        masked[1] = True  # MaskGIT keeps what is not masked
+    with pytest.raises(ConfigError, match=f"the {kind} prior keeps none of 1 image"):
+        class_posterior(prior, codes, masked)
+
+
+@pytest.mark.parametrize("kind", ["maskgit", "pixelcnn"])
 @pytest.mark.parametrize("class_weights", [(), (0.1, 0.1, 0.8)])
 def test_inferred_class_equals_a_hand_computation(kind, class_weights):
     prior = TablePrior(kind, PROBS, class_weights)
@@ -409,7 +421,8 @@ def test_inferred_class_equals_a_hand_computation(kind, class_weights):
                             for b in range(2)]) + log_prior
     expected = torch.softmax(expected, 1)
     posterior = class_posterior(prior, codes, masked)
-    assert torch.allclose(posterior, expected, atol=1e-9)
+    assert posterior.dtype == torch.float32  # float32 throughout: MPS has no float64
+    assert torch.allclose(posterior.double(), expected, atol=1e-6)
     classes, probability = infer_classes(prior, codes, masked, "argmax")
     assert classes.tolist() == expected.argmax(1).tolist()
     if kind == "maskgit":  # five 2s: class 1; four 0s and a 1: class 0, even against a prior of 0.8 on class 2
@@ -420,8 +433,10 @@ def test_inferred_class_equals_a_hand_computation(kind, class_weights):
     # Sampling from the posterior: a clear posterior gives its class; an even one gives several.
     g = torch.Generator().manual_seed(0)
     even = torch.zeros(400, 3, 3, dtype=torch.long)
-    drawn, _ = infer_classes(TablePrior(kind, PROBS), even, torch.ones_like(even, dtype=torch.bool), "sample", g)
-    assert set(drawn.tolist()) == {0, 1, 2}  # nothing kept: the uniform prior
+    half = torch.zeros_like(even, dtype=torch.bool)
+    half[:, 2] = True
+    drawn, _ = infer_classes(TablePrior(kind, [[1 / 3] * 3] * 3), even, half, "sample", g)
+    assert set(drawn.tolist()) == {0, 1, 2}  # every class explains the kept codes alike: an even posterior
 
 
 def test_maskgit_likelihood_is_the_chain_rule_over_groups_of_the_kept_codes():
@@ -452,7 +467,7 @@ def test_autoregressive_kept_likelihood_is_exact(trained_run):
     labels = torch.tensor([0, 1, 0, 1])
     log_probs = torch.log_softmax(prior.teacher_forced_logits(codes, labels).double(), 1)
     expected = log_probs.gather(1, codes[:, None])[:, 0, :size // 2].sum((1, 2))
-    assert torch.allclose(kept_log_likelihood(prior, codes, masked, labels), expected, atol=1e-4)
+    assert torch.allclose(kept_log_likelihood(prior, codes, masked, labels).double(), expected, atol=1e-4)
 
 
 @pytest.mark.parametrize("kind", ["maskgit", "pixelcnn"])

@@ -49,6 +49,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from .config import apply_overrides
@@ -218,19 +219,19 @@ def kept_positions(prior, masked: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def kept_log_likelihood(prior, codes: torch.Tensor, masked: torch.Tensor, labels: torch.Tensor | None,
                         groups: int = LIKELIHOOD_GROUPS, orders: int = LIKELIHOOD_ORDERS) -> torch.Tensor:
-    """(B,) log p(kept codes | labels) in nats (float64): exact for the autoregressive priors; for
+    """(B,) log p(kept codes | labels) in nats: exact for the autoregressive priors; for
     MaskGIT the chain rule over `groups` groups of the kept codes, averaged over `orders` random
     orders (see the module docstring)."""
     kept = kept_positions(prior, masked)
     B, H, W = codes.shape
     if prior.config.kind != "maskgit":
         # A causal prior's logits at a kept position read only earlier (kept) codes.
-        log_probs = torch.log_softmax(prior(codes, labels).double(), 1).gather(1, codes[:, None])[:, 0]
+        log_probs = -F.cross_entropy(prior(codes, labels).float(), codes, reduction="none")  # (B, H, W)
         return (log_probs * kept).sum((1, 2))
     flat_kept = kept.reshape(B, H * W)
     count = flat_kept.sum(1, keepdim=True).clamp_min(1)  # (B, 1)
     generator = torch.Generator().manual_seed(LIKELIHOOD_SEED)
-    total = torch.zeros(B, dtype=torch.float64, device=codes.device)
+    total = torch.zeros(B, device=codes.device)  # float32: MPS has no float64
     for _ in range(orders):
         scores = torch.rand(H * W, generator=generator).to(codes.device).expand(B, -1)
         rank = scores.masked_fill(~flat_kept, 2.0).argsort(1).argsort(1)  # (B, L): kept codes first, in order
@@ -241,7 +242,7 @@ def kept_log_likelihood(prior, codes: torch.Tensor, masked: torch.Tensor, labels
                 continue
             hidden = masked | (kept & (group >= g))  # predict group g from the groups before it only
             logits = prior(codes.masked_fill(hidden, prior.mask_token), labels)  # (B, K, H, W)
-            log_probs = torch.log_softmax(logits.double(), 1).gather(1, codes[:, None])[:, 0]
+            log_probs = -F.cross_entropy(logits.float(), codes, reduction="none")  # (B, H, W)
             total += (log_probs * scored).sum((1, 2))
     return total / orders
 
@@ -250,7 +251,7 @@ def class_log_prior(prior) -> torch.Tensor:
     """(C,) log p(c): the class frequencies the prior records (pseudo-classes), else uniform."""
     C = prior.spec.num_classes
     weights = torch.tensor(prior.spec.class_weights or [1.0] * C, dtype=torch.float64)
-    return (weights / weights.sum()).log()
+    return (weights / weights.sum()).log().float()
 
 
 @torch.no_grad()
@@ -259,6 +260,13 @@ def class_posterior(prior, codes: torch.Tensor, masked: torch.Tensor) -> torch.T
     if not prior.conditional:
         raise ConfigError("inferring the class needs a class-conditional prior; this prior is unconditional")
     B = len(codes)
+    empty = ~kept_positions(prior, masked).flatten(1).any(1)
+    if empty.any():
+        raise ConfigError(f"inferring the class needs codes the prior keeps, and with this mask the {prior.config.kind} "
+                          f"prior keeps none of {int(empty.sum())} image(s)"
+                          + (" (an autoregressive prior keeps only the codes before the first masked one, in raster "
+                             "order)" if prior.config.kind != "maskgit" else "")
+                          + ": pass --class to name the class, or --class none for the unconditional mode")
     log_likelihood = torch.stack([kept_log_likelihood(prior, codes, masked,
                                                       torch.full((B,), c, dtype=torch.long, device=codes.device))
                                   for c in range(prior.spec.num_classes)], 1)  # (B, C)
@@ -383,6 +391,9 @@ def inpaint(run_dir: str | Path, image: str | Path | torch.Tensor, mask: str | t
             raise ConfigError(f"--class-choice {class_choice} chooses the class inferred from the kept region: it "
                               f"needs a class-conditional prior and no --class (here: "
                               f"{'--class ' + class_ if class_ is not None else 'an unconditional prior'})")
+    if class_ == "none" and prior.conditional and "none" in prior.spec.class_names:
+        raise ConfigError(f"--class none is ambiguous: this prior has a class named 'none' (index "
+                          f"{prior.spec.class_names.index('none')}); pass that index to draw it")
     if class_ == "none":
         if not prior.conditional:
             raise ConfigError("--class none is a conditional prior's unconditional mode; this prior is "

@@ -396,7 +396,10 @@ def fit(stage: Stage, run_dir: Path, ctx: DistContext, resume: bool = False) -> 
         writer.close()
     if ema is not None:
         ema.copy_to(model)  # the trained model is the average (what the checkpoints' model_state hold)
-    if ctx.is_main and not cfg.keep_last and last_path.exists() and state.epoch >= cfg.epochs:
+    # keep_last=false drops the last checkpoint only when a best one stands in for it (an adversarial
+    # run whose discriminator never reached full weight has none).
+    if (ctx.is_main and not cfg.keep_last and last_path.exists() and state.epoch >= cfg.epochs
+            and checkpoint_path(run_dir, stage.kind, "best").exists()):
         last_path.unlink()
     return state
 

@@ -5,6 +5,7 @@ stage trains the discriminator as the loop's second network ("critic")."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from pathlib import Path
 
@@ -266,7 +267,7 @@ def train_vqvae(config: RunConfig, run_dir: str | Path, resume: bool = False,
         images = sum(h["images_per_s"] * h["seconds"] for h in state.history if h["images_per_s"])
         metrics = {"test": test, "test_dataset": test_set.name, "train_dataset": train_set.name,
                    "train_images": len(train_set), "val_images": len(splits.val) if splits.val else 0,
-                   "best_val_mse": state.best if splits.val else None, "epochs": state.epoch, "steps": state.step,
+                   "best_val_mse": state.best if splits.val and math.isfinite(state.best) else None, "epochs": state.epoch, "steps": state.step,
                    "train_seconds": round(epoch_seconds, 2),
                    "images_per_s": round(images / epoch_seconds, 1) if epoch_seconds else None,
                    "last_epoch": last, "this_call_seconds": round(train_seconds, 2), "resume_notes": state.notes,
