@@ -9,9 +9,10 @@ classifier, each under the old and the new protocol, on the same samples of one 
 - old protocol: reference = the training split (on which the classifier, the VQ-VAE and the
   prior trained), compared set = the run's 500 held-out images, n = 500; the ratio reported was
   samples / real held-out;
-- new protocol: reference and real row are disjoint halves of held-out data (here the first half
-  of a fixed random split of the MNIST test images), n = 1,000, with the reconstructions of
-  the real row and noise.
+- new protocol: reference and real row are disjoint halves of held-out data (here a fixed random
+  2,000 of the MNIST test images), n = 1,000, with the reconstructions of the real row and noise.
+  (The committed results file, cpu-sample-score-calibration.json, was made when the script drew
+  them from the first half of the test split and measured the classifiers' accuracy on that half.)
 Prints one JSON document.
 """
 from __future__ import annotations
