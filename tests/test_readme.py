@@ -77,7 +77,10 @@ def tiny_argv(argv: list[str], default_data: Path) -> list[str]:
             argv = argv[:at] + argv[at + 2:]
         if "--data" not in argv:
             argv = argv + ["--data", str(default_data)]
-        return argv + ["--preset", "tiny", "--set", *TRAIN_SETTINGS]
+        settings = TRAIN_SETTINGS
+        if {"quantizer.kind=fsq", "quantizer.kind=lfq"} & set(argv):  # codebook options are errors there
+            settings = [s for s in settings if not s.startswith(("quantizer.kmeans", "quantizer.restart"))]
+        return argv + ["--preset", "tiny", "--set", *settings]
     if command == "train-prior":
         return argv + ["--set", *PRIOR_SETTINGS]
     return argv
