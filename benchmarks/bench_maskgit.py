@@ -168,6 +168,9 @@ def inpaint(args) -> dict:
     other = (labels + 1 + torch.randint(0, 9, labels.shape, generator=g)) % 10
     modes = {"no_class": (None, 0.0), "inferred_class": (None, args.guidance), "own_class": (labels, args.guidance),
              "other_class": (other, args.guidance)}
+    unknown = sorted(set(args.modes.split(",")) - set(modes))
+    if unknown:
+        raise SystemExit(f"--modes: unknown {', '.join(unknown)}; choose from {', '.join(modes)}")
     modes = {name: modes[name] for name in args.modes.split(",")}
     masked_prior = prior.config.kind == "maskgit"
     decoding = {"steps": args.steps, "choice_temperature": args.choice_temperature} if masked_prior else {}
