@@ -498,6 +498,16 @@ def test_every_preset_validates_and_a_preset_value_on_another_kind_is_no_error()
     assert load_config("tiny", ["quantizer.kind=fsq", "quantizer.codebook_size=64"]).quantizer.kind == "fsq"
 
 
+def test_a_codebook_option_in_a_config_file_is_refused_when_set_chooses_fsq(tmp_path):
+    """The file and the overrides are checked together: neither alone is wrong."""
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"quantizer": {"ema_decay": 0.9}, "data": {"image_size": 64}}))
+    with pytest.raises(ConfigError, match="quantizer.ema_decay=0.9 does not apply to quantizer.kind=fsq"):
+        load_config("tiny", ["quantizer.kind=fsq", "quantizer.codebook_size=64"], config_file=str(path))
+    cfg = load_config("tiny", ["data.image_size=32"], config_file=str(path))  # the overrides still win
+    assert cfg.quantizer.ema_decay == 0.9 and cfg.data.image_size == 32 and cfg.model.image_size == 32
+
+
 def test_config_file_naming_another_preset_is_an_error(tmp_path):
     path = tmp_path / "c.json"
     path.write_text(json.dumps({"preset": "cifar10", "train": {"epochs": 2}}))

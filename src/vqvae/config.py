@@ -857,9 +857,9 @@ def _coerce(value, kind: type, key: str):
     return [float(v) for v in value] if kind is FloatList else value
 
 
-def apply_overrides(cfg: RunConfig, overrides: list[str] | dict) -> RunConfig:
-    """Return a copy of `cfg` with `section.field=value` overrides applied, in order (a field
-    set twice keeps the later value), then validated.
+def apply_overrides(cfg: RunConfig, overrides: list[str | tuple] | dict) -> RunConfig:
+    """Return a copy of `cfg` with `section.field=value` overrides (or (key, value) pairs) applied,
+    in order (a field set twice keeps the later value), then validated.
 
     An unknown field is an error that lists the valid ones; values are parsed by the
     field's type. Keeping model.image_size/in_channels in step with data.* is done here
@@ -867,7 +867,8 @@ def apply_overrides(cfg: RunConfig, overrides: list[str] | dict) -> RunConfig:
     """
     cfg = copy.deepcopy(cfg)
     before = copy.deepcopy(cfg.quantizer)
-    items = overrides.items() if isinstance(overrides, dict) else [_split(o) for o in overrides]
+    items = overrides.items() if isinstance(overrides, dict) else [o if isinstance(o, tuple) else _split(o)
+                                                                     for o in overrides]
     fields = {name: (owner, field_name) for name, owner, field_name in _fields(cfg)}
     changed = set()
     for key, value in items:
@@ -955,5 +956,8 @@ def load_config(preset: str = "mnist", overrides: list[str] | dict | None = None
         if named not in ("", preset):
             raise ConfigError(f"{config_file} names preset {named!r} but the preset in use is {preset!r}: pass "
                               f"--preset {named} to use it (a config file's settings apply over --preset)")
-        cfg = apply_overrides(cfg, flatten_settings(settings, str(config_file)))
+        # One pass, file first: checks that depend on what the user set (e.g. a codebook option under
+        # quantizer.kind=fsq) see the file's settings and the overrides together.
+        given = overrides.items() if isinstance(overrides, dict) else [_split(o) for o in overrides or []]
+        return apply_overrides(cfg, [*flatten_settings(settings, str(config_file)).items(), *given])
     return apply_overrides(cfg, overrides or [])
