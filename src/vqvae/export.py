@@ -303,17 +303,25 @@ def verify_onnx(model: VQVAE, encoder_path: Path, decoder_path: Path, images: to
     if got_indices.shape != want_indices.shape or got_images.shape != want_images.shape:
         raise ExportError(f"ONNX Runtime gives shapes {tuple(got_indices.shape)} / {tuple(got_images.shape)}, "
                           f"PyTorch {tuple(want_indices.shape)} / {tuple(want_images.shape)}")
-    differ = got_indices != want_indices
-    ties = _distance_ties(model, images, want_indices, got_indices) if differ.any() else torch.zeros_like(differ)
+    return _compare_outputs(model, images, images_from, want_indices, got_indices, want_images, got_images,
+                            {"onnxruntime": ort.__version__}, "the ONNX export does not match PyTorch")
+
+
+def _compare_outputs(model: VQVAE, images: torch.Tensor, images_from: str, want: torch.Tensor, got: torch.Tensor,
+                     want_images: torch.Tensor, got_images: torch.Tensor, runtime: dict, mismatch: str) -> dict:
+    """The figures of an export check (codes equal but for distance ties, images within
+    IMAGE_TOLERANCE); an ExportError starting with `mismatch` when they fail."""
+    differ = got != want
+    ties = _distance_ties(model, images, want, got) if differ.any() else torch.zeros_like(differ)
     wrong = int((differ & ~ties).sum())
     image_error = float((got_images - want_images).abs().max())
-    result = {"images": images_from, "onnxruntime": ort.__version__, "codes_compared": differ.numel(),
+    result = {"images": images_from, **runtime, "codes_compared": differ.numel(),
               "codes_equal": int((~differ).sum()), "distance_ties": int((differ & ties).sum()),
               "max_abs_image_difference": image_error, "image_tolerance": IMAGE_TOLERANCE}
     if wrong or image_error > IMAGE_TOLERANCE:
-        raise ExportError(f"the ONNX export does not match PyTorch on {images_from}: {wrong} of {differ.numel()} "
-                          f"codes differ (not ties), largest image difference {image_error:.2e} (tolerance "
-                          f"{IMAGE_TOLERANCE:g}); nothing was written")
+        raise ExportError(f"{mismatch} on {images_from}: {wrong} of {differ.numel()} codes differ (not ties), "
+                          f"largest image difference {image_error:.2e} (tolerance {IMAGE_TOLERANCE:g}); nothing "
+                          f"was written")
     return result
 
 
@@ -393,18 +401,8 @@ def verify_diffusers(model: VQVAE, folder: Path, images: torch.Tensor, images_fr
     want = model.codes(images)
     got, got_images = diffusers_codes_and_images(theirs, images, want)
     want_images = model.decode_indices(want).float()
-    differ = got != want
-    ties = _distance_ties(model, images, want, got) if differ.any() else torch.zeros_like(differ)
-    wrong = int((differ & ~ties).sum())
-    image_error = float((got_images - want_images).abs().max())
-    result = {"images": images_from, "diffusers": diffusers.__version__, "codes_compared": differ.numel(),
-              "codes_equal": int((~differ).sum()), "distance_ties": int((differ & ties).sum()),
-              "max_abs_image_difference": image_error, "image_tolerance": IMAGE_TOLERANCE}
-    if wrong or image_error > IMAGE_TOLERANCE:
-        raise ExportError(f"diffusers' VQModel does not match this model on {images_from}: {wrong} of "
-                          f"{differ.numel()} codes differ (not ties), largest image difference {image_error:.2e} "
-                          f"(tolerance {IMAGE_TOLERANCE:g}); nothing was written")
-    return result
+    return _compare_outputs(model, images, images_from, want, got, want_images, got_images,
+                            {"diffusers": diffusers.__version__}, "diffusers' VQModel does not match this model")
 
 
 IMPORT_PRESET = "vqgan-f8-64"  # the prior, training and sampling settings an imported run starts from
