@@ -1,6 +1,8 @@
 """Shared fixtures: tiny synthetic labelled images and a tiny trained run, built once per session."""
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 import torch
@@ -82,3 +84,28 @@ def trained_run(bar_folder, tmp_path_factory):
     api.train_vqvae(cfg, run)
     api.train_prior(cfg, run)
     return run
+
+
+class Killed(Exception):
+    """Raised inside `killed_after_steps`: a training process killed mid-run."""
+
+
+@contextlib.contextmanager
+def killed_after_steps(steps: int):
+    """Within the block, the VQ-VAE stage raises Killed after its `steps`-th optimiser step."""
+    from vqvae.training.vqvae_stage import VQVAEStage
+
+    original = VQVAEStage.after_step
+    calls = {"n": 0}
+
+    def after_step(self, values):
+        original(self, values)
+        calls["n"] += 1
+        if calls["n"] == steps:
+            raise Killed
+
+    VQVAEStage.after_step = after_step
+    try:
+        yield
+    finally:
+        VQVAEStage.after_step = original

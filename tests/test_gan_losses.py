@@ -6,7 +6,7 @@ import warnings
 import pytest
 import torch
 import torchvision
-from conftest import memory_data
+from conftest import Killed, killed_after_steps, memory_data
 from torch import nn
 
 from vqvae import api
@@ -119,22 +119,6 @@ def test_a_gan_run_whose_discriminator_never_starts_keeps_its_last_checkpoint(ti
     assert metrics["best_val_mse"] is None and "val_mse" in metrics["last_epoch"]
 
 
-def _stop_after(calls_wanted):
-    class Stop(Exception):
-        pass
-
-    original = VQVAEStage.after_step
-    calls = {"n": 0}
-
-    def after_step(self, values):
-        original(self, values)
-        calls["n"] += 1
-        if calls["n"] == calls_wanted:
-            raise Stop
-
-    return Stop, original, after_step
-
-
 def test_mid_epoch_resume_with_the_discriminator_is_bitwise(tiny_config, tmp_path):
     """Killed at step 7 (a checkpoint every 2 steps: the last holds step 6, epoch 2 batch 2), with
     the discriminator training since step 3, R1 on and a weight average: the resumed run's model,
@@ -143,13 +127,8 @@ def test_mid_epoch_resume_with_the_discriminator_is_bitwise(tiny_config, tmp_pat
                                               "loss.r1_weight=1.0", "loss.disc_ramp_steps=2"])
     data = memory_data()
     api.train_vqvae(cfg, tmp_path / "straight", data=data)
-    Stop, original, after_step = _stop_after(7)
-    VQVAEStage.after_step = after_step
-    try:
-        with pytest.raises(Stop):
-            api.train_vqvae(cfg, tmp_path / "killed", data=data)
-    finally:
-        VQVAEStage.after_step = original
+    with killed_after_steps(7), pytest.raises(Killed):
+        api.train_vqvae(cfg, tmp_path / "killed", data=data)
     saved = checkpoint(tmp_path / "killed")
     assert saved["loop"]["step"] == 6 and saved["loop"]["batch_in_epoch"] == 2
     api.train_vqvae(cfg, tmp_path / "killed", resume=True, data=data)

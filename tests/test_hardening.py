@@ -573,7 +573,6 @@ def test_a_run_folder_has_one_writer_and_a_killed_holder_leaves_no_lock(trained_
     import signal
     import subprocess
     import sys
-    import time
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom vqvae.runlock import run_lock\n"

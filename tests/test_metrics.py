@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from vqvae.errors import ConfigError
 from vqvae.metrics.pretrained import PretrainedWeights, reconstruction_perceptual

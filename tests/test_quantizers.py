@@ -13,7 +13,7 @@ from vqvae import api
 from vqvae.config import QuantizerConfig, apply_overrides, fsq_levels, load_config
 from vqvae.errors import ConfigError
 from vqvae.models import (VQVAE, FiniteScalarQuantizer, LookupFreeQuantizer, ResidualVectorQuantizer, VectorQuantizer,
-                          nearest_codes, rotation_trick, straight_through)
+                          rotation_trick, straight_through)
 from vqvae.models.lfq import lfq_entropies
 from vqvae.runs import load_vqvae
 from vqvae.checkpoint import save_checkpoint

@@ -15,7 +15,6 @@ import re
 import shlex
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
 

@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from conftest import SIZE, memory_data, tiny_overrides
+from conftest import SIZE, Killed, killed_after_steps, memory_data, tiny_overrides
 from vqvae import api
 from vqvae.config import apply_overrides
 from vqvae.errors import CheckpointError, ConfigError, TrainingError
@@ -62,25 +62,8 @@ def test_mid_epoch_checkpoint_resume_is_bitwise_identical(tiny_config, tmp_path)
     cfg = apply_overrides(tiny_config, ["train.epochs=2", "train.checkpoint_every_steps=2"])
     data = memory_data()
     api.train_vqvae(cfg, tmp_path / "straight", data=data)
-
-    class Stop(Exception):
-        pass
-
-    original = VQVAEStage.after_step
-    calls = {"n": 0}
-
-    def after_step(self, terms):
-        original(self, terms)
-        calls["n"] += 1
-        if calls["n"] == 3:  # step 3: the last checkpoint holds step 2, mid-epoch
-            raise Stop
-
-    VQVAEStage.after_step = after_step
-    try:
-        with pytest.raises(Stop):
-            api.train_vqvae(cfg, tmp_path / "killed", data=data)
-    finally:
-        VQVAEStage.after_step = original
+    with killed_after_steps(3), pytest.raises(Killed):  # step 3: the last checkpoint holds step 2, mid-epoch
+        api.train_vqvae(cfg, tmp_path / "killed", data=data)
     saved = load_checkpoint(tmp_path / "killed" / "checkpoints" / "vqvae-last.pt")
     assert saved["loop"]["step"] == 2 and saved["loop"]["batch_in_epoch"] == 2
     api.train_vqvae(cfg, tmp_path / "killed", resume=True, data=data)

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import SIZE, bar_images, memory_data, tiny_overrides
+from conftest import bar_images, memory_data, tiny_overrides
 from vqvae import api
 from vqvae.checkpoint import load_checkpoint
 from vqvae.config import RunConfig, apply_overrides, get_preset, load_config
