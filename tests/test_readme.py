@@ -21,6 +21,7 @@ from PIL import Image
 import vqvae
 from conftest import bar_images, tiny_overrides
 from vqvae.cli import main
+from vqvae.config import CODEBOOK_CHOICES
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -78,7 +79,7 @@ def tiny_argv(argv: list[str], default_data: Path) -> list[str]:
             argv = argv + ["--data", str(default_data)]
         settings = TRAIN_SETTINGS
         if {"quantizer.kind=fsq", "quantizer.kind=lfq"} & set(argv):  # codebook options are errors there
-            settings = [s for s in settings if not s.startswith(("quantizer.kmeans", "quantizer.restart"))]
+            settings = [s for s in settings if s.split("=")[0] not in {f"quantizer.{c}" for c in CODEBOOK_CHOICES}]
         return argv + ["--preset", "tiny", "--set", *settings]
     if command == "train-prior":
         return argv + ["--set", *PRIOR_SETTINGS]
