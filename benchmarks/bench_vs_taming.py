@@ -46,14 +46,15 @@ images; bf16 autocast on CUDA (train.amp=bf16), fp32 on CPU; --warmup steps, the
 between two device synchronisations. The preset trains channels_last, so taming runs both
 contiguous and channels_last; the ratio uses the faster. A diagnostic part (not the goal's figure;
 on CUDA, or with --diagnostic) times our stage's two losses and optimiser steps without the loop's
-per-step bookkeeping. Writes
-one JSON document (--out) and prints it; exits 1 if any part failed (the others' figures are kept).
+per-step bookkeeping. Writes one JSON document (--out) and prints it; exits 1 if any part failed
+(the others' figures are kept).
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import functools
+import gc
 import hashlib
 import importlib.util
 import json
@@ -407,11 +408,14 @@ def main() -> None:
                                                      layout == "channels_last")) for layout in layouts]
     for name, fn in parts:
         print(f"# {name} ...", file=sys.stderr, flush=True)
+        gc.collect()  # the previous part's networks, so they count in no later peak
+        left = torch.cuda.memory_allocated(device) if device.type == "cuda" else None
         try:
             result[name] = fn()
         except Exception as e:  # one shot on a lent GPU: keep the other parts' figures
             result[name] = {"error": f"{type(e).__name__}: {e}"[:500]}
-        if device.type == "cuda":
+        if left is not None:
+            result[name]["memory_allocated_before_gib"] = round(left / 2 ** 30, 3)  # included in its peak
             torch.cuda.empty_cache()
         print(f"# {name}: {json.dumps(result[name])}", file=sys.stderr, flush=True)
     timed = [name for name in layouts if "ms_per_step" in result[f"taming_{name}"]]
