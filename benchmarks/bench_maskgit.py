@@ -1,13 +1,15 @@
 """MaskGIT: sampling speed against the cached autoregressive transformer, and inpainting on held-out MNIST.
 
     python benchmarks/bench_maskgit.py speed --json benchmarks/results/cpu-maskgit-sampling-speed.json
+    python benchmarks/bench_maskgit.py speed --device cuda --batch 64 --json benchmarks/results/h200-maskgit-sampling-speed.json
     python benchmarks/bench_maskgit.py inpaint --run runs/maskgit-mnist \\
         --json benchmarks/results/cpu-maskgit-inpainting.json --png benchmarks/results/cpu-maskgit-inpainting.png
 
 1. `speed`: 32x32 code maps, 512 codes, both priors 4 blocks of width 128 with 4 heads (the same
    blocks; MaskGIT without the causal mask), untrained (the time of a draw does not depend on the
    weights): seconds per batch of MaskGIT with 8 steps and of the transformer's KV-cached sampler,
-   the best of a few repeats, and their ratio.
+   the best of a few repeats, and their ratio. --device cuda: on a GPU (each draw timed between
+   device synchronisations; the first draw of each is an untimed warm-up).
 2. `inpaint`: trains (unless --run holds one) an mnist-preset VQ-VAE at a small CPU budget and a
    class-conditional MaskGIT prior with label dropout on its codes, through `api.train_vqvae` and
    `api.train_prior`, then inpaints the lower half (rows 14-27, blanked) of --num held-out digits
@@ -57,25 +59,35 @@ def speed(args) -> dict:
     torch.manual_seed(0)
     spec = PriorSpec(codebook_size=512, latent_size=32)
     width = dict(num_layers=4, hidden_channels=128, num_heads=4)
-    maskgit = MaskGITPrior(PriorConfig(kind="maskgit", **width), spec).eval()
-    transformer = TransformerPrior(PriorConfig(kind="transformer", **width), spec).eval()
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device here")
+    maskgit = MaskGITPrior(PriorConfig(kind="maskgit", **width), spec).eval().to(device)
+    transformer = TransformerPrior(PriorConfig(kind="transformer", **width), spec).eval().to(device)
+    cuda = device.type == "cuda"
 
     def best_time(fn, repeats):
+        if cuda:  # kernels' first launches and the allocator's warm-up stay out of the times
+            fn()
+            torch.cuda.synchronize(device)
         times = []
         for _ in range(repeats):
             t0 = time.perf_counter()
             fn()
+            if cuda:
+                torch.cuda.synchronize(device)
             times.append(time.perf_counter() - t0)
         return min(times), times
 
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator(device=device).manual_seed(0)
     mg, mg_all = best_time(lambda: maskgit.sample(args.batch, steps=8, generator=g), args.repeats)
     ar, ar_all = best_time(lambda: transformer.sample(args.batch, generator=g), args.repeats)
     return {"what": "seconds to draw one batch of 32x32 code maps (512 codes); best of repeats",
             "model": {**width, "codebook_size": 512, "latent_size": 32,
                       "parameters_maskgit": sum(p.numel() for p in maskgit.parameters()),
                       "parameters_transformer": sum(p.numel() for p in transformer.parameters())},
-            "batch": args.batch, "torch_threads": torch.get_num_threads(),
+            "batch": args.batch, "torch_threads": torch.get_num_threads(), "device": args.device,
+            **({"gpu": torch.cuda.get_device_name(device), "torch": torch.__version__} if cuda else {}),
             "maskgit_8_steps_s": round(mg, 3), "transformer_kv_cached_s": round(ar, 3),
             "speedup_maskgit_over_transformer": round(ar / mg, 2),
             "all_times_s": {"maskgit": [round(t, 3) for t in mg_all], "transformer": [round(t, 3) for t in ar_all]}}
@@ -223,6 +235,7 @@ def main() -> None:
     p = sub.add_parser("speed")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--json")
     p = sub.add_parser("inpaint")
     p.add_argument("--run", required=True)
@@ -245,7 +258,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     result = speed(args) if args.part == "speed" else inpaint(args)
-    result["machine"] = ("a shared 2-core CPU machine loaded by other jobs; torch threads 1; "
+    on_gpu = args.part == "speed" and args.device != "cpu"
+    result["machine"] = (f"one {torch.cuda.get_device_name(torch.device(args.device))} GPU; fp32" if on_gpu else
+                         "a shared 2-core CPU machine loaded by other jobs; torch threads 1; "
                          "timings compare only within this run")
     text = json.dumps(result, indent=2)
     print(text)
