@@ -8,8 +8,8 @@
 # runs those steps alone (CIFAR10_ROOT is then unused: pass -).
 # TAMING: taming-transformers' code for the vs-taming step (benchmarks/bench_vs_taming.py imports three of its
 # files): a folder holding taming/, or a tar of it. The device machine has no mirror, so the caller extracts
-# it first into the working tree, untracked and not ignored, so that it travels with the tree (never add it
-# to git), and passes its path:
+# it first into third_party_taming/ (git ignores it, so it is never committed; the device tool's `carry`
+# takes it along), and passes its path:
 #   mkdir -p third_party_taming && git --git-dir=/work/.mirror/CompVis+taming-transformers/repo archive HEAD taming | tar x -C third_party_taming
 #   bash benchmarks/gpu_session.sh CIFAR10_ROOT OUT_DIR third_party_taming
 # Without TAMING the vs-taming step is skipped.
