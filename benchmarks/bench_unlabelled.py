@@ -62,6 +62,13 @@ VARIANTS = [  # (run folder under --runs, name, overrides, candidates)
      PSEUDO + ["prior.pseudo_classes=30"], {"guidance": [0.0, 1.0, 1.5, 2.0, 3.0]}),
     ("cond", "labelled reference: class-conditional on the digit labels (the preset's prior)", [],
      {"guidance": [0.0, 1.0, 1.5, 2.0]}),
+    # The same two priors trained longer (the demo's budget leaves room: docs/benchmarks-unlabelled.md).
+    ("cond-e3", "labelled, 3 epochs", ["prior_train.epochs=3"], {"guidance": [1.0, 1.5, 2.0]}),
+    ("cond-e4", "labelled, 4 epochs", ["prior_train.epochs=4"], {"guidance": [1.0, 1.5, 2.0]}),
+    ("pseudo30-e3", "30 pseudo-classes, 3 epochs", PSEUDO + ["prior.pseudo_classes=30", "prior_train.epochs=3"],
+     {"guidance": [1.0, 1.5, 2.0, 3.0]}),
+    ("pseudo30-e4", "30 pseudo-classes, 4 epochs", PSEUDO + ["prior.pseudo_classes=30", "prior_train.epochs=4"],
+     {"guidance": [1.0, 1.5, 2.0, 3.0]}),
 ]
 UNTUNED = {"temperature": 1.0, "top_p": 1.0}  # each variant's plain setting: guidance 1 or none, full temperature
 
