@@ -1,7 +1,7 @@
 """MaskGIT: sampling speed against the cached autoregressive transformer, and inpainting on held-out MNIST.
 
     python benchmarks/bench_maskgit.py speed --json benchmarks/results/cpu-maskgit-sampling-speed.json
-    python benchmarks/bench_maskgit.py speed --device cuda --batch 64 --json benchmarks/results/h200-maskgit-sampling-speed.json
+    python benchmarks/bench_maskgit.py speed --device cuda --batch 64 --json benchmarks/results/h200-maskgit-sampling-speed-b64.json
     python benchmarks/bench_maskgit.py inpaint --run runs/maskgit-mnist \\
         --json benchmarks/results/cpu-maskgit-inpainting.json --png benchmarks/results/cpu-maskgit-inpainting.png
 

@@ -329,7 +329,7 @@ def kinds(args, common: list[str]) -> dict:
     for kind, network in KIND_NETWORKS.items():
         for conditioning, (conditioning_overrides, candidates) in CONDITIONING.items():
             name = f"{kind}-{conditioning}"
-            if (args.only and name not in args.only) or (conditioning in OPT_IN and name not in args.only):
+            if name not in args.only and (args.only or conditioning in OPT_IN):
                 continue
             run = args.out / name
             overrides = data + network + KIND_BUDGET + conditioning_overrides + args.set

@@ -3,10 +3,10 @@
 Issue 18's speed goal: one adversarial training step (bf16, both networks) of our preset against
 taming-transformers' `Encoder`, `Decoder` and `NLayerDiscriminator` at the same configuration.
 
-    # where the taming-transformers mirror is, from the repository root (the folder is left untracked,
-    # so `run` carries it to the device machine with the working tree; add nothing to git):
-    mkdir -p third_party_taming && git --git-dir=/work/.mirror/CompVis+taming-transformers/repo \\
-        archive HEAD taming | tar x -C third_party_taming
+    # from the repository root; third_party_taming/ is git-ignored, so copy it to the GPU machine yourself:
+    git clone https://github.com/CompVis/taming-transformers /tmp/taming
+    git -C /tmp/taming checkout 3ba01b2   # the commit this script was written against
+    mkdir -p third_party_taming && cp -r /tmp/taming/taming third_party_taming/
     python benchmarks/bench_vs_taming.py --taming third_party_taming --device cuda
     # a smoke check of the script on a CPU, fp32 (its timings are not the goal's figure):
     python benchmarks/bench_vs_taming.py --taming third_party_taming --device cpu --image-size 32 \\
@@ -265,7 +265,8 @@ def run_ours(cfg, data: ImageSet, args, device: torch.device) -> dict:
 def run_ours_bare(cfg, data: ImageSet, args, device: torch.device) -> dict:
     """A diagnostic, not the goal's figure: the same stage's model and discriminator losses and the
     same per-network optimiser steps `fit` calls, without the loop's per-step bookkeeping
-    (non-finite check, statistics, collapse watch). The gap to `ours` is that bookkeeping's cost."""
+    (non-finite check, statistics, collapse watch), meant to show that bookkeeping's cost. Unverified:
+    on the CPU smoke check this part was slower than `ours`, so read it only on a GPU."""
     ctx = setup(str(device))
     torch.manual_seed(cfg.train.seed)
     model = build_vqvae(cfg, ctx.device)
@@ -412,7 +413,7 @@ def main() -> None:
         left = torch.cuda.memory_allocated(device) if device.type == "cuda" else None
         try:
             result[name] = fn()
-        except Exception as e:  # one shot on a lent GPU: keep the other parts' figures
+        except Exception as e:  # one shot on a GPU: keep the other parts' figures
             result[name] = {"error": f"{type(e).__name__}: {e}"[:500]}
         if left is not None:
             result[name]["memory_allocated_before_gib"] = round(left / 2 ** 30, 3)  # included in its peak

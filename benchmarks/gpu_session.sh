@@ -7,10 +7,11 @@
 # one slow step cannot take the others with it. ONLY="vs-taming maskgit-speed" (step names, space-separated)
 # runs those steps alone (CIFAR10_ROOT is then unused: pass -).
 # TAMING: taming-transformers' code for the vs-taming step (benchmarks/bench_vs_taming.py imports three of its
-# files): a folder holding taming/, or a tar of it. The device machine has no mirror, so the caller extracts
-# it first into third_party_taming/ (git ignores it, so it is never committed; the device tool's `carry`
-# takes it along), and passes its path:
-#   mkdir -p third_party_taming && git --git-dir=/work/.mirror/CompVis+taming-transformers/repo archive HEAD taming | tar x -C third_party_taming
+# files): a folder holding taming/, or a tar of it. The caller extracts
+# it first into third_party_taming/ (git ignores it, so it is never committed: copy it to the GPU machine
+# with the checkout), and passes its path:
+#   git clone https://github.com/CompVis/taming-transformers /tmp/taming && git -C /tmp/taming checkout 3ba01b2
+#   mkdir -p third_party_taming && cp -r /tmp/taming/taming third_party_taming/
 #   bash benchmarks/gpu_session.sh CIFAR10_ROOT OUT_DIR third_party_taming
 # Without TAMING the vs-taming step is skipped.
 set -u
@@ -45,7 +46,7 @@ step quantizer-smoke 90 python3 benchmarks/gpu_smoke_quantizers.py --device cuda
 # A CelebA-HQ-size prior (32x32 codes) samples 64 maps: transformer and Gated PixelCNN.
 step sampling 120 python3 benchmarks/bench_sampling.py --device cuda --only celeba --full-positions 0
 # Issue 18's speed goal: a training step of vqgan-f8-64 (bf16, both networks) against taming-transformers'
-# Encoder, Decoder and NLayerDiscriminator at the same configuration (about 40 s).
+# Encoder, Decoder and NLayerDiscriminator at the same configuration (estimated 40 s; not yet run on a GPU).
 if [ -n "$taming" ] && [ -f "$taming" ]; then  # a tar of taming/: extract it beside the other temporary files
   tdir=$(mktemp -d) && tar xf "$taming" -C "$tdir" && taming=$tdir
 fi
@@ -55,7 +56,7 @@ if [ -n "$taming" ] && [ -f "$taming/taming/modules/diffusionmodules/model.py" ]
 elif wanted vs-taming; then
   echo "=== vs-taming skipped: no taming/modules/ under '${taming}' (the third argument)" | tee -a "$log"
 fi
-# MaskGIT (8 steps) against the KV-cached transformer drawing 32x32 code maps, batches of 8 and 64 (about 30 s).
+# MaskGIT (8 steps) against the KV-cached transformer drawing 32x32 code maps, batches of 8 and 64 (estimated 30 s; not yet run on a GPU).
 step maskgit-speed 60 bash -c 'for b in 8 64; do python3 benchmarks/bench_maskgit.py speed --device cuda \
   --batch $b --repeats 3 --json "$1/$2-maskgit-sampling-speed-b$b.json"; done' _ "$out" "$gpu"
 # CIFAR-10 from the JPEG folders: data path, throughput folder vs memory vs synthetic,

@@ -411,7 +411,7 @@ def _mnist() -> RunConfig:
     # tune-sampling's rule chose on validation (docs/benchmarks-unlabelled.md). Adam at 4e-3 because a
     # few epochs is the demo's time budget. A 3x3 first kernel suffices (8 layers still see the whole
     # 7x7 map) and is cheaper than 7x7; no dropout, as the prior underfits at this budget.
-    # Unlabelled data gets an unconditional prior (data/choose.py says so).
+    # Unlabelled data gets the same network conditioned on pseudo-classes (UNLABELLED_PRIOR; data/choose.py).
     cfg.prior = PriorConfig(kind="pixelcnn", num_layers=8, hidden_channels=64, first_kernel_size=3, train_shifts=1,
                             conditional=True, label_dropout=0.1)
     cfg.prior_train = TrainConfig(epochs=3, batch_size=128, lr=4e-3, lr_schedule="cosine", warmup_steps=50,
@@ -469,9 +469,9 @@ def _cifar10() -> RunConfig:
                             lr_min_ratio=0.02, amp="auto", channels_last=True)
     # The prior, chosen on validation figures (benchmarks/bench_prior.py kinds; docs/benchmarks-unlabelled.md):
     # at the same epochs and about the same size, a transformer of 4 blocks x 128 had lower bits per code
-    # and samples nearer the reconstructions than a Gated PixelCNN or MaskGIT, and conditioning on the
-    # class with guidance 2 (label dropout 0.1) beat its unconditional mode. Data without labels gets the
-    # same transformer unconditional (data/choose.py; 30 pseudo-classes only tied with it on CIFAR-10).
+    # than a Gated PixelCNN and samples nearer the reconstructions than a PixelCNN or MaskGIT, and a
+    # class-conditional one with guidance 2 (label dropout 0.1) beat an unconditional one. Data without
+    # labels gets the same transformer unconditional (UNLABELLED_PRIOR; 30 pseudo-classes only tied with it).
     cfg.prior = PriorConfig(kind="transformer", num_layers=4, hidden_channels=128, num_heads=4, conditional=True,
                             label_dropout=0.1)
     cfg.prior_train = TrainConfig(epochs=20, batch_size=128, lr=1e-3, lr_schedule="cosine", warmup_steps=200,
@@ -553,7 +553,9 @@ def _vqgan_f8_64() -> RunConfig:
 # of that size and budget does not come near.
 _MNIST_UNLABELLED = ["prior.conditional=false", "prior.pseudo_classes=30", "prior.label_dropout=0.1",
                      "sample.guidance=1.5"]
-UNLABELLED_PRIOR = {"mnist": _MNIST_UNLABELLED, "mnist-gpu": _MNIST_UNLABELLED}
+# cifar10: unconditional at temperature 1 (30 pseudo-classes tied with it on validation; the simpler prior).
+UNLABELLED_PRIOR = {"mnist": _MNIST_UNLABELLED, "mnist-gpu": _MNIST_UNLABELLED,
+                    "cifar10": ["prior.conditional=false", "sample.guidance=1"]}
 
 
 PRESETS = {
