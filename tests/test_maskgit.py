@@ -363,7 +363,7 @@ def test_tune_sampling_draws_a_maskgit_prior_with_the_runs_decoding(tmp_path, ba
 
 # ---------------------------------------------------------------------- inferring the class from the kept region
 
-from vqvae.inpainting import class_posterior, infer_classes, kept_log_likelihood  # noqa: E402
+from vqvae.inpainting import class_posterior, infer_classes, kept_log_likelihood, kept_positions  # noqa: E402
 from vqvae.runs import read_run_config  # noqa: E402
 from vqvae.models.prior_common import ConditionalPrior  # noqa: E402
 
@@ -447,14 +447,78 @@ def test_maskgit_likelihood_is_the_chain_rule_over_groups_of_the_kept_codes():
     masked[1, 0, 0] = True  # the maps keep different codes
     kept_log_likelihood(prior, codes, masked, torch.tensor([0, 1]), groups=3, orders=2)
     hidden = [c == prior.mask_token for c, _ in prior.inputs]
-    assert len(hidden) == 6  # 3 groups x 2 orders, one pass each
-    for order in (hidden[:3], hidden[3:]):
+    # The first group from the class alone: one all-[MASK] pass per label serves both orders; then
+    # groups 2 and 3 of each order, one pass each.
+    assert len(hidden) == 1 + 2 * 2
+    assert hidden[0].all() and prior.inputs[0][1].tolist() == [0, 1]
+    everything = torch.ones_like(masked)
+    for order in (hidden[1:3], hidden[3:]):
         assert all(h[masked].all() for h in order)  # the re-drawn region is never seen
-        assert torch.equal(order[0], masked | ~masked)  # the first group: from the class alone
-        for earlier, later in zip(order, order[1:]):  # each pass reveals the group scored before it
+        for earlier, later in zip([everything] + order, order):  # each pass reveals the group scored before it
             revealed = earlier & ~later
             assert torch.equal(earlier | later, earlier) and revealed.flatten(1).any(1).all()
-    assert not torch.equal(hidden[1], hidden[4])  # two different orders
+    assert not torch.equal(hidden[1], hidden[3])  # two different orders
+
+
+@torch.no_grad()
+def one_pass_per_class_log_likelihood(prior, codes, masked, groups=4, orders=4):
+    """(B, C) log p(kept codes | c), written the straightforward way: every class on its own, every
+    MaskGIT group and order its own pass over the whole batch (the reference for the batched rule)."""
+    B, H, W = codes.shape
+    kept = kept_positions(prior, masked)
+    columns = []
+    for c in range(prior.spec.num_classes):
+        labels = torch.full((B,), c)
+        if prior.config.kind != "maskgit":
+            log_probs = -torch.nn.functional.cross_entropy(prior(codes, labels), codes, reduction="none")
+            columns.append((log_probs * kept).sum((1, 2)))
+            continue
+        flat_kept = kept.reshape(B, H * W)
+        generator = torch.Generator().manual_seed(0)
+        total = torch.zeros(B)
+        for _ in range(orders):
+            scores = torch.rand(H * W, generator=generator).expand(B, -1)
+            rank = scores.masked_fill(~flat_kept, 2.0).argsort(1).argsort(1)
+            group = (rank * groups // flat_kept.sum(1, keepdim=True)).view(B, H, W)
+            for g in range(groups):
+                hidden = masked | (kept & (group >= g))
+                logits = prior(codes.masked_fill(hidden, prior.mask_token), labels)
+                log_probs = -torch.nn.functional.cross_entropy(logits, codes, reduction="none")
+                total += (log_probs * (kept & (group == g))).sum((1, 2))
+        columns.append(total / orders)
+    return torch.stack(columns, 1)
+
+
+@pytest.mark.parametrize("kind", ["maskgit", "pixelcnn", "transformer"])
+def test_all_classes_in_batched_passes_equal_one_pass_per_class(kind):
+    """class_posterior scores every class in shared forward passes (and MaskGIT's class-only group
+    once): the same log-likelihoods as one pass per class, whatever the number of maps per pass."""
+    from vqvae.models import GatedPixelCNN, TransformerPrior
+
+    torch.manual_seed(0)
+    config = PriorConfig(kind=kind, num_layers=2, hidden_channels=16, num_heads=2, conditional=True,
+                         label_dropout=0.1)
+    spec = PriorSpec(codebook_size=6, latent_size=4, num_classes=3)
+    prior = {"maskgit": MaskGITPrior, "pixelcnn": GatedPixelCNN, "transformer": TransformerPrior}[kind](config, spec)
+    for parameter in prior.parameters():  # random weights large enough that the classes differ clearly
+        torch.nn.init.normal_(parameter, std=0.3)
+    prior.eval()
+    B = 5
+    codes = torch.randint(0, 6, (B, 4, 4), generator=torch.Generator().manual_seed(1))
+    masked = torch.zeros(B, 4, 4, dtype=torch.bool)
+    masked[:, 2:] = True
+    masked[torch.arange(B), 1, torch.arange(B) % 4] = True  # each map keeps different codes
+    expected = one_pass_per_class_log_likelihood(prior, codes, masked)  # (B, C)
+    spread = (expected.max(1).values - expected.min(1).values).min()
+    assert spread > 100 * 1e-5  # a class mix-up would be far outside the tolerance
+    every_class = torch.arange(3)[:, None].expand(-1, B)
+    for rows in (None, 1, 4, 7):  # 4 and 7 maps per pass cut across the classes' rows
+        batched = kept_log_likelihood(prior, codes, masked, every_class, rows_per_pass=rows).T
+        assert torch.allclose(batched, expected, atol=1e-5, rtol=1e-5), (rows, (batched - expected).abs().max())
+    for c in range(3):  # one label per map: the (B,) form
+        one = kept_log_likelihood(prior, codes, masked, torch.full((B,), c))
+        assert one.shape == (B,) and torch.allclose(one, expected[:, c], atol=1e-5, rtol=1e-5)
+    assert torch.allclose(class_posterior(prior, codes, masked), torch.softmax(expected - math.log(3), 1), atol=1e-6)
 
 
 def test_autoregressive_kept_likelihood_is_exact(trained_run):
