@@ -607,3 +607,55 @@ def test_inpaint_class_none_needs_an_unconditional_mode(trained_run, tmp_path, c
                  "--out", str(tmp_path / "out.png"), "--class", "none"])
     err = capsys.readouterr().err
     assert code == 2 and "no unconditional mode" in err and err.count("\n") == 1
+
+
+@pytest.fixture(scope="module")
+def word_class_run(tmp_path_factory):
+    """A tiny conditional run whose classes are named 'all' and 'none' (folders all/ and none/)."""
+    root = tmp_path_factory.mktemp("word-classes")
+    images, labels = bar_images(80)
+    for i, (img, label) in enumerate(zip(images, labels)):
+        folder = root / ("all" if label == 0 else "none")
+        folder.mkdir(exist_ok=True)
+        Image.fromarray(img).save(folder / f"{i:04d}.png")
+    run = tmp_path_factory.mktemp("word-class-run")
+    cfg = load_config("tiny", tiny_overrides(root) + MASKGIT_SETTINGS + [
+        "prior.conditional=true", "prior.label_dropout=0.2", "train.epochs=1", "prior_train.epochs=1"])
+    api.train_vqvae(cfg, run)
+    api.train_prior(cfg, run)
+    return run
+
+
+def test_a_class_named_like_a_command_word_is_ambiguous_there_and_a_name_elsewhere(word_class_run, tmp_path,
+                                                                                     capsys, monkeypatch):
+    """`inpaint --class none` and `sample --class all` mean a mode; with a class of that name they are a
+    one-line error naming its index. The other command's word is just the class's name."""
+    from vqvae.sampling import class_labels
+
+    prior, _, _ = load_prior(word_class_run, "cpu")
+    assert prior.spec.class_names == ("all", "none") and prior.null_class is not None
+    Image.fromarray(bar_images(1)[0][0]).save(tmp_path / "one.png")
+    inpaint = ["inpaint", str(word_class_run), "--image", str(tmp_path / "one.png"), "--mask", "0,8,16,16"]
+    sample = ["sample", str(word_class_run), "-n", "4"]
+    for argv, message in ((inpaint + ["--out", str(tmp_path / "x.png"), "--class", "none"],
+                           "--class none is ambiguous: it means the prior's unconditional mode, and this prior also "
+                           "has a class named 'none' (index 1); pass --class 1 to draw that class"),
+                          (sample + ["--out", str(tmp_path / "s"), "--class", "all"],
+                           "--class all is ambiguous: it means every class, and this prior also has a class named "
+                           "'all' (index 0); pass --class 0 to draw that class")):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1
+    # The word a command does not use names the class; the index the error suggests draws it.
+    assert class_labels(prior, "none", 3, "cpu")[0].tolist() == [1, 1, 1]
+    assert class_labels(prior, "all", 2, "cpu", every_class=False)[0].tolist() == [0, 0]
+    given = []
+    complete = type(prior).complete
+    with monkeypatch.context() as patched:
+        patched.setattr(type(prior), "complete", lambda self, codes, masked, labels=None, **kw:
+                        given.append(labels.tolist()) or complete(self, codes, masked, labels, **kw))
+        for i, class_ in enumerate(("all", "1")):
+            assert main(inpaint + ["--out", str(tmp_path / f"in{i}.png"), "--class", class_]) == 0
+    assert given == [[0], [1]]
+    assert main(sample + ["--out", str(tmp_path / "s"), "--class", "none"]) == 0
+    assert np.load(tmp_path / "s" / "samples.npy").shape[0] == 4

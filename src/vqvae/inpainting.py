@@ -59,7 +59,7 @@ from .figures import save_grid
 from .files import atomic_save_npy, atomic_write_bytes, atomic_write_text
 from .models import VQVAE
 from .runs import check_output_path, check_prior_matches, load_prior, load_vqvae
-from .sampling import check_guidance, class_labels, effective_guidance
+from .sampling import check_class_word, check_guidance, class_labels, effective_guidance
 from .training.distributed import resolve_device
 
 # How the inferred class is chosen from its posterior: its argmax, or a draw from it (keeps diversity
@@ -438,9 +438,7 @@ def inpaint(run_dir: str | Path, image: str | Path | torch.Tensor, mask: str | t
             raise ConfigError(f"--class-choice {class_choice} chooses the class inferred from the kept region: it "
                               f"needs a class-conditional prior and no --class (here: "
                               f"{'--class ' + class_ if class_ is not None else 'an unconditional prior'})")
-    if class_ == "none" and prior.conditional and "none" in prior.spec.class_names:
-        raise ConfigError(f"--class none is ambiguous: this prior has a class named 'none' (index "
-                          f"{prior.spec.class_names.index('none')}); pass that index to draw it")
+    check_class_word(prior, class_, "none", "the prior's unconditional mode")
     if class_ == "none":
         if not prior.conditional:
             raise ConfigError("--class none is a conditional prior's unconditional mode; this prior is "
@@ -453,9 +451,9 @@ def inpaint(run_dir: str | Path, image: str | Path | torch.Tensor, mask: str | t
         labels = torch.zeros(len(images), dtype=torch.long, device=dev)  # any class: guidance 0 ignores it
         guidance = 0.0
     elif class_ is not None:
-        if class_ == "all":
+        if class_ == "all" and "all" not in prior.spec.class_names:
             raise ConfigError("--class all is for sampling; inpainting takes one class index or name, or 'none'")
-        labels, _ = class_labels(prior, class_, len(images), dev)
+        labels, _ = class_labels(prior, class_, len(images), dev, every_class=False)
         if guidance is None:
             guidance = effective_guidance(prior, s.guidance)
     elif infer:
