@@ -363,7 +363,8 @@ def test_tune_sampling_draws_a_maskgit_prior_with_the_runs_decoding(tmp_path, ba
 
 # ---------------------------------------------------------------------- inferring the class from the kept region
 
-from vqvae.inpainting import class_posterior, infer_classes, kept_log_likelihood, kept_positions  # noqa: E402
+from vqvae.inpainting import (LIKELIHOOD_BATCH_ELEMENTS, class_posterior, infer_classes, kept_log_likelihood,  # noqa: E402
+                               kept_positions, likelihood_rows_per_pass)
 from vqvae.runs import read_run_config  # noqa: E402
 from vqvae.models.prior_common import ConditionalPrior  # noqa: E402
 
@@ -519,6 +520,11 @@ def test_all_classes_in_batched_passes_equal_one_pass_per_class(kind):
         one = kept_log_likelihood(prior, codes, masked, torch.full((B,), c))
         assert one.shape == (B,) and torch.allclose(one, expected[:, c], atol=1e-5, rtol=1e-5)
     assert torch.allclose(class_posterior(prior, codes, masked), torch.softmax(expected - math.log(3), 1), atol=1e-6)
+    # Maps per pass: the memory bound; an accelerator also takes at least the caller's batch.
+    per_map = 17 * max(6, 4 * 16, 17)
+    assert likelihood_rows_per_pass(prior, 10 ** 6, 17, "cpu") == LIKELIHOOD_BATCH_ELEMENTS // per_map < 10 ** 6
+    assert likelihood_rows_per_pass(prior, 10 ** 6, 17, "cuda") == 10 ** 6
+    assert likelihood_rows_per_pass(prior, 1, 17, "cuda") == LIKELIHOOD_BATCH_ELEMENTS // per_map
 
 
 def test_autoregressive_kept_likelihood_is_exact(trained_run):

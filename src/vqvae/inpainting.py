@@ -26,18 +26,21 @@ Inferring the class (Bayes): p(c | kept codes) is proportional to p(kept codes |
 p(c) the class frequencies the prior records (`spec.class_weights`: pseudo-classes carry their
 clusters' training frequencies), else uniform (named classes record none). p(kept codes | c):
 - autoregressive priors: exact, the log-likelihood of the codes before the first masked position
-  in raster order (the codes `complete` keeps), from one forward pass per class;
+  in raster order (the codes `complete` keeps), from one forward pass of each map under each class;
 - MaskGIT, which has no exact likelihood: the chain rule over groups. The kept codes are split
   into `LIKELIHOOD_GROUPS` disjoint groups of about equal size in a random order; group g is
   predicted given the class, the groups before it and nothing else (the later groups and the
   re-drawn region are [MASK]), its codes scored independently given that context (the
   factorisation MaskGIT's own parallel steps assume), and the log-probabilities are summed
   over the groups. The estimate is averaged (in log space) over `LIKELIHOOD_ORDERS` orders drawn
-  from a fixed seed, so it does not depend on the caller's random state. One forward pass per
-  group, order and class. Chosen on validation digits over a pseudo-likelihood (each group
+  from a fixed seed, so it does not depend on the caller's random state. One forward pass of each
+  map per later group, order and class; the first group sees no code, so one all-[MASK] pass per
+  class serves every map and order. Chosen on validation digits over a pseudo-likelihood (each group
   given all other kept codes), which found the class less often: given most of the map, the
   codes predict each other and the class token barely matters (docs/benchmarks-maskgit.md).
 The class is then the posterior's argmax, or a draw from the posterior (`class_choice`).
+Every class is scored in the same forward passes: the (map, class) pairs run as one batch, cut into
+passes bounded by `LIKELIHOOD_BATCH_ELEMENTS` (`likelihood_rows_per_pass`).
 """
 from __future__ import annotations
 
@@ -72,9 +75,10 @@ DEFAULT_CLASS_CHOICE = "argmax"
 LIKELIHOOD_GROUPS = 4
 LIKELIHOOD_ORDERS = 4
 LIKELIHOOD_SEED = 0
-# Scoring kept codes runs every class in the same forward passes; this bounds one pass's largest
-# float tensor (elements), so large code maps or codebooks take fewer maps per pass.
-LIKELIHOOD_BATCH_ELEMENTS = 2 ** 23
+# Scoring kept codes runs every class in the same forward passes, each holding as many code maps as
+# keep its largest float tensor under this many elements (16 MiB): on a CPU larger passes were slower
+# per map (docs/benchmarks-maskgit.md); an accelerator also takes at least the caller's batch per pass.
+LIKELIHOOD_BATCH_ELEMENTS = 2 ** 22
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
@@ -219,12 +223,14 @@ def kept_positions(prior, masked: torch.Tensor) -> torch.Tensor:
     return (torch.arange(H * W, device=masked.device)[None] < first[:, None]).view(B, H, W)
 
 
-def likelihood_rows_per_pass(prior, positions: int) -> int:
+def likelihood_rows_per_pass(prior, batch: int, positions: int, device) -> int:
     """Code maps per forward pass when scoring kept codes: as many as keep one pass's largest float
     tensor under LIKELIHOOD_BATCH_ELEMENTS (per map and position: the logits' K, the MLP's 4 x width,
-    or a head's attention row of `positions`), at least one."""
+    or a head's attention row of `positions`), at least one; on an accelerator at least `batch`, the
+    caller's batch of maps (the re-draw runs twice that at once), as the passes before batching were."""
     per_row = positions * max(prior.spec.codebook_size, 4 * prior.config.hidden_channels, positions)
-    return max(1, LIKELIHOOD_BATCH_ELEMENTS // per_row)
+    rows = LIKELIHOOD_BATCH_ELEMENTS // per_row
+    return max(1, rows if torch.device(device).type == "cpu" else max(rows, batch))
 
 
 @torch.no_grad()
@@ -243,7 +249,7 @@ def kept_log_likelihood(prior, codes: torch.Tensor, masked: torch.Tensor, labels
     label_rows = label_rows.reshape(-1, B)  # (R, B)
     flat_labels = label_rows.reshape(-1) if labels is not None else None  # (R * B,): row r * B + b is map b
     kept = kept_positions(prior, masked)
-    rows = rows_per_pass or likelihood_rows_per_pass(prior, H * W + 1)
+    rows = rows_per_pass or likelihood_rows_per_pass(prior, B, H * W + 1, codes.device)
     total = torch.zeros(label_rows.numel(), device=codes.device)  # float32: MPS has no float64
 
     def scored_sum(inputs, index, scored):  # log-probs of the true codes, summed over `scored`, per row
