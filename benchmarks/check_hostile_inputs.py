@@ -589,11 +589,11 @@ run("`inpaint --class none` on an unconditional pixelcnn prior (expect 2)", "inp
 from vqvae.config import load_config
 from vqvae.data import load_splits
 for i, (img, lab) in enumerate(zip(images, labels)):
-    d = root / "words" / ("all" if lab == 0 else "none"); d.mkdir(parents=True, exist_ok=True)
+    d = root / "word-classes" / ("all" if lab == 0 else "none"); d.mkdir(parents=True, exist_ok=True)
     Image.fromarray(img).save(d / f"{i:03d}.png")
 Image.fromarray(images[0]).save("word.png")
 run("setup: a conditional pipeline on classes named 'all' and 'none'", "pipeline", "--preset", "tiny", "--out", "words",
-    "--set", *tiny_overrides(root / "words"), "prior.conditional=true", "prior.label_dropout=0.1", "train.epochs=1",
+    "--set", *tiny_overrides(root / "word-classes"), "prior.conditional=true", "prior.label_dropout=0.1", "train.epochs=1",
     "prior_train.epochs=1")
 run("`sample --class all`, a class named 'all' (expect 2)", "sample", "words", "--class", "all", "--out", "sw")
 run("`inpaint --class none`, a class named 'none' (expect 2)", "inpaint", "words", "--image", "word.png", "--mask",
