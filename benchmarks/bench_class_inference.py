@@ -10,6 +10,8 @@ code mask. Times `class_posterior` on the whole batch (what `vqvae inpaint` runs
 --num images) and on one image (what it runs for a single image), best of --repeats, and writes
 the posterior to --posterior (.npy) so that two versions of the code can be compared: run the
 script once per version (PYTHONPATH) and compare the two files (`--compare OTHER.npy`).
+--pass-sizes N,M,...: also time the batch with N (M, ...) code maps per forward pass
+(`kept_log_likelihood(..., rows_per_pass=N)`; the default comes from `likelihood_rows_per_pass`).
 The machine may be shared and loaded: timings compare only within one series of runs.
 """
 from __future__ import annotations
@@ -26,7 +28,7 @@ import torch
 
 import vqvae
 from vqvae.data import load_dataset
-from vqvae.inpainting import class_posterior, code_mask
+from vqvae.inpainting import class_posterior, code_mask, kept_log_likelihood, likelihood_rows_per_pass
 from vqvae.runs import load_prior, load_vqvae
 
 HERE = Path(__file__).resolve().parent
@@ -53,6 +55,7 @@ def main() -> None:
     parser.add_argument("--test-data", default=str(MNIST_TEST))
     parser.add_argument("--posterior", help="write the batch's posterior (B, C) here (.npy)")
     parser.add_argument("--compare", help="a --posterior file of another version: report the largest difference")
+    parser.add_argument("--pass-sizes", default="", help="comma-separated maps per forward pass to time as well")
     parser.add_argument("--json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -82,6 +85,12 @@ def main() -> None:
            "torch_threads": torch.get_num_threads(),
            "machine": "a shared, loaded 2-core CPU machine (other benchmarks running); nice 10; timings compare "
                       "only within one series of runs"}
+    if args.pass_sizes:
+        every_class = torch.arange(prior.spec.num_classes)[:, None].expand(-1, len(codes))
+        out["batch_by_maps_per_pass"] = {
+            n: best_seconds(lambda: kept_log_likelihood(prior, codes, masked, every_class, rows_per_pass=n),
+                            args.repeats)[0] for n in (int(v) for v in args.pass_sizes.split(","))}
+        out["default_maps_per_pass"] = likelihood_rows_per_pass(prior, len(codes), codes[0].numel() + 1, "cpu")
     if args.posterior:
         np.save(args.posterior, posterior.numpy())
     if args.compare:

@@ -76,9 +76,9 @@ LIKELIHOOD_GROUPS = 4
 LIKELIHOOD_ORDERS = 4
 LIKELIHOOD_SEED = 0
 # Scoring kept codes runs every class in the same forward passes, each holding as many code maps as
-# keep its largest float tensor under this many elements (16 MiB): on a CPU larger passes were slower
+# keep its largest float tensor under this many elements (8 MiB): on a CPU larger passes were slower
 # per map (docs/benchmarks-maskgit.md); an accelerator also takes at least the caller's batch per pass.
-LIKELIHOOD_BATCH_ELEMENTS = 2 ** 22
+LIKELIHOOD_BATCH_ELEMENTS = 2 ** 21
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
