@@ -28,7 +28,7 @@ import torch
 
 import vqvae
 from vqvae.data import load_dataset
-from vqvae.inpainting import class_posterior, code_mask, kept_log_likelihood, likelihood_rows_per_pass
+from vqvae.inpainting import class_posterior, code_mask
 from vqvae.runs import load_prior, load_vqvae
 
 HERE = Path(__file__).resolve().parent
@@ -85,7 +85,8 @@ def main() -> None:
            "torch_threads": torch.get_num_threads(),
            "machine": "a shared, loaded 2-core CPU machine (other benchmarks running); nice 10; timings compare "
                       "only within one series of runs"}
-    if args.pass_sizes:
+    if args.pass_sizes:  # imported here: the per-class code this is compared with has neither
+        from vqvae.inpainting import kept_log_likelihood, likelihood_rows_per_pass
         every_class = torch.arange(prior.spec.num_classes)[:, None].expand(-1, len(codes))
         out["batch_by_maps_per_pass"] = {
             n: best_seconds(lambda: kept_log_likelihood(prior, codes, masked, every_class, rows_per_pass=n),
