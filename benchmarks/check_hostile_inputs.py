@@ -585,6 +585,29 @@ for label, extra in [("`--class-choice maybe`", ["--class-choice", "maybe"]),
     run(f"`inpaint` {label} (expect 2)", *INP, "--mask", "0,8,16,16", *extra)
 run("`inpaint --class none` on an unconditional pixelcnn prior (expect 2)", "inpaint", R, "--image",
     "one.png", "--mask", "0,8,16,16", "--out", "inp.png", "--class", "none")
+# --- inpaint-batch: a class named like a command's word; a class only in a held-out split. Rows expect exit 2
+from vqvae.config import load_config
+from vqvae.data import load_splits
+for i, (img, lab) in enumerate(zip(images, labels)):
+    d = root / "word-classes" / ("all" if lab == 0 else "none"); d.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(img).save(d / f"{i:03d}.png")
+Image.fromarray(images[0]).save("word.png")
+run("setup: a conditional pipeline on classes named 'all' and 'none'", "pipeline", "--preset", "tiny", "--out", "words",
+    "--set", *tiny_overrides(root / "word-classes"), "prior.conditional=true", "prior.label_dropout=0.1", "train.epochs=1",
+    "prior_train.epochs=1")
+run("`sample --class all`, a class named 'all' (expect 2)", "sample", "words", "--class", "all", "--out", "sw")
+run("`inpaint --class none`, a class named 'none' (expect 2)", "inpaint", "words", "--image", "word.png", "--mask",
+    "0,8,16,16", "--out", "iw.png", "--class", "none")
+marked = images.copy()
+marked[:, 0, 0] = np.arange(len(images))  # each image's index: which split it lands in
+np.savez("held.npz", images=marked, labels=np.where(labels == 0, 3, 7))
+first_test = int(load_splits(load_config("tiny", tiny_overrides("held.npz")).data).test.tensor()[0, 0, 0, 0])
+values = np.where(labels == 0, 3, 7)
+values[first_test] = 9
+np.savez("held.npz", images=marked, labels=values)
+run("setup: a VQ-VAE on labels {3, 7, 9}, the one 9 in the held-out test split", "train", "--preset", "tiny", "--out",
+    "held", "--set", *tiny_overrides("held.npz"), "train.epochs=1")
+run("`train-prior --conditional`, class 9 only in the test split (expect 2)", "train-prior", "held", "--conditional")
 print("| input | exit | outcome (first error line, or last line of output) |\n|---|---|---|")
 for label, code, line in rows:
     print(f"| {label} | {code} | {line.replace('|', '/')} |")

@@ -565,3 +565,38 @@ def test_the_code_cache_is_keyed_by_the_images_and_every_vqvae_weight(tmp_path):
             p.mul_(-1.5)
     third = cached_codes(model, sets[1], "train", run, cpu)
     assert torch.equal(third, encode_images(model, sets[1], cpu).long()) and not torch.equal(third, second)
+
+
+@pytest.mark.parametrize("split", ["test", "validation"])
+def test_a_class_only_in_a_held_out_split_stops_a_conditional_prior(tmp_path, split):
+    """A held-out split carved from the data can take every image of a rare class: the class would be
+    in the prior (its names come from the whole data) but never trained, and --class would draw from
+    its random embedding. Training the prior refuses it in one line; with one training image it trains."""
+    from conftest import bar_images, tiny_overrides
+    from vqvae import api
+    from vqvae.config import load_config
+    from vqvae.data import load_splits
+    from vqvae.errors import DataError
+
+    images, labels = bar_images(80)
+    images[:, 0, 0] = np.arange(80)  # each image's index, to find which split it lands in
+    values = np.asarray([3, 7])[labels]
+    np.savez(tmp_path / "d.npz", images=images, labels=values)
+    cfg = load_config("tiny", tiny_overrides(tmp_path / "d.npz") + ["prior.conditional=true", "train.epochs=1",
+                                                                   "prior_train.epochs=1"])
+    splits = load_splits(cfg.data)
+    index = {name: data.tensor()[:, 0, 0, 0].tolist() for name, data in
+             (("train", splits.train), ("validation", splits.val), ("test", splits.test))}
+    values[index[split][0]] = 9  # one image of class 9, held out
+    np.savez(tmp_path / "d.npz", images=images, labels=values)
+    splits = load_splits(cfg.data)
+    assert "9" in splits.train.class_names and 2 not in splits.train.labels.tolist()  # named, never trained
+    run = tmp_path / "run"
+    api.train_vqvae(cfg, run)
+    with pytest.raises(DataError, match=f"class '9' of .*: images in the {split} split but none in training") as e:
+        api.train_prior(cfg, run)
+    assert "\n" not in str(e.value)
+    values[index["train"][0]] = 9  # and one training image: the class is learned
+    np.savez(tmp_path / "d.npz", images=images, labels=values)
+    api.train_prior(cfg, run)
+    assert api.sample(run, out_dir=tmp_path / "s", num_samples=2, device="cpu", class_="9")["num_samples"] == 2

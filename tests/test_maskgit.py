@@ -363,7 +363,8 @@ def test_tune_sampling_draws_a_maskgit_prior_with_the_runs_decoding(tmp_path, ba
 
 # ---------------------------------------------------------------------- inferring the class from the kept region
 
-from vqvae.inpainting import class_posterior, infer_classes, kept_log_likelihood  # noqa: E402
+from vqvae.inpainting import (LIKELIHOOD_BATCH_ELEMENTS, class_posterior, infer_classes, kept_log_likelihood,  # noqa: E402
+                               kept_positions, likelihood_rows_per_pass)
 from vqvae.runs import read_run_config  # noqa: E402
 from vqvae.models.prior_common import ConditionalPrior  # noqa: E402
 
@@ -447,14 +448,83 @@ def test_maskgit_likelihood_is_the_chain_rule_over_groups_of_the_kept_codes():
     masked[1, 0, 0] = True  # the maps keep different codes
     kept_log_likelihood(prior, codes, masked, torch.tensor([0, 1]), groups=3, orders=2)
     hidden = [c == prior.mask_token for c, _ in prior.inputs]
-    assert len(hidden) == 6  # 3 groups x 2 orders, one pass each
-    for order in (hidden[:3], hidden[3:]):
+    # The first group from the class alone: one all-[MASK] pass per label serves both orders; then
+    # groups 2 and 3 of each order, one pass each.
+    assert len(hidden) == 1 + 2 * 2
+    assert hidden[0].all() and prior.inputs[0][1].tolist() == [0, 1]
+    everything = torch.ones_like(masked)
+    for order in (hidden[1:3], hidden[3:]):
         assert all(h[masked].all() for h in order)  # the re-drawn region is never seen
-        assert torch.equal(order[0], masked | ~masked)  # the first group: from the class alone
-        for earlier, later in zip(order, order[1:]):  # each pass reveals the group scored before it
+        for earlier, later in zip([everything] + order, order):  # each pass reveals the group scored before it
             revealed = earlier & ~later
             assert torch.equal(earlier | later, earlier) and revealed.flatten(1).any(1).all()
-    assert not torch.equal(hidden[1], hidden[4])  # two different orders
+    assert not torch.equal(hidden[1], hidden[3])  # two different orders
+
+
+@torch.no_grad()
+def one_pass_per_class_log_likelihood(prior, codes, masked, groups=4, orders=4):
+    """(B, C) log p(kept codes | c), written the straightforward way: every class on its own, every
+    MaskGIT group and order its own pass over the whole batch (the reference for the batched rule)."""
+    B, H, W = codes.shape
+    kept = kept_positions(prior, masked)
+    columns = []
+    for c in range(prior.spec.num_classes):
+        labels = torch.full((B,), c)
+        if prior.config.kind != "maskgit":
+            log_probs = -torch.nn.functional.cross_entropy(prior(codes, labels), codes, reduction="none")
+            columns.append((log_probs * kept).sum((1, 2)))
+            continue
+        flat_kept = kept.reshape(B, H * W)
+        generator = torch.Generator().manual_seed(0)
+        total = torch.zeros(B)
+        for _ in range(orders):
+            scores = torch.rand(H * W, generator=generator).expand(B, -1)
+            rank = scores.masked_fill(~flat_kept, 2.0).argsort(1).argsort(1)
+            group = (rank * groups // flat_kept.sum(1, keepdim=True)).view(B, H, W)
+            for g in range(groups):
+                hidden = masked | (kept & (group >= g))
+                logits = prior(codes.masked_fill(hidden, prior.mask_token), labels)
+                log_probs = -torch.nn.functional.cross_entropy(logits, codes, reduction="none")
+                total += (log_probs * (kept & (group == g))).sum((1, 2))
+        columns.append(total / orders)
+    return torch.stack(columns, 1)
+
+
+@pytest.mark.parametrize("kind", ["maskgit", "pixelcnn", "transformer"])
+def test_all_classes_in_batched_passes_equal_one_pass_per_class(kind):
+    """class_posterior scores every class in shared forward passes (and MaskGIT's class-only group
+    once): the same log-likelihoods as one pass per class, whatever the number of maps per pass."""
+    from vqvae.models import GatedPixelCNN, TransformerPrior
+
+    torch.manual_seed(0)
+    config = PriorConfig(kind=kind, num_layers=2, hidden_channels=16, num_heads=2, conditional=True,
+                         label_dropout=0.1)
+    spec = PriorSpec(codebook_size=6, latent_size=4, num_classes=3)
+    prior = {"maskgit": MaskGITPrior, "pixelcnn": GatedPixelCNN, "transformer": TransformerPrior}[kind](config, spec)
+    for parameter in prior.parameters():  # random weights large enough that the classes differ clearly
+        torch.nn.init.normal_(parameter, std=0.3)
+    prior.eval()
+    B = 5
+    codes = torch.randint(0, 6, (B, 4, 4), generator=torch.Generator().manual_seed(1))
+    masked = torch.zeros(B, 4, 4, dtype=torch.bool)
+    masked[:, 2:] = True
+    masked[torch.arange(B), 1, torch.arange(B) % 4] = True  # each map keeps different codes
+    expected = one_pass_per_class_log_likelihood(prior, codes, masked)  # (B, C)
+    spread = (expected.max(1).values - expected.min(1).values).min()
+    assert spread > 100 * 1e-5  # a class mix-up would be far outside the tolerance
+    every_class = torch.arange(3)[:, None].expand(-1, B)
+    for rows in (None, 1, 4, 7):  # 4 and 7 maps per pass cut across the classes' rows
+        batched = kept_log_likelihood(prior, codes, masked, every_class, rows_per_pass=rows).T
+        assert torch.allclose(batched, expected, atol=1e-5, rtol=1e-5), (rows, (batched - expected).abs().max())
+    for c in range(3):  # one label per map: the (B,) form
+        one = kept_log_likelihood(prior, codes, masked, torch.full((B,), c))
+        assert one.shape == (B,) and torch.allclose(one, expected[:, c], atol=1e-5, rtol=1e-5)
+    assert torch.allclose(class_posterior(prior, codes, masked), torch.softmax(expected - math.log(3), 1), atol=1e-6)
+    # Maps per pass: the memory bound; an accelerator also takes at least the caller's batch.
+    per_map = 17 * max(6, 4 * 16, 17)
+    assert likelihood_rows_per_pass(prior, 10 ** 6, 17, "cpu") == LIKELIHOOD_BATCH_ELEMENTS // per_map < 10 ** 6
+    assert likelihood_rows_per_pass(prior, 10 ** 6, 17, "cuda") == 10 ** 6
+    assert likelihood_rows_per_pass(prior, 1, 17, "cuda") == LIKELIHOOD_BATCH_ELEMENTS // per_map
 
 
 def test_autoregressive_kept_likelihood_is_exact(trained_run):
@@ -543,3 +613,55 @@ def test_inpaint_class_none_needs_an_unconditional_mode(trained_run, tmp_path, c
                  "--out", str(tmp_path / "out.png"), "--class", "none"])
     err = capsys.readouterr().err
     assert code == 2 and "no unconditional mode" in err and err.count("\n") == 1
+
+
+@pytest.fixture(scope="module")
+def word_class_run(tmp_path_factory):
+    """A tiny conditional run whose classes are named 'all' and 'none' (folders all/ and none/)."""
+    root = tmp_path_factory.mktemp("word-classes")
+    images, labels = bar_images(80)
+    for i, (img, label) in enumerate(zip(images, labels)):
+        folder = root / ("all" if label == 0 else "none")
+        folder.mkdir(exist_ok=True)
+        Image.fromarray(img).save(folder / f"{i:04d}.png")
+    run = tmp_path_factory.mktemp("word-class-run")
+    cfg = load_config("tiny", tiny_overrides(root) + MASKGIT_SETTINGS + [
+        "prior.conditional=true", "prior.label_dropout=0.2", "train.epochs=1", "prior_train.epochs=1"])
+    api.train_vqvae(cfg, run)
+    api.train_prior(cfg, run)
+    return run
+
+
+def test_a_class_named_like_a_command_word_is_ambiguous_there_and_a_name_elsewhere(word_class_run, tmp_path,
+                                                                                     capsys, monkeypatch):
+    """`inpaint --class none` and `sample --class all` mean a mode; with a class of that name they are a
+    one-line error naming its index. The other command's word is just the class's name."""
+    from vqvae.sampling import class_labels
+
+    prior, _, _ = load_prior(word_class_run, "cpu")
+    assert prior.spec.class_names == ("all", "none") and prior.null_class is not None
+    Image.fromarray(bar_images(1)[0][0]).save(tmp_path / "one.png")
+    inpaint = ["inpaint", str(word_class_run), "--image", str(tmp_path / "one.png"), "--mask", "0,8,16,16"]
+    sample = ["sample", str(word_class_run), "-n", "4"]
+    for argv, message in ((inpaint + ["--out", str(tmp_path / "x.png"), "--class", "none"],
+                           "--class none is ambiguous: it means the prior's unconditional mode, and this prior also "
+                           "has a class named 'none' (index 1); pass --class 1 to draw that class"),
+                          (sample + ["--out", str(tmp_path / "s"), "--class", "all"],
+                           "--class all is ambiguous: it means every class, and this prior also has a class named "
+                           "'all' (index 0); pass --class 0 to draw that class")):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1
+    # The word a command does not use names the class; the index the error suggests draws it.
+    assert class_labels(prior, "none", 3, "cpu")[0].tolist() == [1, 1, 1]
+    assert class_labels(prior, "all", 2, "cpu", every_class=False)[0].tolist() == [0, 0]
+    given = []
+    complete = type(prior).complete
+    with monkeypatch.context() as patched:
+        patched.setattr(type(prior), "complete", lambda self, codes, masked, labels=None, **kw:
+                        given.append(labels.tolist()) or complete(self, codes, masked, labels, **kw))
+        for i, class_ in enumerate(("all", "1")):
+            assert main(inpaint + ["--out", str(tmp_path / f"in{i}.png"), "--class", class_]) == 0
+    assert given == [[0], [1]]
+    assert main(sample + ["--out", str(tmp_path / "s"), "--class", "none"]) == 0
+    assert np.load(tmp_path / "s" / "samples.npy").shape[0] == 4

@@ -26,18 +26,21 @@ Inferring the class (Bayes): p(c | kept codes) is proportional to p(kept codes |
 p(c) the class frequencies the prior records (`spec.class_weights`: pseudo-classes carry their
 clusters' training frequencies), else uniform (named classes record none). p(kept codes | c):
 - autoregressive priors: exact, the log-likelihood of the codes before the first masked position
-  in raster order (the codes `complete` keeps), from one forward pass per class;
+  in raster order (the codes `complete` keeps), from one forward pass of each map under each class;
 - MaskGIT, which has no exact likelihood: the chain rule over groups. The kept codes are split
   into `LIKELIHOOD_GROUPS` disjoint groups of about equal size in a random order; group g is
   predicted given the class, the groups before it and nothing else (the later groups and the
   re-drawn region are [MASK]), its codes scored independently given that context (the
   factorisation MaskGIT's own parallel steps assume), and the log-probabilities are summed
   over the groups. The estimate is averaged (in log space) over `LIKELIHOOD_ORDERS` orders drawn
-  from a fixed seed, so it does not depend on the caller's random state. One forward pass per
-  group, order and class. Chosen on validation digits over a pseudo-likelihood (each group
+  from a fixed seed, so it does not depend on the caller's random state. One forward pass of each
+  map per later group, order and class; the first group sees no code, so one all-[MASK] pass per
+  class serves every map and order. Chosen on validation digits over a pseudo-likelihood (each group
   given all other kept codes), which found the class less often: given most of the map, the
   codes predict each other and the class token barely matters (docs/benchmarks-maskgit.md).
 The class is then the posterior's argmax, or a draw from the posterior (`class_choice`).
+Every class is scored in the same forward passes: the (map, class) pairs run as one batch, cut into
+passes bounded by `LIKELIHOOD_BATCH_ELEMENTS` (`likelihood_rows_per_pass`).
 """
 from __future__ import annotations
 
@@ -59,7 +62,7 @@ from .figures import save_grid
 from .files import atomic_save_npy, atomic_write_bytes, atomic_write_text
 from .models import VQVAE
 from .runs import check_output_path, check_prior_matches, load_prior, load_vqvae
-from .sampling import check_guidance, class_labels, effective_guidance
+from .sampling import check_class_word, check_guidance, class_labels, effective_guidance
 from .training.distributed import resolve_device
 
 # How the inferred class is chosen from its posterior: its argmax, or a draw from it (keeps diversity
@@ -72,6 +75,10 @@ DEFAULT_CLASS_CHOICE = "argmax"
 LIKELIHOOD_GROUPS = 4
 LIKELIHOOD_ORDERS = 4
 LIKELIHOOD_SEED = 0
+# Scoring kept codes runs every class in the same forward passes, each holding as many code maps as
+# keep its largest float tensor under this many elements (8 MiB): on a CPU larger passes were slower
+# per map (docs/benchmarks-maskgit.md); an accelerator also takes at least the caller's batch per pass.
+LIKELIHOOD_BATCH_ELEMENTS = 2 ** 21
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
@@ -216,35 +223,82 @@ def kept_positions(prior, masked: torch.Tensor) -> torch.Tensor:
     return (torch.arange(H * W, device=masked.device)[None] < first[:, None]).view(B, H, W)
 
 
+def likelihood_rows_per_pass(prior, batch: int, positions: int, device) -> int:
+    """Code maps per forward pass when scoring kept codes: as many as keep one pass's largest float
+    tensor under LIKELIHOOD_BATCH_ELEMENTS (per map and position: the logits' K, the MLP's 4 x width,
+    or a head's attention row of `positions`), at least one; on an accelerator at least `batch`, the
+    caller's batch of maps (the re-draw runs twice that at once), as the passes before batching were."""
+    per_row = positions * max(prior.spec.codebook_size, 4 * prior.config.hidden_channels, positions)
+    rows = LIKELIHOOD_BATCH_ELEMENTS // per_row
+    return max(1, rows if torch.device(device).type == "cpu" else max(rows, batch))
+
+
 @torch.no_grad()
 def kept_log_likelihood(prior, codes: torch.Tensor, masked: torch.Tensor, labels: torch.Tensor | None,
-                        groups: int = LIKELIHOOD_GROUPS, orders: int = LIKELIHOOD_ORDERS) -> torch.Tensor:
-    """(B,) log p(kept codes | labels) in nats: exact for the autoregressive priors; for
-    MaskGIT the chain rule over `groups` groups of the kept codes, averaged over `orders` random
-    orders (see the module docstring)."""
-    kept = kept_positions(prior, masked)
+                        groups: int = LIKELIHOOD_GROUPS, orders: int = LIKELIHOOD_ORDERS,
+                        rows_per_pass: int | None = None) -> torch.Tensor:
+    """log p(kept codes | labels) in nats: exact for the autoregressive priors; for MaskGIT the
+    chain rule over `groups` groups of the kept codes, averaged over `orders` random orders (see
+    the module docstring). `labels` (B,) gives (B,); `labels` (R, B) gives (R, B), map b scored
+    under labels[r, b] for every r (`class_posterior` asks for every class at once). The R x B
+    (map, label) rows run through the prior in batches of `rows_per_pass` maps (default
+    `likelihood_rows_per_pass`), whatever their label, so all classes share each forward pass."""
     B, H, W = codes.shape
+    single = labels is None or labels.dim() == 1
+    label_rows = (labels if labels is not None else torch.zeros(B, dtype=torch.long, device=codes.device))
+    label_rows = label_rows.reshape(-1, B)  # (R, B)
+    flat_labels = label_rows.reshape(-1) if labels is not None else None  # (R * B,): row r * B + b is map b
+    kept = kept_positions(prior, masked)
+    rows = rows_per_pass or likelihood_rows_per_pass(prior, B, H * W + 1, codes.device)
+    total = torch.zeros(label_rows.numel(), device=codes.device)  # float32: MPS has no float64
+
+    def scored_sum(inputs, index, scored):  # log-probs of the true codes, summed over `scored`, per row
+        logits = prior(inputs, flat_labels[index] if flat_labels is not None else None)  # (n, K, H, W)
+        log_probs = -F.cross_entropy(logits.float(), codes[index % B], reduction="none")  # (n, H, W)
+        return (log_probs * scored).sum((1, 2))
+
     if prior.config.kind != "maskgit":
         # A causal prior's logits at a kept position read only earlier (kept) codes.
-        log_probs = -F.cross_entropy(prior(codes, labels).float(), codes, reduction="none")  # (B, H, W)
-        return (log_probs * kept).sum((1, 2))
+        for start in range(0, len(total), rows):
+            index = torch.arange(start, min(start + rows, len(total)), device=codes.device)
+            total[index] = scored_sum(codes[index % B], index, kept[index % B])
+        return total if single else total.view(-1, B)
     flat_kept = kept.reshape(B, H * W)
     count = flat_kept.sum(1, keepdim=True).clamp_min(1)  # (B, 1)
     generator = torch.Generator().manual_seed(LIKELIHOOD_SEED)
-    total = torch.zeros(B, device=codes.device)  # float32: MPS has no float64
+    group = []  # per order: (B, H, W) each code's group, 0..groups-1 on the kept codes
     for _ in range(orders):
         scores = torch.rand(H * W, generator=generator).to(codes.device).expand(B, -1)
         rank = scores.masked_fill(~flat_kept, 2.0).argsort(1).argsort(1)  # (B, L): kept codes first, in order
-        group = (rank * groups // count).view(B, H, W)  # 0..groups-1 on the kept codes
-        for g in range(groups):
-            scored = kept & (group == g)
-            if not scored.any():
-                continue
-            hidden = masked | (kept & (group >= g))  # predict group g from the groups before it only
-            logits = prior(codes.masked_fill(hidden, prior.mask_token), labels)  # (B, K, H, W)
-            log_probs = -F.cross_entropy(logits.float(), codes, reduction="none")  # (B, H, W)
-            total += (log_probs * scored).sum((1, 2))
-    return total / orders
+        group.append((rank * groups // count).view(B, H, W))
+    # Group 0 is predicted from the class alone (every code hidden): one all-[MASK] pass per distinct
+    # label serves every map and every order.
+    distinct, which = torch.unique(label_rows, return_inverse=True)  # which: (R, B) index into distinct
+    first_scored = torch.stack([kept & (g == 0) for g in group]).sum(0)  # (B, H, W): orders scoring it in group 0
+    first = torch.zeros(len(distinct), B, device=codes.device)  # (D, B): group 0's log-probs, summed over orders
+    positions = torch.arange(H * W, device=codes.device)
+    per_label = max(1, rows // B)
+    for start in range(0, len(distinct), per_label):
+        part = distinct[start:start + per_label]
+        blank = torch.full((len(part), H, W), prior.mask_token, dtype=torch.long, device=codes.device)
+        logits = prior(blank, part if labels is not None else None)  # (d, K, H, W)
+        log_probs = torch.log_softmax(logits.float().flatten(2), 1)  # (d, K, L)
+        true = log_probs[:, codes.reshape(B, H * W), positions]  # (d, B, L): each map's true codes
+        first[start:start + per_label] = (true * first_scored.reshape(1, B, H * W)).sum(2)
+    total += first.gather(0, which).reshape(-1)
+    for start in range(0, len(total), rows):
+        index = torch.arange(start, min(start + rows, len(total)), device=codes.device)
+        image = index % B
+        for order in group:
+            row_group = order[image]
+            for g in range(1, groups):
+                scored = kept[image] & (row_group == g)
+                if not scored.any():
+                    continue
+                hidden = masked[image] | (kept[image] & (row_group >= g))  # group g from the groups before it only
+                total[index] += scored_sum(codes[image].masked_fill(hidden, prior.mask_token), index, scored)
+    total = total / orders
+    return total if single else total.view(-1, B)
 
 
 def class_log_prior(prior) -> torch.Tensor:
@@ -267,9 +321,8 @@ def class_posterior(prior, codes: torch.Tensor, masked: torch.Tensor) -> torch.T
                           + (" (an autoregressive prior keeps only the codes before the first masked one, in raster "
                              "order)" if prior.config.kind != "maskgit" else "")
                           + ": pass --class to name the class, or --class none for the unconditional mode")
-    log_likelihood = torch.stack([kept_log_likelihood(prior, codes, masked,
-                                                      torch.full((B,), c, dtype=torch.long, device=codes.device))
-                                  for c in range(prior.spec.num_classes)], 1)  # (B, C)
+    every_class = torch.arange(prior.spec.num_classes, device=codes.device)[:, None].expand(-1, B)  # (C, B)
+    log_likelihood = kept_log_likelihood(prior, codes, masked, every_class).T  # (B, C)
     return torch.softmax(log_likelihood + class_log_prior(prior).to(codes.device), 1)
 
 
@@ -391,9 +444,7 @@ def inpaint(run_dir: str | Path, image: str | Path | torch.Tensor, mask: str | t
             raise ConfigError(f"--class-choice {class_choice} chooses the class inferred from the kept region: it "
                               f"needs a class-conditional prior and no --class (here: "
                               f"{'--class ' + class_ if class_ is not None else 'an unconditional prior'})")
-    if class_ == "none" and prior.conditional and "none" in prior.spec.class_names:
-        raise ConfigError(f"--class none is ambiguous: this prior has a class named 'none' (index "
-                          f"{prior.spec.class_names.index('none')}); pass that index to draw it")
+    check_class_word(prior, class_, "none", "the prior's unconditional mode")
     if class_ == "none":
         if not prior.conditional:
             raise ConfigError("--class none is a conditional prior's unconditional mode; this prior is "
@@ -406,9 +457,9 @@ def inpaint(run_dir: str | Path, image: str | Path | torch.Tensor, mask: str | t
         labels = torch.zeros(len(images), dtype=torch.long, device=dev)  # any class: guidance 0 ignores it
         guidance = 0.0
     elif class_ is not None:
-        if class_ == "all":
+        if class_ == "all" and "all" not in prior.spec.class_names:
             raise ConfigError("--class all is for sampling; inpainting takes one class index or name, or 'none'")
-        labels, _ = class_labels(prior, class_, len(images), dev)
+        labels, _ = class_labels(prior, class_, len(images), dev, every_class=False)
         if guidance is None:
             guidance = effective_guidance(prior, s.guidance)
     elif infer:

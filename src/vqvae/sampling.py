@@ -35,8 +35,20 @@ def decode_and_save(model, codes: torch.Tensor, npy_path: Path, batch: int = 500
     return images
 
 
-def class_labels(prior, class_: str | int | None, num_samples: int, device) -> tuple[torch.Tensor | None, int]:
-    """Labels for conditional sampling, and the grid's row length."""
+def check_class_word(prior, class_: str | int | None, word: str, meaning: str) -> None:
+    """A word a command gives its own meaning to (`sample --class all`, `inpaint --class none`) is
+    ambiguous when the prior also has a class of that name: an error that says how to draw the class.
+    A word the command does not use is a class name like any other."""
+    if str(class_) == word and prior.conditional and word in prior.spec.class_names:
+        index = list(prior.spec.class_names).index(word)
+        raise ConfigError(f"--class {word} is ambiguous: it means {meaning}, and this prior also has a class named "
+                          f"'{word}' (index {index}); pass --class {index} to draw that class")
+
+
+def class_labels(prior, class_: str | int | None, num_samples: int, device,
+                 every_class: bool = True) -> tuple[torch.Tensor | None, int]:
+    """Labels for conditional sampling, and the grid's row length. `every_class`: "all" means every
+    class (sampling), else it can only be a class's name (inpainting)."""
     spec = prior.spec
     if class_ is None or class_ == "":
         if prior.conditional and spec.class_weights:
@@ -47,7 +59,9 @@ def class_labels(prior, class_: str | int | None, num_samples: int, device) -> t
     if not prior.conditional:
         raise ConfigError("--class needs a class-conditional prior (train it with `train-prior --conditional`); "
                           "this prior is unconditional")
-    if str(class_) == "all":
+    if every_class:
+        check_class_word(prior, class_, "all", "every class")
+    if str(class_) == "all" and every_class:
         per_class = max(1, num_samples // spec.num_classes)
         return torch.arange(spec.num_classes, device=device).repeat_interleave(per_class), per_class
     names = list(spec.class_names)

@@ -223,6 +223,23 @@ MASKED_NATS_MEANING = (f"MaskGIT's masked cross-entropy, nats per masked code: m
                        f"{VALIDATION_MASK_SEED}); not a likelihood, not comparable with bits per code")
 
 
+def check_classes_trained(train_set: ImageSet, held_out: dict[str, ImageSet | None]) -> None:
+    """A class with held-out images but no training image (a held-out split drawn from a folder can
+    take every image of a rare class) would sit in a conditional prior untrained: `--class` would
+    draw from its random embedding and class inference could pick it. A one-line error instead."""
+    trained = set(train_set.labels.unique().tolist())
+    for split, data in held_out.items():
+        if data is None or data.labels is None:
+            continue
+        missing = sorted(set(data.labels.unique().tolist()) - trained)
+        if missing:
+            names = ", ".join(repr(train_set.class_names[c]) for c in missing[:10])
+            what, it = ("class", "it") if len(missing) == 1 else (f"{len(missing)} classes", "them")
+            raise DataError(f"{what} {names} of {train_set.name}: images in the {split} split but none in "
+                            f"training; a conditional prior would never learn {it}, and --class would draw from an "
+                            f"untrained class: add training images of {it}, or remove {it} from the data")
+
+
 @locks_run("train-prior", lambda a: a["run_dir"])
 def train_prior(config: RunConfig, run_dir: str | Path, resume: bool = False,
                 data: Splits | tuple[ImageSet, ImageSet] | None = None) -> TrainResult:
@@ -264,6 +281,8 @@ def train_prior(config: RunConfig, run_dir: str | Path, resume: bool = False,
         names = load_checkpoint(checkpoint_path(run_dir, "prior", "last"), kind="prior")["prior_spec"]["class_names"]
         train_set, test_set = relabel(train_set, names), relabel(test_set, names)
         val_set = relabel(val_set, names) if val_set is not None else None
+    if config.prior.conditional and not pseudo:
+        check_classes_trained(train_set, {"validation": val_set, "test": test_set})
     split_names = {"train": train_set, "val": val_set, "test": test_set}
     # Rank 0 encodes (and caches) first; the others then read the cache.
     shifts = config.prior.train_shifts
