@@ -43,16 +43,20 @@ def memory_data(n=160) -> tuple[ImageSet, ImageSet]:
     return train, test
 
 
-@pytest.fixture(scope="session")
-def bar_folder(tmp_path_factory):
-    """A folder of PNGs in class subfolders (horizontal/, vertical/)."""
-    root = tmp_path_factory.mktemp("bars")
-    images, labels = bar_images(240)
+def save_bar_folder(root, n: int, class_names=("horizontal", "vertical")):
+    """n bar images as PNGs in one subfolder per class of `root`, named by `class_names` (label 0, 1)."""
+    images, labels = bar_images(n)
     for i, (img, label) in enumerate(zip(images, labels)):
-        folder = root / ("horizontal" if label == 0 else "vertical")
+        folder = root / class_names[label]
         folder.mkdir(exist_ok=True)
         Image.fromarray(img).save(folder / f"{i:04d}.png")
     return root
+
+
+@pytest.fixture(scope="session")
+def bar_folder(tmp_path_factory):
+    """A folder of PNGs in class subfolders (horizontal/, vertical/)."""
+    return save_bar_folder(tmp_path_factory.mktemp("bars"), 240)
 
 
 def tiny_overrides(folder) -> list[str]:

@@ -220,7 +220,7 @@ def test_evaluate_and_report_keep_the_masked_loss_out_of_bits_per_code(maskgit_r
 
 from PIL import Image  # noqa: E402
 
-from conftest import bar_images  # noqa: E402
+from conftest import bar_images, save_bar_folder  # noqa: E402
 from vqvae.config import ModelConfig, QuantizerConfig  # noqa: E402
 from vqvae.inpainting import code_mask, inpaint_images, parse_mask, receptive_field  # noqa: E402
 from vqvae.models import VQVAE  # noqa: E402
@@ -618,12 +618,7 @@ def test_inpaint_class_none_needs_an_unconditional_mode(trained_run, tmp_path, c
 @pytest.fixture(scope="module")
 def word_class_run(tmp_path_factory):
     """A tiny conditional run whose classes are named 'all' and 'none' (folders all/ and none/)."""
-    root = tmp_path_factory.mktemp("word-classes")
-    images, labels = bar_images(80)
-    for i, (img, label) in enumerate(zip(images, labels)):
-        folder = root / ("all" if label == 0 else "none")
-        folder.mkdir(exist_ok=True)
-        Image.fromarray(img).save(folder / f"{i:04d}.png")
+    root = save_bar_folder(tmp_path_factory.mktemp("word-classes"), 80, ("all", "none"))
     run = tmp_path_factory.mktemp("word-class-run")
     cfg = load_config("tiny", tiny_overrides(root) + MASKGIT_SETTINGS + [
         "prior.conditional=true", "prior.label_dropout=0.2", "train.epochs=1", "prior_train.epochs=1"])

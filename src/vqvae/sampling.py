@@ -59,9 +59,8 @@ def class_labels(prior, class_: str | int | None, num_samples: int, device,
     if not prior.conditional:
         raise ConfigError("--class needs a class-conditional prior (train it with `train-prior --conditional`); "
                           "this prior is unconditional")
-    if every_class:
+    if every_class and str(class_) == "all":
         check_class_word(prior, class_, "all", "every class")
-    if str(class_) == "all" and every_class:
         per_class = max(1, num_samples // spec.num_classes)
         return torch.arange(spec.num_classes, device=device).repeat_interleave(per_class), per_class
     names = list(spec.class_names)
