@@ -17,7 +17,6 @@ The machine may be shared and loaded: timings compare only within one series of 
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import time
@@ -30,6 +29,8 @@ import vqvae
 from vqvae.data import load_dataset
 from vqvae.inpainting import class_posterior, code_mask
 from vqvae.runs import load_prior, load_vqvae
+
+from result_file import print_and_write
 
 HERE = Path(__file__).resolve().parent
 MNIST_TEST = next((p for p in (HERE.parent.parent / "shared" / "data" / "mnist", Path("/work/shared/data/mnist"))
@@ -98,10 +99,7 @@ def main() -> None:
         other = torch.from_numpy(np.load(args.compare))
         out["compared_with"] = {"file": args.compare, "max_abs_posterior_difference": float((posterior - other).abs().max()),
                                 "same_argmax": bool(torch.equal(posterior.argmax(1), other.argmax(1)))}
-    text = json.dumps(out, indent=2)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(text + "\n")
+    print_and_write(out, args.json)
 
 
 if __name__ == "__main__":

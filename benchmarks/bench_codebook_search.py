@@ -56,6 +56,8 @@ from vqvae.models.codebook_search import (BY_FP32_SEARCH, BY_TWO_CANDIDATES, bes
                                           triton_available)
 from vqvae.models.quantizer import VectorQuantizer, nearest_codes
 
+from result_file import print_and_write
+
 
 def triton_version() -> str:
     import triton
@@ -296,10 +298,7 @@ def main() -> None:
                                                                                              args.reps, args.quick))
                                 for codes in ((8192, 16384) if not args.quick else (512,)) for precision in ("fp32", "fast")}
     print(json.dumps(results["train_step_ms"]), flush=True)
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    print_and_write(results, args.out)
 
 
 if __name__ == "__main__":

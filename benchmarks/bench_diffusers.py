@@ -20,7 +20,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -31,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from result_file import print_and_write
 
 HERE = Path(__file__).resolve().parent
 MNIST_TEST = Path(os.environ.get("MNIST_TEST", "/work/shared/data/mnist"))  # the t10k IDX files
@@ -198,10 +199,7 @@ def main() -> None:
         "speed": {"config": "vqgan-f8-64 at 64x64, fp32, inference mode", "batch": args.batch,
                   "repeats": args.repeats, **timing},
         "seconds": round(time.perf_counter() - started, 1)}
-    text = json.dumps(result, indent=2)
-    print(text)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text + "\n")
+    print_and_write(result, args.out)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ Prints one JSON document and writes it to --out. Most of the time is training (1
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -33,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from result_file import print_and_write
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_TEST = HERE.parent.parent / "shared" / "data" / "mnist"
@@ -150,10 +151,7 @@ def main() -> None:
             time_throughput(model, tmp / "onnx" / "encoder.onnx", tmp / "onnx" / "decoder.onnx",
                             images[:args.batch1_images] if batch == 1 else images, batch, args.rounds, threads)
             for threads in args.threads for batch in args.batch_sizes]
-    text = json.dumps(result, indent=2)
-    print(text)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text + "\n")
+    print_and_write(result, args.out)
 
 
 if __name__ == "__main__":

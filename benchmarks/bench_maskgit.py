@@ -33,7 +33,6 @@ The machine may be shared and loaded: timings are only comparable within one run
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -48,6 +47,8 @@ from vqvae.inpainting import code_mask, inpaint_images, receptive_field
 from vqvae.metrics.sample_quality import load_or_train_classifier, predict
 from vqvae.models import MaskGITPrior, PriorSpec, TransformerPrior
 from vqvae.runs import load_prior, load_vqvae, read_metrics
+
+from result_file import print_and_write
 
 HERE = Path(__file__).resolve().parent
 # The 10,000 MNIST test images as IDX files: beside the checkout (../shared), or the workspace's.
@@ -262,10 +263,7 @@ def main() -> None:
     result["machine"] = (f"one {torch.cuda.get_device_name(torch.device(args.device))} GPU; fp32" if on_gpu else
                          "a shared 2-core CPU machine loaded by other jobs; torch threads 1; "
                          "timings compare only within this run")
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(text + "\n")
+    print_and_write(result, args.json)
 
 
 if __name__ == "__main__":

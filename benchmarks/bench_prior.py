@@ -56,6 +56,8 @@ from vqvae.metrics.protocol import score_samples
 from vqvae.runs import load_prior, load_vqvae, read_metrics
 from vqvae.training.prior_stage import cached_codes, heldout_bits
 
+from result_file import print_and_write
+
 HERE = Path(__file__).resolve().parent
 COMMON = ["train.progress=false", "prior_train.progress=false", "train.device=cpu", "prior_train.device=cpu"]
 DEFAULT_TEST = HERE.parent.parent / "shared" / "data" / "mnist"
@@ -412,11 +414,7 @@ def main():
         ap.error("score needs RUN, a run folder with a trained prior")
     result = {"ablation": ablation, "demo": demo, "score": score, "kinds": kinds}[args.part](args, common)
     result = {"part": args.part, "started": started, "torch_threads": torch.get_num_threads(), **result}
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text + "\n")
+    print_and_write(result, args.json)
 
 
 if __name__ == "__main__":

@@ -49,6 +49,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from result_file import print_and_write
+
 HERE = Path(__file__).resolve().parent
 DEFAULT_MNIST_TEST = HERE.parent.parent / "shared" / "data" / "mnist"  # ../shared beside the checkout
 ROTATION = ["quantizer.gradient=rotation"]
@@ -247,10 +249,7 @@ def main() -> None:
             row["target_bits"] = bits
             results["rows"].append(row)
             print(json.dumps(row), flush=True)
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    print_and_write(results, args.out)
 
 
 if __name__ == "__main__":

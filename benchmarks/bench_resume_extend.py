@@ -12,7 +12,6 @@ compared) and test MSE of the best-on-validation weights, as every run reports t
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import tempfile
 import time
@@ -24,6 +23,8 @@ from vqvae import api
 from vqvae.config import apply_overrides, get_preset
 from vqvae.data import load_splits
 from vqvae.training import loop
+
+from result_file import print_and_write
 
 
 def train(cfg, run_dir, resume=False, data=None):
@@ -70,10 +71,7 @@ def main():
             finally:
                 loop._resumed_settings = original
     results["seconds"] = round(time.perf_counter() - t0, 1)
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    print_and_write(results, args.out)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ Prints one JSON document.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +30,7 @@ from vqvae.metrics.sample_quality import calibrated_scores, features, frechet_di
 from vqvae.runs import load_vqvae
 
 from bench_prior import DEFAULT_TEST, mnist_test
+from result_file import print_and_write
 
 
 class OldClassifier(nn.Module):
@@ -114,10 +114,7 @@ def main():
             **{f"frechet_{k}": r["frechet_distance"] for k, r in scores["rows"].items()},
             **{f"precision_{k}": r["precision"] for k, r in scores["rows"].items()},
             **{f"recall_{k}": r["recall"] for k, r in scores["rows"].items()}}
-    text = json.dumps(out, indent=2)
-    print(text)
-    if args.json:
-        args.json.write_text(text + "\n")
+    print_and_write(out, args.json)
 
 
 if __name__ == "__main__":

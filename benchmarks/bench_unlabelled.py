@@ -43,6 +43,7 @@ from vqvae.runs import load_vqvae
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from bench_prior import COMMON, demo_against_seed, score_row, trained_prior  # noqa: E402  (one copy of the shared helpers)
+from result_file import print_and_write  # noqa: E402
 
 # /work/shared beside the checkout (/work/main) or beside the folder of worktrees (/work/wt/BRANCH).
 SHARED = next((p / "shared" for p in HERE.parents[1:3] if (p / "shared").is_dir()), HERE.parents[1] / "shared")
@@ -184,11 +185,7 @@ def main():
     result = {"ablation": ablation, "demo": demo, "purity": purity}[args.part](args)
     result = {"part": args.part, "started": started, "torch_threads": torch.get_num_threads(),
               "machine": "2-core CPU shared with other jobs (loaded); only ratios within one run compare", **result}
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text + "\n")
+    print_and_write(result, args.json)
 
 
 if __name__ == "__main__":

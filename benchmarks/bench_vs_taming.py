@@ -77,6 +77,8 @@ from vqvae.training.distributed import setup
 from vqvae.training.loop import Optimised, amp_enabled, fit, make_optimizer
 from vqvae.training.vqvae_stage import VQVAEStage, build_vqvae
 
+from result_file import print_and_write
+
 PRESET = "vqgan-f8-64"
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -430,12 +432,9 @@ def main() -> None:
                                                       "goal": 1.5}
         ours_p, taming_p = result["ours"]["parameters"], result[f"taming_{fastest}"]["parameters"]
         result["parameter_difference"] = {k: ours_p[k] - taming_p[k] for k in ours_p}
-    text = json.dumps(result, indent=2)
-    print(text)
     out = args.out or RESULTS / (f"{gpu.split()[1].lower() if gpu and len(gpu.split()) > 1 else 'gpu'}-vs-taming.json"
                                  if gpu else "cpu-smoke-vs-taming.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text + "\n")
+    print_and_write(result, out)
     if any("error" in result[name] for name, _ in parts):
         sys.exit(1)
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 import bench_quantizers as bench
+from result_file import print_and_write
 
 
 @torch.no_grad()
@@ -92,10 +93,7 @@ def main() -> None:
     report["trained"] = channel_report(result.model, val)
     report["history"] = [{k: h.get(k) for k in ("epoch", "codes_used", "val_codes_used", "val_mse")}
                          for h in result.history]
-    text = json.dumps(report, indent=1)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    print_and_write(report, args.out, indent=1)
 
 
 if __name__ == "__main__":

@@ -23,9 +23,7 @@ code mask (code rows 3-6 re-drawn, rows 0-2 kept).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 
 import torch
 
@@ -33,6 +31,8 @@ from vqvae.data import load_splits
 from vqvae.inpainting import class_log_prior, class_posterior, code_mask
 from vqvae.metrics.sample_quality import load_or_train_classifier, predict
 from vqvae.runs import load_prior, load_vqvae
+
+from result_file import print_and_write
 
 
 def scores(posterior: torch.Tensor, labels: torch.Tensor) -> dict:
@@ -143,10 +143,7 @@ def main() -> None:
         f"any_of_{args.best_of}_nearest_classified_as_c": round(hits.any(1).float().mean().item(), 4),
         f"mean_over_{args.best_of}_nearest_classified_as_c": round(hits.float().mean().item(), 4)}
     out["machine"] = "a shared, loaded 2-core CPU machine; torch threads 1"
-    text = json.dumps(out, indent=2)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(text + "\n")
+    print_and_write(out, args.json)
 
 
 if __name__ == "__main__":
