@@ -154,7 +154,7 @@ class LossConfig:
     discriminator (Esser et al., CVPR 2021, section 3.1). The discriminator has its own Adam
     (train.adam_betas, its own learning rate) and is saved in the same checkpoints."""
 
-    reconstruction: str = "l2"  # "l2" (MSE, the seed) or "l1" (taming's)
+    reconstruction: str = "l2"  # "l2" (MSE on [0, 1], the seed) or "l1" (taming's, on [-1, 1])
     # "none"; "lpips": LPIPS with VGG16 features (an error before training when the VGG16 weights are
     # missing); "auto": lpips when the weights are found, else none, said in one line.
     perceptual: str = "none"

@@ -34,9 +34,11 @@ def uses_objective(cfg: LossConfig) -> bool:
 
 
 def reconstruction_loss(x_hat: torch.Tensor, x: torch.Tensor, kind: str) -> torch.Tensor:
-    """Mean absolute ("l1", taming's) or squared ("l2") error per pixel, in fp32."""
+    """Per-pixel mean, in fp32, of images in [0, 1]: "l1" is taming's absolute error, taken on the
+    [-1, 1] scale its networks see (twice the [0, 1] error), so perceptual_weight=1 and the
+    adaptive weight balance the terms as taming's do; "l2" is the seed's squared error on [0, 1]."""
     diff = x_hat.float() - x.float()
-    return diff.abs().mean() if kind == "l1" else diff.pow(2).mean()
+    return 2 * diff.abs().mean() if kind == "l1" else diff.pow(2).mean()
 
 
 def generator_adversarial_loss(logits_fake: torch.Tensor, kind: str) -> torch.Tensor:
@@ -59,10 +61,12 @@ def discriminator_accuracy(logits_real: torch.Tensor, logits_fake: torch.Tensor)
     return 0.5 * ((logits_real > 0).float().mean() + (logits_fake < 0).float().mean())
 
 
-def r1_penalty(logits_real: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-    """E ||grad_x D(x)||^2 on real images (Mescheder et al., ICML 2018); `real` requires grad."""
+def r1_penalty(logits_real: torch.Tensor, real: torch.Tensor, input_scale: float = 2.0) -> torch.Tensor:
+    """E ||grad D||^2 on real images (Mescheder et al., ICML 2018); `real` (in [0, 1]) requires grad.
+    The gradient is taken with respect to what the discriminator reads, input_scale * real - 1
+    ([-1, 1], as the literature's R1 weights assume): d/dreal divided by input_scale."""
     (grad,) = torch.autograd.grad(logits_real.sum(), real, create_graph=True)
-    return grad.float().pow(2).flatten(1).sum(1).mean()
+    return (grad.float() / input_scale).pow(2).flatten(1).sum(1).mean()
 
 
 def _mean_over_processes(t: torch.Tensor) -> torch.Tensor:
