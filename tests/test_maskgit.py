@@ -34,14 +34,16 @@ def maskgit(conditional=False, label_dropout=0.0, size=5, codes=6, classes=3):
 def test_training_mask_counts_follow_the_cosine_schedule():
     L = 49
     u = torch.tensor([0.0, 0.25, 0.5, 0.75, 0.999999])
-    expected = [49, math.floor(49 * math.cos(math.pi / 8)), math.floor(49 * math.cos(math.pi / 4)),
-                math.floor(49 * math.cos(3 * math.pi / 8)), 1]  # at least one masked
+    expected = [49, math.ceil(49 * math.cos(math.pi / 8)), math.ceil(49 * math.cos(math.pi / 4)),
+                math.ceil(49 * math.cos(3 * math.pi / 8)), 1]  # at least one masked
     assert training_mask_counts(u, L).tolist() == expected
     codes = torch.zeros(2000, 7, 7, dtype=torch.long)
     counts = training_mask(codes, torch.Generator().manual_seed(0)).flatten(1).sum(1).float()
     assert counts.min() >= 1 and counts.max() <= L
-    # E[cos(pi/2 u)] = 2/pi of the codes (minus the floor's half a code on average)
-    assert abs(counts.mean().item() - (L * 2 / math.pi - 0.5)) < 1.0
+    # E[cos(pi/2 u)] = 2/pi of the codes (plus the ceiling's half a code on average)
+    assert abs(counts.mean().item() - (L * 2 / math.pi + 0.5)) < 1.0
+    # Fully masked maps (what sampling starts from): P(cos(pi/2 u) > 1 - 1/L) = 12.9% at L = 49.
+    assert 0.10 < (counts == L).float().mean().item() < 0.16
 
 
 def test_validation_masks_are_fixed_and_at_the_stated_ratios():
