@@ -1,4 +1,5 @@
 """Priors on images without labels, conditioned on clusters of their code maps (prior.pseudo_classes)."""
+import numpy as np
 import pytest
 import torch
 
@@ -72,6 +73,11 @@ def test_prior_on_pseudo_classes_trains_without_labels_and_guides(bar_folder, tm
     null = torch.full((len(codes),), prior.null_class)
     by_hand = heldout_bits(prior, TensorBatches((codes, null), 500, torch.device("cpu"), shuffle=False))
     assert abs(read_metrics(run)["prior"]["test_bits_per_code"] - round(by_hand, 5)) < 1e-4
+    # Validation is scored the same way (not with each map's own cluster), so the two figures compare.
+    val_codes = torch.from_numpy(np.load(run / "codes" / "val.npy")).long()
+    val_null = torch.full((len(val_codes),), prior.null_class)
+    val_by_hand = heldout_bits(prior, TensorBatches((val_codes, val_null), 500, torch.device("cpu"), shuffle=False))
+    assert abs(metrics["best_val_bits_per_code"] - round(val_by_hand, 5)) < 1e-4
 
 
 def test_pseudo_classes_setting_is_checked():

@@ -32,7 +32,7 @@ from ..resources import check_model_fits
 from ..runlock import locks_run
 from ..runs import codebook_fingerprint, load_vqvae, update_metrics, weights_fingerprint
 from .distributed import DistContext, all_reduce_sum, barrier, setup
-from .pseudo_classes import assign_pseudo_classes, class_frequencies, code_map_features, find_pseudo_classes
+from .pseudo_classes import class_frequencies, find_pseudo_classes
 from .loop import Stage, TrainResult, check_resume_config, checkpoint_path, fit, require_finite, use_best_weights
 
 LN2 = math.log(2.0)
@@ -163,9 +163,10 @@ class PriorStage(Stage):
 
 
 def heldout_labels(model: Prior, codes: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor | None:
-    """The labels a prior's held-out bits are computed with: none for an unconditional prior, the
-    dataset's for a class-conditional one, and the null class (its unconditional mode) for a prior
-    on pseudo-classes, whose clusters are not kept with it."""
+    """The labels a prior's held-out figures (validation and test) are computed with: none for an
+    unconditional prior, the dataset's for a class-conditional one, and the null class (its
+    unconditional mode) for a prior on pseudo-classes: its clusters are not kept with it, and a
+    held-out map's own cluster, found from the map itself, would flatter its likelihood."""
     if not model.conditional:
         return None
     if not model.config.pseudo_classes:
@@ -297,11 +298,9 @@ def train_prior(config: RunConfig, run_dir: str | Path, resume: bool = False,
     test_labels = test_set.labels
     if pseudo:
         # Clusters of the unshifted training maps; each shifted copy keeps its image's cluster.
-        centres, image_labels = find_pseudo_classes(vqvae, train_codes[:len(train_set)], pseudo,
+        _, image_labels = find_pseudo_classes(vqvae, train_codes[:len(train_set)], pseudo,
                                                     seed=config.prior_train.seed)
         train_labels = image_labels.repeat(len(shift_offsets(shifts)))
-        val_labels = (assign_pseudo_classes(code_map_features(vqvae, val_codes), centres)
-                      if val_codes is not None else None)
         spec = PriorSpec(vqvae.codebook_size, vqvae.latent_size, pseudo, tuple(f"cluster {c}" for c in range(pseudo)),
                          tuple(class_frequencies(image_labels, pseudo)))
     else:
@@ -311,6 +310,8 @@ def train_prior(config: RunConfig, run_dir: str | Path, resume: bool = False,
                          tuple(train_set.class_names) if config.prior.conditional else ())
     torch.manual_seed(config.prior_train.seed)
     model = build_prior(config.prior, spec, dropout=config.prior_train.dropout).to(ctx.device)
+    if pseudo and val_codes is not None:  # scored as the test split is: a map's own cluster would flatter it
+        val_labels = heldout_labels(model, val_codes, None)
     stage = PriorStage(model, config, train_codes, train_labels, val_codes, val_labels, ctx,
                        codebook_fingerprint(vqvae))
     if ctx.is_main:
