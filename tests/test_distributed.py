@@ -44,3 +44,25 @@ def test_two_gloo_processes_match_one_process(tiny_config, tmp_path):
         assert torch.equal(value, rank1["prior_state"][key]), f"prior replicas differ in {key}"
     assert rank0["prior_history"][-1] < rank0["prior_history"][0]
     assert (tmp_path / "ddp" / "run" / "checkpoints" / "prior-last.pt").is_file()
+
+
+def test_prior_processes_draw_their_own_randomness_and_resume_draws_the_same():
+    """Under torchrun each process's MaskGIT masks, label dropout and dropout come from a stream of
+    its own (seeded by seed, step and rank); one process's stream is left alone."""
+    from types import SimpleNamespace
+
+    from vqvae.training.distributed import DistContext
+    from vqvae.training.prior_stage import PriorStage
+
+    def draw(rank, world, step):
+        torch.manual_seed(123)
+        stage = SimpleNamespace(ctx=DistContext(rank=rank, world=world), train_cfg=SimpleNamespace(seed=0))
+        PriorStage.before_step(stage, step)
+        return torch.rand(8)
+
+    assert not torch.equal(draw(0, 2, 5), draw(1, 2, 5))  # the two shards get different masks
+    assert not torch.equal(draw(0, 2, 5), draw(0, 2, 6))  # and new ones every step
+    assert torch.equal(draw(1, 2, 5), draw(1, 2, 5))  # a function of (seed, step, rank): resume is exact
+    torch.manual_seed(123)
+    untouched = torch.rand(8)
+    assert torch.equal(draw(0, 1, 5), untouched)  # one process: its seeded stream, left alone

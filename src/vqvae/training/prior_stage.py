@@ -123,6 +123,14 @@ class PriorStage(Stage):
         self.nats_sum = torch.zeros((), device=self.ctx.device)
         self.num_batches = torch.zeros((), device=self.ctx.device)
 
+    def before_step(self, step: int) -> None:
+        # Under torchrun every process starts from one seed, so each would draw the same MaskGIT
+        # masks, label dropout and dropout for its own shard. Nothing here must agree across
+        # processes (the data order has its own generator), so each draws from a stream of its own,
+        # seeded by (seed, step, rank): a resumed run draws the same. One process keeps one stream.
+        if self.ctx.distributed:
+            torch.manual_seed(process_step_seed(self.train_cfg.seed, step, self.ctx.rank))
+
     def loss(self, model, batch):
         codes, labels = batch
         if self.label_dropout and model.training:
@@ -160,6 +168,11 @@ class PriorStage(Stage):
                                "num_classes": spec.num_classes, "class_names": list(spec.class_names),
                                "class_weights": list(spec.class_weights)},
                 "vqvae_fingerprint": self.fingerprint}
+
+
+def process_step_seed(seed: int, step: int, rank: int) -> int:
+    """A seed per (seed, step, process), distinct for up to 65,537 processes."""
+    return ((seed * 1_000_003 + step) * 65_537 + rank) % 2**63
 
 
 def heldout_labels(model: Prior, codes: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor | None:
