@@ -16,7 +16,8 @@ codebook's k-means initialisation) measures its training throughput, in images p
 training steps, on this machine, now; the budget in seconds times that throughput gives the number
 of training images it may see, drawn as a random subset of the training data (repeated over whole
 epochs when the budget exceeds the data), so every model trains for about the same wall-clock time
-(the measured training seconds are reported beside the budget). A model with an adversarial loss
+(the measured training seconds are reported beside the budget; `--throughput` gives a model's rates
+instead, e.g. another model's calibration when the machine's load changed). A model with an adversarial loss
 is calibrated twice, without and with the discriminator, and its discriminator starts after
 --disc-start-fraction of its steps (loss.disc_start), so its budget counts both phases at their
 cost. Then `vqvae.api.evaluate` (the function behind `vqvae evaluate`) scores the run on
@@ -75,12 +76,19 @@ def calibrate(name, preset, overrides, common, train_images, work: Path, seed: i
 
 
 def train_for_budget(name, preset, overrides, train_images, test_npy, budget_s, work: Path, seed: int,
-                     disc_start_fraction: float) -> dict:
+                     disc_start_fraction: float, given_rates: list[float] | None = None) -> dict:
     common = [f"data.test_dataset={test_npy}", "data.num_workers=0", "train.device=cpu", "train.progress=false",
               "train.checkpoint_every_steps=0"]
     probe = load_config(preset, [*common, *overrides])
     adversarial = probe.loss.adversarial != "none"
-    if adversarial:  # both phases: the generator alone until disc_start, then both networks
+    if given_rates:  # --throughput: rates measured elsewhere (e.g. by another model's calibration at a lighter load)
+        if len(given_rates) != (2 if adversarial else 1):
+            raise SystemExit(f"--throughput {name}: give {'GENERATOR,WITH_DISCRIMINATOR' if adversarial else 'ONE'} "
+                             f"images per second")
+        f = disc_start_fraction
+        images_per_s = 1 / (f / given_rates[0] + (1 - f) / given_rates[1]) if adversarial else given_rates[0]
+        calibration = {"given_images_per_s": given_rates, "wall_s": 0.0}
+    elif adversarial:  # both phases: the generator alone until disc_start, then both networks
         before, wall_before = calibrate(f"{name}-generator", preset, [*overrides, "loss.adversarial=none"], common,
                                         train_images, work, seed)
         after, wall_after = calibrate(name, preset, [*overrides, "loss.disc_start=0"], common, train_images, work,
@@ -142,6 +150,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: leave the other core to others)")
     p.add_argument("--disc-start-fraction", type=float, default=0.5,
                    help="models with an adversarial loss: the discriminator starts after this fraction of their steps")
+    p.add_argument("--throughput", action="append", default=[],
+                   help="NAME=RATE or NAME=GENERATOR,WITH_DISCRIMINATOR: that model's training images per second, "
+                        "instead of calibrating it (when the machine's load changed between models)")
     p.add_argument("--machine", default="a shared 2-core CPU", help="what ran it, for the results file")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
@@ -149,6 +160,16 @@ def main() -> None:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     models = [parse_model(spec) for spec in args.model]
+    given = {}
+    for spec in args.throughput:
+        name, _, rates = spec.partition("=")
+        try:
+            given[name] = [float(r) for r in rates.split(",")]
+        except ValueError:
+            raise SystemExit(f"--throughput {spec!r}: expected NAME=RATE[,RATE] in images per second") from None
+    unknown = set(given) - {name for name, _, _ in models}
+    if unknown:
+        raise SystemExit(f"--throughput names no --model: {', '.join(sorted(unknown))}")
     data_cfg = load_config(models[0][1], [f"data.image_size={args.image_size}", "data.num_workers=0",
                                           *models[0][2]]).data
     train_images = load_dataset(args.train, data_cfg).tensor()
@@ -170,7 +191,7 @@ def main() -> None:
         overrides = [f"data.image_size={args.image_size}", f"model.image_size={args.image_size}", *overrides]
         print(f"{name}: {preset} {' '.join(overrides)}", flush=True)
         entry = train_for_budget(name, preset, overrides, train_images, test_npy, args.budget, work, args.seed,
-                                 args.disc_start_fraction)
+                                 args.disc_start_fraction, given.get(name))
         t0 = time.perf_counter()
         evaluation = api.evaluate(work / name, samples=False, device="cpu", inception_weights=args.inception_weights,
                                   lpips_vgg_weights=args.lpips_vgg_weights)
