@@ -38,3 +38,57 @@ def test_export_folder_of_a_run_with_weight_average_and_discriminator(bar_folder
     x = torch.rand(4, 1, 16, 16)
     with torch.no_grad():
         assert torch.equal(loaded(x).reconstruction, original(x).reconstruction)
+
+
+def test_inpaint_reads_a_16_bit_image_as_training_does(tmp_path, bar_folder):
+    # A single 16-bit --image was converted with PIL's clipping convert("L"): a black-to-white ramp
+    # came out all white but its first pixel, and the kept pixels of the result were those.
+    from vqvae.inpainting import read_images
+    ramp = np.rint(np.linspace(0, 65535, 16))[None].repeat(16, 0).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "ramp16.png")
+    images = read_images(tmp_path / "ramp16.png", load_config("tiny", tiny_overrides(bar_folder)))
+    assert images.dtype == torch.uint8 and images.shape == (1, 1, 16, 16)
+    assert images[0, 0, 0].tolist() == np.rint(ramp[0] / 257).astype(int).tolist()  # 0, 17, 34, ..., 255
+
+
+def test_inpaint_mask_with_transparency_is_refused_and_wide_masks_keep_their_nonzero_pixels(tmp_path):
+    from vqvae.errors import ConfigError
+    from vqvae.inpainting import parse_mask
+    # White everywhere, the hole transparent (how some editors and APIs mark it): read as grey, the
+    # alpha was dropped and every pixel was re-drawn.
+    rgba = np.full((16, 16, 4), 255, np.uint8)
+    rgba[8:, :, 3] = 0
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "alpha.png")
+    with pytest.raises(ConfigError, match="transparent pixels"):
+        parse_mask(str(tmp_path / "alpha.png"), 16)
+    opaque = rgba.copy()
+    opaque[:, :, 3] = 255
+    opaque[:8, :, :3] = 0
+    Image.fromarray(opaque, "RGBA").save(tmp_path / "opaque.png")  # an alpha channel, all opaque: fine
+    assert parse_mask(str(tmp_path / "opaque.png"), 16)[8:].all() and not parse_mask(str(tmp_path / "opaque.png"), 16)[:8].any()
+    # A float mask of 0.4s and a 16-bit mask of 1s select their pixels (not rounded to 0 on the way to 8 bits).
+    half = np.zeros((16, 16), np.float32)
+    half[:, :4] = 0.4
+    Image.fromarray(half).save(tmp_path / "float.tif")
+    assert parse_mask(str(tmp_path / "float.tif"), 16).sum() == 64
+    Image.fromarray((half > 0).astype(np.uint16)).save(tmp_path / "ones16.png")
+    assert parse_mask(str(tmp_path / "ones16.png"), 16).sum() == 64
+
+
+@pytest.mark.parametrize("name", ["out.npy", "out.json", "out", "out.gif"])
+def test_inpaint_out_must_be_an_image_name(trained_run, tmp_path, name, capsys):
+    # --out x.npy wrote the images to x.npy and then the PNG over it; --out x.json had its PNG
+    # replaced by the settings; any other name got PNG bytes whatever its extension.
+    image = tmp_path / "one.png"
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(image)
+    assert cli("inpaint", trained_run, "--image", image, "--mask", "0,8,16,16", "--out", tmp_path / name) == 2
+    assert "must end in .png, .jpg, .jpeg" in capsys.readouterr().err
+    assert not list(tmp_path.glob("out*"))
+
+
+def test_inpaint_out_jpg_is_a_jpeg(trained_run, tmp_path):
+    image = tmp_path / "one.png"
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(image)
+    assert cli("inpaint", trained_run, "--image", image, "--mask", "0,8,16,16", "--out", tmp_path / "o.jpg",
+               "--class", "0") == 0
+    assert Image.open(tmp_path / "o.jpg").format == "JPEG" and np.load(tmp_path / "o.npy").shape == (1, 1, 16, 16)

@@ -374,8 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", required=True, help="an image at the model's size, or a folder or .npy of images")
     p.add_argument("--mask", required=True,
                    help="the region: a box x0,y0,x1,y1 in pixels (x1, y1 exclusive), or a mask image of the same "
-                        "size (nonzero = re-draw); one mask for all images")
-    p.add_argument("--out", required=True, help="output PNG (also OUT.npy: uint8 images, OUT.json: settings)")
+                        "size (nonzero = re-draw, no transparency); one mask for all images")
+    p.add_argument("--out", required=True, help="output .png or .jpg (also OUT.npy: uint8 images, OUT.json: "
+                                                "settings)")
     p.add_argument("--class", dest="class_", help="conditional prior: re-draw the region as this class, or 'none': "
                                                   "the prior's unconditional mode (default: the class inferred from "
                                                   "the kept region, see --class-choice)")
