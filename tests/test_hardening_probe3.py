@@ -92,3 +92,23 @@ def test_inpaint_out_jpg_is_a_jpeg(trained_run, tmp_path):
     assert cli("inpaint", trained_run, "--image", image, "--mask", "0,8,16,16", "--out", tmp_path / "o.jpg",
                "--class", "0") == 0
     assert Image.open(tmp_path / "o.jpg").format == "JPEG" and np.load(tmp_path / "o.npy").shape == (1, 1, 16, 16)
+
+
+def test_resume_with_fewer_epochs_than_trained_is_refused(bar_folder, tmp_path, capsys):
+    # It used to stop at once, say "done", and leave config.json claiming fewer epochs than the
+    # weights had; an epoch begun (a mid-epoch checkpoint) counts as trained.
+    from conftest import Killed, killed_after_steps
+    run = tmp_path / "run"
+    cfg = load_config("tiny", tiny_overrides(bar_folder) + ["train.epochs=3", "train.checkpoint_every_steps=1"])
+    with killed_after_steps(len(api.load_splits(cfg.data).train) // 32 + 3), pytest.raises(Killed):
+        api.train_vqvae(cfg, run)  # killed in epoch 2
+    before = (run / "config.json").read_text()
+    assert cli("train", "--resume", run, "--set", "train.epochs=1") == 2
+    assert "has trained 2 epoch(s)" in capsys.readouterr().err
+    assert (run / "config.json").read_text() == before
+    assert cli("train", "--resume", run, "--set", "train.epochs=2") == 0  # finish the epoch begun
+    notes = json.loads((run / "metrics.json").read_text())["vqvae"]["resume_notes"]
+    assert any("train.epochs changed on resume mid-run: 3 -> 2" in n for n in notes)
+    assert cli("train-prior", run, "--set", "prior_train.epochs=2") == 0
+    assert cli("train-prior", run, "--resume", "--set", "prior_train.epochs=1") == 2
+    assert "prior_train.epochs=1 on resume" in capsys.readouterr().err
