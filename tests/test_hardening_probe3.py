@@ -112,3 +112,19 @@ def test_resume_with_fewer_epochs_than_trained_is_refused(bar_folder, tmp_path, 
     assert cli("train-prior", run, "--set", "prior_train.epochs=2") == 0
     assert cli("train-prior", run, "--resume", "--set", "prior_train.epochs=1") == 2
     assert "prior_train.epochs=1 on resume" in capsys.readouterr().err
+
+
+def test_pipeline_with_a_residual_quantizer_is_refused_before_training(bar_folder, tmp_path, capsys):
+    # The prior cannot model RVQ's several indices per position: said after the VQ-VAE had trained.
+    out = tmp_path / "rvq"
+    assert cli("pipeline", "--preset", "tiny", "--out", out, "--set", *tiny_overrides(bar_folder),
+               "quantizer.kind=rvq", "quantizer.rvq_depth=2") == 2
+    assert "one code index per position" in capsys.readouterr().err and not out.exists()
+
+
+def test_rvq_of_one_level_is_refused(bar_folder, tmp_path, capsys):
+    # Depth 1 encoded (N, 1, h, w) maps that decode refused, and the pipeline's prior died on them
+    # with a traceback.
+    assert cli("train", "--preset", "tiny", "--out", tmp_path / "r", "--set", *tiny_overrides(bar_folder),
+               "quantizer.kind=rvq", "quantizer.rvq_depth=1") == 2
+    assert "quantizer.rvq_depth=1: must be >= 2" in capsys.readouterr().err
