@@ -128,3 +128,17 @@ def test_rvq_of_one_level_is_refused(bar_folder, tmp_path, capsys):
     assert cli("train", "--preset", "tiny", "--out", tmp_path / "r", "--set", *tiny_overrides(bar_folder),
                "quantizer.kind=rvq", "quantizer.rvq_depth=1") == 2
     assert "quantizer.rvq_depth=1: must be >= 2" in capsys.readouterr().err
+
+
+def test_prior_resume_after_the_vqvae_changed_is_refused(trained_run, tmp_path, capsys):
+    # After `train --resume RUN --set train.epochs=N` the prior's codes are stale: resuming it compared
+    # validation losses across the two code sets and reported "done" with the old prior's best.
+    import shutil
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    assert cli("train", "--resume", run, "--set", "train.epochs=4") == 0
+    before = (run / "checkpoints" / "prior-last.pt").read_bytes()
+    assert cli("train-prior", run, "--resume", "--set", "prior_train.epochs=3") == 2
+    assert "trained on the codes of a different VQ-VAE" in capsys.readouterr().err
+    assert (run / "checkpoints" / "prior-last.pt").read_bytes() == before
+    assert cli("train-prior", run) == 0 and cli("sample", run, "--out", tmp_path / "s") == 0

@@ -267,6 +267,15 @@ def train_prior(config: RunConfig, run_dir: str | Path, resume: bool = False,
         check_resume_config(run_dir, "prior", config, ("prior",))
     vqvae, vq_config = load_vqvae(run_dir, ctx.device)
     check_one_index_per_position(vq_config.quantizer.kind, vqvae.indices_per_position)
+    last_prior = checkpoint_path(run_dir, "prior", "last")
+    if resume and last_prior.is_file():
+        # Codes of another VQ-VAE mean other things: continuing would compare validation losses
+        # across the two and keep the old codes' best checkpoint.
+        trained_on = load_checkpoint(last_prior, kind="prior").get("vqvae_fingerprint")
+        if trained_on and trained_on != codebook_fingerprint(vqvae):
+            raise ConfigError(f"cannot resume the prior in {run_dir}: it was trained on the codes of a different VQ-VAE "
+                              f"(the run's VQ-VAE was trained further or again since); train a new prior for it: "
+                              f"`vqvae train-prior {run_dir}` without --resume")
     config.model, config.quantizer = vq_config.model, vq_config.quantizer  # the VQ-VAE's own config is the truth
     check_model_fits(lambda: build_prior(config.prior, PriorSpec(vqvae.codebook_size, vqvae.latent_size, 0, ()),
                                          dropout=0.0), ctx.device, f"the {config.prior.kind} prior",
