@@ -142,3 +142,9 @@ def test_prior_resume_after_the_vqvae_changed_is_refused(trained_run, tmp_path, 
     assert "trained on the codes of a different VQ-VAE" in capsys.readouterr().err
     assert (run / "checkpoints" / "prior-last.pt").read_bytes() == before
     assert cli("train-prior", run) == 0 and cli("sample", run, "--out", tmp_path / "s") == 0
+
+
+def test_export_num_images_0_is_refused_not_the_default(trained_run, tmp_path, capsys):
+    # `--num-images 0` verified on the default 24 images instead (0 read as "not given").
+    assert cli("export", trained_run, "--format", "onnx", "--out", tmp_path / "o", "--num-images", "0") == 2
+    assert "num_images=0" in capsys.readouterr().err and not (tmp_path / "o").exists()
