@@ -148,3 +148,21 @@ def test_export_num_images_0_is_refused_not_the_default(trained_run, tmp_path, c
     # `--num-images 0` verified on the default 24 images instead (0 read as "not given").
     assert cli("export", trained_run, "--format", "onnx", "--out", tmp_path / "o", "--num-images", "0") == 2
     assert "num_images=0" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+def test_a_palette_of_greys_is_grey_data(tmp_path, trained_run):
+    # Palette PNGs (pngquant's output, say) counted as colour whatever their palette, so `encode`,
+    # `reconstruct` and `evaluate --data` refused a folder of grey palette images for a grey model,
+    # with no setting to override it.
+    from vqvae.data import describe_data
+    rng = np.random.default_rng(0)
+    grey, colour = tmp_path / "grey", tmp_path / "colour"
+    for folder in (grey, colour):
+        folder.mkdir()
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8)).quantize(8).save(grey / f"{i}.png")
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).quantize(8).save(colour / f"{i}.png")
+    assert Image.open(grey / "0.png").mode == "P"
+    assert describe_data(str(grey)).channels == 1 and describe_data(str(colour)).channels == 3
+    assert cli("encode", trained_run, "--data", grey, "--out", tmp_path / "codes") == 0
+    assert np.load(tmp_path / "codes" / "codes.npy").shape == (6, 4, 4)
