@@ -166,3 +166,18 @@ def test_a_palette_of_greys_is_grey_data(tmp_path, trained_run):
     assert describe_data(str(grey)).channels == 1 and describe_data(str(colour)).channels == 3
     assert cli("encode", trained_run, "--data", grey, "--out", tmp_path / "codes") == 0
     assert np.load(tmp_path / "codes" / "codes.npy").shape == (6, 4, 4)
+
+
+def test_inpaint_margin_rf_works_under_no_grad(trained_run, tmp_path):
+    # --margin rf measured the receptive field by backpropagation inside inpaint_images, which runs
+    # under torch.no_grad: every `inpaint --margin rf` died with a RuntimeError traceback.
+    from vqvae.inpainting import receptive_field
+    vqvae, _ = load_vqvae(trained_run)
+    with torch.no_grad():
+        field = receptive_field(vqvae)
+    assert field.size > 4 and field.stride == 4
+    image = tmp_path / "one.png"
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(image)
+    assert cli("inpaint", trained_run, "--image", image, "--mask", "0,12,16,16", "--margin", "rf",
+               "--out", tmp_path / "o.png", "--class", "0") == 0
+    assert json.loads((tmp_path / "o.json").read_text())["margin"] == "rf"

@@ -109,10 +109,11 @@ def receptive_field(model: VQVAE, probes: int = 4) -> ReceptiveField:
     for _ in range(probes):
         x = torch.randn(1, model.model_config.in_channels, side, side, generator=generator, dtype=torch.float64)
         x.requires_grad_(True)
-        z = encoder(x)  # (1, D, h, w)
-        weights = torch.randn(z.shape[1], generator=generator, dtype=torch.float64)
-        (z[0, :, centre, centre] * weights).sum().backward()
-        reached |= x.grad[0].abs().sum(0) > 0
+        with torch.enable_grad():  # callers (inpaint_images) run under no_grad
+            z = encoder(x)  # (1, D, h, w)
+            weights = torch.randn(z.shape[1], generator=generator, dtype=torch.float64)
+            (grad,) = torch.autograd.grad((z[0, :, centre, centre] * weights).sum(), x)
+        reached |= grad[0].abs().sum(0) > 0
     rows = torch.nonzero(reached.any(1)).flatten()
     cols = torch.nonzero(reached.any(0)).flatten()
     size = int(max(rows.max() - rows.min(), cols.max() - cols.min())) + 1
