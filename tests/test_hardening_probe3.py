@@ -46,7 +46,8 @@ def test_inpaint_reads_a_16_bit_image_as_training_does(tmp_path, bar_folder):
     from vqvae.inpainting import read_images
     ramp = np.rint(np.linspace(0, 65535, 16))[None].repeat(16, 0).astype(np.uint16)
     Image.fromarray(ramp).save(tmp_path / "ramp16.png")
-    images = read_images(tmp_path / "ramp16.png", load_config("tiny", tiny_overrides(bar_folder)))
+    images, names = read_images(tmp_path / "ramp16.png", load_config("tiny", tiny_overrides(bar_folder)))
+    assert names == ("ramp16.png",)
     assert images.dtype == torch.uint8 and images.shape == (1, 1, 16, 16)
     assert images[0, 0, 0].tolist() == np.rint(ramp[0] / 257).astype(int).tolist()  # 0, 17, 34, ..., 255
 
@@ -181,3 +182,20 @@ def test_inpaint_margin_rf_works_under_no_grad(trained_run, tmp_path):
     assert cli("inpaint", trained_run, "--image", image, "--mask", "0,12,16,16", "--margin", "rf",
                "--out", tmp_path / "o.png", "--class", "0") == 0
     assert json.loads((tmp_path / "o.json").read_text())["margin"] == "rf"
+
+
+def test_inpaint_of_a_folder_names_each_result_s_file(trained_run, tmp_path):
+    # A folder's unreadable file is skipped, which shifts every later result: OUT.json names each
+    # result's file so the results can be matched to their inputs.
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(4):
+        Image.fromarray(np.full((16, 16), 60 * i, np.uint8)).save(folder / f"{i}.png")
+    (folder / "1b.png").write_bytes(b"")  # sorts between 1.png and 2.png
+    assert cli("inpaint", trained_run, "--image", folder, "--mask", "0,12,16,16", "--out", tmp_path / "o.png",
+               "--class", "0") == 0
+    inputs = json.loads((tmp_path / "o.json").read_text())["inputs"]
+    results = np.load(tmp_path / "o.npy")
+    assert inputs == ["0.png", "1.png", "2.png", "3.png"] and len(results) == 4
+    for name, result in zip(inputs, results):  # the kept rows are each named file's own pixels
+        assert (result[0, :12] == 60 * int(name[0])).all()

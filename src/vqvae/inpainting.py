@@ -186,9 +186,10 @@ def parse_mask(spec: str, size: int) -> torch.Tensor:
     return mask
 
 
-def read_images(spec: str | Path, config) -> torch.Tensor:
+def read_images(spec: str | Path, config) -> tuple[torch.Tensor, tuple[str, ...]]:
     """uint8 (N, C, H, W) at the model's size: one image file (it must have that size), or a folder
-    or .npy/.npz of images (converted and resized as for training)."""
+    or .npy/.npz of images (converted and resized as for training); and the name of each image's
+    file (relative to the folder), or () for an array file."""
     path = Path(spec)
     size, channels = config.model.image_size, config.model.in_channels
     if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
@@ -200,14 +201,14 @@ def read_images(spec: str | Path, config) -> torch.Tensor:
                 img.load()
                 # The conversion training used (16-bit and float images scaled, not clipped, to 8 bits);
                 # at the model's size nothing is resized or cropped.
-                return torch.from_numpy(fit_image(img, size, channels))[None]
+                return torch.from_numpy(fit_image(img, size, channels))[None], (path.name,)
         except (UnidentifiedImageError, OSError, ValueError) as e:
             raise DataError(f"--image {path} is not a readable image: {e}") from None
     if not path.exists():
         raise DataError(f"--image {path} does not exist")
     data_cfg = apply_overrides(config, {"data.num_workers": 0}).data
     images = load_dataset(str(path), data_cfg)
-    return torch.stack([images[i][0] for i in range(len(images))])
+    return torch.stack([images[i][0] for i in range(len(images))]), images.names
 
 
 @dataclass
@@ -432,7 +433,8 @@ def inpaint(run_dir: str | Path, image: str | Path | torch.Tensor, mask: str | t
     `class_choice` ("argmax" or "sample", default DEFAULT_CLASS_CHOICE); "none": the prior's
     unconditional mode. Writes OUT (.png or .jpg: the result, or a grid of the results), OUT.npy
     (uint8 (N, C, H, W)) and OUT.json (settings, the code mask, and the inferred class of each image
-    with its posterior probability). Unset sampling options come from the run's sample config."""
+    with its posterior probability; for a folder, each result's file, as `inputs`). Unset sampling
+    options come from the run's sample config."""
     # The grid's format follows OUT's extension; OUT.npy and OUT.json are written beside it, so OUT
     # itself must not end in .npy or .json (one file would overwrite the other).
     out = check_output_path(out, suffixes=OUTPUT_SUFFIXES)
@@ -452,7 +454,7 @@ def inpaint(run_dir: str | Path, image: str | Path | torch.Tensor, mask: str | t
     s = apply_overrides(config, {f"sample.{k}": v for k, v in asked.items() if v is not None}).sample
     size = vq_config.model.image_size
     pixel_mask = mask if isinstance(mask, torch.Tensor) else parse_mask(mask, size)
-    images = image if isinstance(image, torch.Tensor) else read_images(image, vq_config)
+    images, names = (image, ()) if isinstance(image, torch.Tensor) else read_images(image, vq_config)
     class_ = None if class_ is None or class_ == "" else str(class_)
     infer = class_ is None and prior.conditional
     if class_choice is not None:
@@ -510,6 +512,8 @@ def inpaint(run_dir: str | Path, image: str | Path | torch.Tensor, mask: str | t
                 "codes_redrawn": int(result.code_mask.sum()), "code_mask": result.code_mask.int().tolist(),
                 "prior_kind": prior.config.kind, "class": "inferred" if infer else class_, **sampling,
                 "seed": s.seed}
+    if names:  # which file each result comes from (a folder's unreadable files are skipped)
+        settings["inputs"] = list(names)
     if infer:
         names = prior.spec.class_names
         classes = result.classes.tolist()
