@@ -643,7 +643,8 @@ expect("`inpaint --image` an animated GIF (its first frame)", 0, "re-drawn", "in
 shutil.copytree(bars / "h", "one-bad"); Path("one-bad/zero.png").write_bytes(b"")
 expect("`inpaint --image` a folder with one zero-byte PNG (one warning line)", 0, "skipped 1 unreadable", "inpaint", "mg", "--image", "one-bad", "--mask", "0,8,16,16",
        "--out", "ib.png")
-note(f"images inpainted: {len(np.load('ib.npy'))} of {len(list(Path('one-bad').iterdir()))} files")
+note(f"images inpainted: {len(np.load('ib.npy'))} of {len(list(Path('one-bad').iterdir()))} files; ib.json names them, "
+     f"without zero.png: {json.load(open('ib.json')).get('inputs') == sorted(p.name for p in Path('one-bad').glob('*.png') if p.name != 'zero.png')}")
 np.save("one-2d.npy", images[0])
 expect("`inpaint --image` an .npy of one 2-D image (H, W)", 2, "expected images (N, H, W)", "inpaint", "mg", "--image", "one-2d.npy", "--mask", "0,8,16,16", "--out", "id.png")
 shutil.copytree(R, "fewer")
