@@ -608,6 +608,66 @@ np.savez("held.npz", images=marked, labels=values)
 run("setup: a VQ-VAE on labels {3, 7, 9}, the one 9 in the held-out test split", "train", "--preset", "tiny", "--out",
     "held", "--set", *tiny_overrides("held.npz"), "train.epochs=1")
 run("`train-prior --conditional`, class 9 only in the test split (expect 2)", "train-prior", "held", "--conditional")
+# --- probe3: a user's own files and settings on the newer commands; each label ends with its expected outcome
+# (expect), a measured fact in brackets (note); a row that misses its expectation reads UNEXPECTED.
+run("setup: tiny run with a weight average and a discriminator (as the vqgan presets train)", "train", "--preset", "tiny",
+    "--out", "gan", "--set", *TINY, "train.epochs=1", "train.ema_decay=0.9", "loss.adversarial=hinge", "loss.disc_layers=2")
+expect("`export RUN --format folder` of that run", 0, "wrote model folder", "export", "gan", "--format", "folder", "--out", "m_gan")
+expect("`export RUN --format onnx --num-images 0`", 2, "num_images=0", "export", R, "--format", "onnx", "--out", "o0", "--num-images", "0")
+note(f"folder left: {Path('o0').exists()}")
+ramp = np.rint(np.linspace(0, 65535, 16))[None].repeat(16, 0).astype(np.uint16)
+Image.fromarray(ramp).save("ramp16.png")
+expect("`inpaint --image` a 16-bit black-to-white ramp PNG", 0, "re-drawn", "inpaint", "mg", "--image", "ramp16.png", "--mask", "0,8,16,16", "--out", "i16.png")
+note(f"kept row 0 equals the ramp scaled to 8 bits: {np.load('i16.npy')[0, 0, 0].tolist() == np.rint(ramp[0] / 257).astype(int).tolist()}")
+hole = np.full((16, 16, 4), 255, np.uint8); hole[8:, :, 3] = 0
+Image.fromarray(hole, "RGBA").save("mask-alpha.png")
+expect("`inpaint --mask` white RGBA, the hole transparent", 2, "has transparent pixels", *INP, "--mask", "mask-alpha.png")
+painted = np.zeros((16, 16, 2), np.uint8); painted[8:] = 255
+Image.fromarray(painted, "LA").save("mask-la.png")
+expect("`inpaint --mask` a hole painted on a transparent LA layer", 2, "has transparent pixels", *INP, "--mask", "mask-la.png")
+ones = np.zeros((16, 16), np.float32); ones[:, :4] = 0.4
+Image.fromarray(ones).save("mask-float.tif")
+expect("`inpaint --mask` a float TIFF of 0.4s", 0, "64 pixels", *INP, "--mask", "mask-float.tif")
+Image.fromarray((ones > 0).astype(np.uint16)).save("mask-16.png")
+expect("`inpaint --mask` a 16-bit PNG of 1s", 0, "64 pixels", *INP, "--mask", "mask-16.png")
+for name in ("x.npy", "x.json", "x", "x.gif"):
+    expect(f"`inpaint --out {name}`", 2, "must end in .png, .jpg, .jpeg", "inpaint", "mg", "--image", "one.png", "--mask", "0,8,16,16", "--out", name)
+note(f"files written: {sorted(p.name for p in Path('.').glob('x.*'))}")
+expect("`inpaint --out x.jpg`", 0, "re-drawn", "inpaint", "mg", "--image", "one.png", "--mask", "0,8,16,16", "--out", "x.jpg")
+note(f"format {Image.open('x.jpg').format}")
+expect("`inpaint --margin rf`", 0, "re-drawn", *INP, "--mask", "0,8,16,16", "--margin", "rf")
+Image.fromarray(images[0]).convert("CMYK").save("cmyk.jpg")
+expect("`inpaint --image` a CMYK JPEG", 0, "re-drawn", "inpaint", "mg", "--image", "cmyk.jpg", "--mask", "0,8,16,16", "--out", "ic.png")
+Image.fromarray(images[0]).save("anim.gif", save_all=True, append_images=[Image.fromarray(images[1])])
+expect("`inpaint --image` an animated GIF (its first frame)", 0, "re-drawn", "inpaint", "mg", "--image", "anim.gif", "--mask", "0,8,16,16", "--out", "ia.png")
+shutil.copytree(bars / "h", "one-bad"); Path("one-bad/zero.png").write_bytes(b"")
+expect("`inpaint --image` a folder with one zero-byte PNG (one warning line)", 0, "skipped 1 unreadable", "inpaint", "mg", "--image", "one-bad", "--mask", "0,8,16,16",
+       "--out", "ib.png")
+note(f"images inpainted: {len(np.load('ib.npy'))} of {len(list(Path('one-bad').iterdir()))} files; ib.json names them, "
+     f"without zero.png: {json.load(open('ib.json')).get('inputs') == sorted(p.name for p in Path('one-bad').glob('*.png') if p.name != 'zero.png')}")
+np.save("one-2d.npy", images[0])
+expect("`inpaint --image` an .npy of one 2-D image (H, W)", 2, "expected images (N, H, W)", "inpaint", "mg", "--image", "one-2d.npy", "--mask", "0,8,16,16", "--out", "id.png")
+shutil.copytree(R, "fewer")
+before = sha("fewer/config.json")
+expect("`train --resume RUN --set train.epochs=2` on a run of 3 epochs", 2, "resuming cannot take epochs back", "train", "--resume", "fewer", "--set", "train.epochs=2")
+note(f"config.json unchanged: {sha('fewer/config.json') == before}")
+expect("`train-prior RUN --resume --set prior_train.epochs=1` on a prior of 2 epochs", 2, "resuming cannot take epochs back", "train-prior", "fewer", "--resume", "--set", "prior_train.epochs=1")
+run("setup: `train --resume RUN --set train.epochs=4` (the VQ-VAE trained further; its prior's codes are now stale)", "train", "--resume", "fewer",
+    "--set", "train.epochs=4")
+expect("then `train-prior RUN --resume`", 2, "trained on the codes of a different VQ-VAE", "train-prior", "fewer", "--resume", "--set", "prior_train.epochs=3")
+expect("`pipeline --set quantizer.kind=rvq quantizer.rvq_depth=2`", 2, "one code index per position", "pipeline", "--preset", "tiny", "--out", "p-rvq", "--set", *TINY,
+       "quantizer.kind=rvq", "quantizer.rvq_depth=2")
+note(f"run folder left (trained for nothing): {Path('p-rvq').exists()}")
+expect("`--set quantizer.kind=rvq quantizer.rvq_depth=1`", 2, "must be >= 2", "train", "--preset", "tiny", "--out", "x", "--set", "quantizer.kind=rvq", "quantizer.rvq_depth=1")
+Path("grey-palette/h").mkdir(parents=True)
+for i, img in enumerate(images[:20]):
+    Image.fromarray(img).quantize(4).save(f"grey-palette/h/{i}.png")
+expect("`encode --data` a folder of grey palette PNGs (pngquant's kind), grey model", 0, "", "encode", R, "--data", "grey-palette", "--out", "e-gp")
+note(f"codes written: {list(np.load('e-gp/codes.npy').shape) if Path('e-gp/codes.npy').exists() else None}")
+torch.save({"Conv2d_1a_3x3.conv.weight": torch.zeros(3)}, "inception-shapes.pth")
+expect("`evaluate --inception-weights` an Inception state dict of other shapes", 2, "does not hold torch-fidelity's Inception-v3", "evaluate", "crun",
+       "--no-samples", "--inception-weights", "inception-shapes.pth")
+# --- end probe3
 print("| input | exit | outcome (first error line, or last line of output) |\n|---|---|---|")
 for label, code, line in rows:
     print(f"| {label} | {code} | {line.replace('|', '/')} |")

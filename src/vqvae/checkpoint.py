@@ -18,6 +18,13 @@ from .files import atomic_torch_save
 
 FORMAT = "vqvae-toolkit-checkpoint"
 VERSION = 1
+# The envelope and everything only resuming needs (the loop's `save` writes these): a model folder
+# or any other copy for use keeps none of it. A key missing here is copied as if it described the
+# model, and a state dict among them makes the copy fail.
+TRAINING_STATE = frozenset({"format", "version", "kind", "config", "model_state", "optimizer_state",
+                            "scheduler_state", "rng", "loop", "epoch_state", "stage_state",
+                            "training_model_state", "ema_updates", "critic_state", "critic_optimizer_state",
+                            "critic_scheduler_state"})
 
 
 def strip_wrapper_prefixes(state: dict) -> dict:

@@ -228,7 +228,8 @@ def cmd_tune_sampling(args):
 def cmd_export(args):
     if args.format == "diffusers":
         result = export.export_diffusers(args.source, args.out, data=args.data,
-                                         num_images=args.num_images or export.DIFFUSERS_VERIFY_IMAGES,
+                                         num_images=export.DIFFUSERS_VERIFY_IMAGES if args.num_images is None
+                                         else args.num_images,
                                          verify=not args.no_verify)
         check = result["verification"]
         verdict = (f"verified with diffusers {check['diffusers']} on {check['images']}: {check['codes_equal']}/"
@@ -242,7 +243,8 @@ def cmd_export(args):
         sizes = ", ".join(f"{name} ({size / 1e3:.1f} kB)" for name, size in result["files"].items())
         print(f"wrote model folder {result['path']} ({' + '.join(result['models'])}): {sizes}")
         return
-    result = export.export_onnx(args.source, args.out, data=args.data, num_images=args.num_images or export.VERIFY_IMAGES,
+    result = export.export_onnx(args.source, args.out, data=args.data,
+                                num_images=export.VERIFY_IMAGES if args.num_images is None else args.num_images,
                                 verify=not args.no_verify)
     check = result["verification"]
     verdict = (f"verified with ONNX Runtime {check['onnxruntime']} on {check['images']}: {check['codes_equal']}/"
@@ -374,8 +376,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", required=True, help="an image at the model's size, or a folder or .npy of images")
     p.add_argument("--mask", required=True,
                    help="the region: a box x0,y0,x1,y1 in pixels (x1, y1 exclusive), or a mask image of the same "
-                        "size (nonzero = re-draw); one mask for all images")
-    p.add_argument("--out", required=True, help="output PNG (also OUT.npy: uint8 images, OUT.json: settings)")
+                        "size (nonzero = re-draw, no transparency); one mask for all images")
+    p.add_argument("--out", required=True, help="output .png or .jpg (also OUT.npy: uint8 images, OUT.json: "
+                                                "settings)")
     p.add_argument("--class", dest="class_", help="conditional prior: re-draw the region as this class, or 'none': "
                                                   "the prior's unconditional mode (default: the class inferred from "
                                                   "the kept region, see --class-choice)")

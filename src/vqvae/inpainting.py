@@ -57,10 +57,12 @@ from PIL import Image, UnidentifiedImageError
 
 from .config import apply_overrides
 from .data import load_dataset
+from .data.cache import WIDE_MODES, fit_image
 from .errors import ConfigError, DataError
 from .figures import save_grid
 from .files import atomic_save_npy, atomic_write_bytes, atomic_write_text
 from .models import VQVAE
+from .runs import IMAGE_SUFFIXES as OUTPUT_SUFFIXES
 from .runs import check_output_path, check_prior_matches, load_prior, load_vqvae
 from .sampling import check_class_word, check_guidance, class_labels, effective_guidance
 from .training.distributed import resolve_device
@@ -80,6 +82,7 @@ LIKELIHOOD_SEED = 0
 # per map (docs/benchmarks-maskgit.md); an accelerator also takes at least the caller's batch per pass.
 LIKELIHOOD_BATCH_ELEMENTS = 2 ** 21
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")  # image modes with an alpha channel
 
 
 @dataclass
@@ -106,10 +109,11 @@ def receptive_field(model: VQVAE, probes: int = 4) -> ReceptiveField:
     for _ in range(probes):
         x = torch.randn(1, model.model_config.in_channels, side, side, generator=generator, dtype=torch.float64)
         x.requires_grad_(True)
-        z = encoder(x)  # (1, D, h, w)
-        weights = torch.randn(z.shape[1], generator=generator, dtype=torch.float64)
-        (z[0, :, centre, centre] * weights).sum().backward()
-        reached |= x.grad[0].abs().sum(0) > 0
+        with torch.enable_grad():  # callers (inpaint_images) run under no_grad
+            z = encoder(x)  # (1, D, h, w)
+            weights = torch.randn(z.shape[1], generator=generator, dtype=torch.float64)
+            (grad,) = torch.autograd.grad((z[0, :, centre, centre] * weights).sum(), x)
+        reached |= grad[0].abs().sum(0) > 0
     rows = torch.nonzero(reached.any(1)).flatten()
     cols = torch.nonzero(reached.any(0)).flatten()
     size = int(max(rows.max() - rows.min(), cols.max() - cols.min())) + 1
@@ -141,7 +145,8 @@ def code_mask(pixel_mask: torch.Tensor, latent_size: int, margin: int | None = N
 
 def parse_mask(spec: str, size: int) -> torch.Tensor:
     """A box "x0,y0,x1,y1" (pixels; x1, y1 exclusive) or a mask image (nonzero = re-draw) ->
-    (size, size) bool. An empty mask or one of another size is an error."""
+    (size, size) bool. An empty mask, one of another size, or one with transparent pixels (is the
+    hole the transparent part or the painted one?) is an error."""
     text = str(spec).strip()
     parts = text.split(",")
     if len(parts) == 4 and not Path(text).exists():
@@ -160,39 +165,50 @@ def parse_mask(spec: str, size: int) -> torch.Tensor:
         raise ConfigError(f"--mask {spec!r} is neither a box x0,y0,x1,y1 nor an existing mask image")
     try:
         with Image.open(path) as img:
-            array = np.asarray(img.convert("L"))
+            img.load()
+            if img.mode in ALPHA_MODES or "transparency" in img.info:
+                if np.asarray(img.convert("RGBA"))[:, :, 3].min() < 255:
+                    raise ConfigError(f"--mask {path} has transparent pixels, and whether the transparent or the "
+                                      f"painted part is the region to re-draw cannot be told: save the mask without "
+                                      f"transparency (nonzero = re-draw)")
+                img = img.convert("RGB")
+            # Nonzero in the file's own values: a 16-bit or float mask of 1s (or 0.5s) is not rounded
+            # to 0 by a conversion to 8 bits; a colour mask counts any channel.
+            array = np.asarray(img) if img.mode in WIDE_MODES + ("1", "L") else np.asarray(img.convert("RGB"))
     except (UnidentifiedImageError, OSError, ValueError) as e:
         raise DataError(f"--mask {path} is not a readable image: {e}") from None
-    if array.shape != (size, size):
+    if array.shape[:2] != (size, size):
         raise ConfigError(f"--mask {path} is {array.shape[1]}x{array.shape[0]} pixels; the images are "
                           f"{size}x{size}")
-    mask = torch.from_numpy(array > 0)
+    mask = torch.from_numpy(array != 0 if array.ndim == 2 else (array != 0).any(2))
     if not mask.any():
         raise ConfigError(f"--mask {path} selects no pixel (all zero): nothing to re-draw")
     return mask
 
 
-def read_images(spec: str | Path, config) -> torch.Tensor:
+def read_images(spec: str | Path, config) -> tuple[torch.Tensor, tuple[str, ...]]:
     """uint8 (N, C, H, W) at the model's size: one image file (it must have that size), or a folder
-    or .npy/.npz of images (converted and resized as for training)."""
+    or .npy/.npz of images (converted and resized as for training); and the name of each image's
+    file (relative to the folder), or () for an array file."""
     path = Path(spec)
     size, channels = config.model.image_size, config.model.in_channels
     if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
         try:
             with Image.open(path) as img:
-                array = np.array(img.convert("L" if channels == 1 else "RGB"))
+                if img.size != (size, size):
+                    raise DataError(f"--image {path} is {img.size[0]}x{img.size[1]} pixels; this model's images are "
+                                    f"{size}x{size} (a folder or .npy of images is resized; a single image is not)")
+                img.load()
+                # The conversion training used (16-bit and float images scaled, not clipped, to 8 bits);
+                # at the model's size nothing is resized or cropped.
+                return torch.from_numpy(fit_image(img, size, channels))[None], (path.name,)
         except (UnidentifiedImageError, OSError, ValueError) as e:
             raise DataError(f"--image {path} is not a readable image: {e}") from None
-        if array.shape[:2] != (size, size):
-            raise DataError(f"--image {path} is {array.shape[1]}x{array.shape[0]} pixels; this model's images are "
-                            f"{size}x{size} (a folder or .npy of images is resized; a single image is not)")
-        array = array[:, :, None] if array.ndim == 2 else array
-        return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))[None]
     if not path.exists():
         raise DataError(f"--image {path} does not exist")
     data_cfg = apply_overrides(config, {"data.num_workers": 0}).data
     images = load_dataset(str(path), data_cfg)
-    return torch.stack([images[i][0] for i in range(len(images))])
+    return torch.stack([images[i][0] for i in range(len(images))]), images.names
 
 
 @dataclass
@@ -415,10 +431,13 @@ def inpaint(run_dir: str | Path, image: str | Path | torch.Tensor, mask: str | t
     re-draw), or a bool tensor (H, W); one mask for every image. `class_`: a class index or name;
     None: a conditional prior infers each image's class from its kept codes, taken by
     `class_choice` ("argmax" or "sample", default DEFAULT_CLASS_CHOICE); "none": the prior's
-    unconditional mode. Writes OUT (a PNG grid of the results), OUT.npy (uint8 (N, C, H, W)) and
-    OUT.json (settings, the code mask, and the inferred class of each image with its posterior
-    probability). Unset sampling options come from the run's sample config."""
-    out = check_output_path(out)
+    unconditional mode. Writes OUT (.png or .jpg: the result, or a grid of the results), OUT.npy
+    (uint8 (N, C, H, W)) and OUT.json (settings, the code mask, and the inferred class of each image
+    with its posterior probability; for a folder, each result's file, as `inputs`). Unset sampling
+    options come from the run's sample config."""
+    # The grid's format follows OUT's extension; OUT.npy and OUT.json are written beside it, so OUT
+    # itself must not end in .npy or .json (one file would overwrite the other).
+    out = check_output_path(out, suffixes=OUTPUT_SUFFIXES)
     for path in (out.with_suffix(".npy"), out.with_suffix(".json")):
         check_output_path(path)
     margin = parse_margin(margin)
@@ -435,7 +454,7 @@ def inpaint(run_dir: str | Path, image: str | Path | torch.Tensor, mask: str | t
     s = apply_overrides(config, {f"sample.{k}": v for k, v in asked.items() if v is not None}).sample
     size = vq_config.model.image_size
     pixel_mask = mask if isinstance(mask, torch.Tensor) else parse_mask(mask, size)
-    images = image if isinstance(image, torch.Tensor) else read_images(image, vq_config)
+    images, names = (image, ()) if isinstance(image, torch.Tensor) else read_images(image, vq_config)
     class_ = None if class_ is None or class_ == "" else str(class_)
     infer = class_ is None and prior.conditional
     if class_choice is not None:
@@ -481,7 +500,8 @@ def inpaint(run_dir: str | Path, image: str | Path | torch.Tensor, mask: str | t
     if len(images) == 1:  # one image: the result itself, at its own size
         buffer = io.BytesIO()
         array = result.images[0].permute(1, 2, 0).numpy()
-        Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array).save(buffer, format="PNG")
+        Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array).save(
+            buffer, format="JPEG" if out.suffix.lower() in (".jpg", ".jpeg") else "PNG")
         atomic_write_bytes(out, buffer.getvalue())
         grid = out
     else:
@@ -492,6 +512,8 @@ def inpaint(run_dir: str | Path, image: str | Path | torch.Tensor, mask: str | t
                 "codes_redrawn": int(result.code_mask.sum()), "code_mask": result.code_mask.int().tolist(),
                 "prior_kind": prior.config.kind, "class": "inferred" if infer else class_, **sampling,
                 "seed": s.seed}
+    if names:  # which file each result comes from (a folder's unreadable files are skipped)
+        settings["inputs"] = list(names)
     if infer:
         names = prior.spec.class_names
         classes = result.classes.tolist()

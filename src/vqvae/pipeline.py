@@ -14,7 +14,7 @@ from .runlock import locks_run
 from .runs import read_metrics, update_metrics
 from .sampling import sample
 from .training.distributed import is_main_process
-from .training.prior_stage import train_prior
+from .training.prior_stage import check_one_index_per_position, train_prior
 from .training.vqvae_stage import train_vqvae
 
 
@@ -23,6 +23,9 @@ def run_pipeline(config: RunConfig, run_dir: str | Path, progress: bool = True) 
     """The whole job: VQ-VAE, cached codes, prior, samples, evaluation and report, in one folder."""
     run_dir = Path(run_dir)
     check_model_config(config.model)  # before any data is read or cached, or a folder made
+    # The prior's turn comes after the VQ-VAE has trained: a VQ-VAE it cannot model is said now.
+    check_one_index_per_position(config.quantizer.kind,
+                                 config.quantizer.rvq_depth if config.quantizer.kind == "rvq" else 1)
     # Said before the VQ-VAE trains, not after; the data is described only when it matters (a
     # .npy file is read whole to describe it).
     needs_labels = config.prior.conditional and not config.prior.pseudo_classes  # pseudo-classes read no labels

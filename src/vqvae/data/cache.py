@@ -288,7 +288,8 @@ def fit_image(img: Image.Image, size: int, channels: int) -> np.ndarray:
         img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
     w, h = img.size
     left, top = (w - size) // 2, (h - size) // 2
-    array = np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.uint8)
+    # A copy: np.asarray of a PIL image is read-only, and torch warns when it wraps one.
+    array = np.array(img.crop((left, top, left + size, top + size)), dtype=np.uint8)
     if array.ndim == 2:
         array = array[:, :, None]
     return np.ascontiguousarray(array.transpose(2, 0, 1))

@@ -37,7 +37,9 @@ from .cache import (cache_root, cache_stem, list_folder, no_images_error, parall
 AUTO_PRESETS = ("mnist", "cifar10", "celeba-hq-64", "celeba-hq-128")
 NAMED_DATA = {"mnist-5k": (5000, 28, 1), "mnist": (60000, 28, 1), "fashion-mnist": (60000, 28, 1),
               "cifar10": (50000, 32, 3)}
-GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}  # anything else (RGB, P, CMYK...) is colour
+# Anything else (RGB, CMYK, a palette of colours...) is colour. A palette of greys only (pngquant's
+# output of grey images, say) is grey: its pixels convert to "L" exactly.
+GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F", "P (grey)", "PA (grey)"}
 CHANNEL_PENALTY = 0.5  # octaves of size difference a channel mismatch is worth
 CHANNEL_KEYS = ("data.channels", "model.in_channels")
 
@@ -63,12 +65,26 @@ class PresetChoice:
 
 
 def _header(path: Path) -> tuple[str, str] | None:
-    """("WxH", mode) from the file's header (no pixel is decoded), None if unreadable."""
+    """("WxH", mode) from the file's header (no pixel is decoded), None if unreadable. A palette
+    image whose palette holds greys only is mode "P (grey)" ("PA (grey)")."""
     try:
         with Image.open(path) as img:
-            return f"{img.size[0]}x{img.size[1]}", img.mode
+            mode = img.mode
+            if mode in ("P", "PA") and _grey_palette(img):
+                mode += " (grey)"
+            return f"{img.size[0]}x{img.size[1]}", mode
     except Exception:
         return None
+
+
+def _grey_palette(img: Image.Image) -> bool:
+    """Whether a palette image's palette (read with its header: getpalette() would decode the
+    pixels) holds only greys; False when it cannot be told."""
+    palette = img.palette
+    raw = getattr(palette, "palette", None)
+    if getattr(palette, "mode", None) != "RGB" or not isinstance(raw, bytes) or not raw or len(raw) % 3:
+        return False
+    return raw[0::3] == raw[1::3] == raw[2::3]
 
 
 SCAN_SHAPE = {"count": int, "unreadable": int, "sizes": dict, "modes": dict, "classes": int}
@@ -80,7 +96,8 @@ def _scan_folder(folder: Path, cfg: DataConfig) -> DataSummary:
         raise no_images_error(listing, 0)
     root = cache_root(cfg, create=True)
     remove_dead_temporaries(root)
-    path = root / f"{cache_stem(listing, 'scan-')}{listing.key(cfg.cache_check, what='scan')[:16]}.json"
+    # modes=...: scans saved before grey palettes were told apart from colour ones are not reused.
+    path = root / f"{cache_stem(listing, 'scan-')}{listing.key(cfg.cache_check, what='scan', modes='grey-palettes')[:16]}.json"
     scan = read_side_file(path, SCAN_SHAPE)
     if scan is not None and not (all(isinstance(n, int) for n in (*scan["sizes"].values(), *scan["modes"].values()))
                                  and all(re.fullmatch(r"\d+x\d+", wh) for wh in scan["sizes"])):

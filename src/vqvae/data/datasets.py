@@ -57,6 +57,9 @@ class ImageSet(torch.utils.data.Dataset):
     # loader's key (resolved path with stat data or content hashes, size, channels); "" = hash
     # the images themselves (`data_identity`).
     identity: str = ""
+    # Each image's file, relative to the folder, for sets read from a folder of images (so results
+    # can name their inputs: unreadable files are skipped, which shifts every later position).
+    names: tuple[str, ...] = ()
 
     @property
     def in_memory(self) -> bool:
@@ -89,7 +92,8 @@ class ImageSet(torch.utils.data.Dataset):
             digest.update(indices.to(torch.int64).numpy().tobytes())
             identity = f"subset:{digest.hexdigest()}"
         common = dict(name=name, image_size=self.image_size, channels=self.channels, labels=labels,
-                      class_names=self.class_names, identity=identity)
+                      class_names=self.class_names, identity=identity,
+                      names=tuple(self.names[i] for i in indices.tolist()) if self.names else ())
         if self.source:
             rows = self.index[indices] if self.index is not None else indices
             return ImageSet(images=self.images, index=rows, source=self.source, **common)
@@ -278,7 +282,8 @@ def _image_folder(folder: Path, cfg: DataConfig) -> ImageSet:
         labels, class_names = _folder_labels(cached.files)
         return ImageSet(folder.name, cfg.image_size, cfg.channels, images=torch.from_numpy(cached.images),
                         labels=labels, class_names=class_names, source=str(cached.path),
-                        identity=f"folder:{listing.key(cfg.cache_check, size=cfg.image_size, channels=cfg.channels)}")
+                        identity=f"folder:{listing.key(cfg.cache_check, size=cfg.image_size, channels=cfg.channels)}",
+                        names=tuple(cached.files))
     return _lazy_image_folder(listing, cfg)
 
 
@@ -296,9 +301,10 @@ def _lazy_image_folder(listing: FolderListing, cfg: DataConfig) -> ImageSet:
     _warn_skipped(listing, skipped)
     if not files:
         raise no_images_error(listing, len(skipped))
-    labels, class_names = _folder_labels([p.relative_to(listing.folder).as_posix() for p in files])
+    relative = [p.relative_to(listing.folder).as_posix() for p in files]
+    labels, class_names = _folder_labels(relative)
     return ImageSet(listing.folder.name, cfg.image_size, cfg.channels, files=files, labels=labels,
-                    class_names=class_names, identity=file_identity(files, cfg))
+                    class_names=class_names, identity=file_identity(files, cfg), names=tuple(relative))
 
 
 def _numpy_file(path: Path, cfg: DataConfig) -> ImageSet:

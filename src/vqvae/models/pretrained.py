@@ -31,15 +31,13 @@ from safetensors import safe_open
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
+from ..checkpoint import TRAINING_STATE
 from ..errors import CheckpointError
 from ..files import TMP_SUFFIX, atomic_write_bytes, default_mode, file_sha256, fsync_folder, process_alive
 
 FORMAT = "vqvae-toolkit-model"
 VERSION = 1
 KINDS = ("vqvae", "prior")
-# Checkpoint keys that are training state or the envelope, never copied into a model folder.
-TRAINING_STATE = frozenset({"format", "version", "kind", "config", "model_state", "optimizer_state",
-                            "scheduler_state", "rng", "loop", "epoch_state"})
 USE_NOTE = ("Weights for use (encode, decode, sample, export), not for resuming training: optimizer and loop "
             "state are not included; keep the run's checkpoints for that.")
 

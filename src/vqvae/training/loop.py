@@ -191,9 +191,19 @@ def check_resume_config(run_dir: Path, kind: str, config: RunConfig, sections: t
     path = checkpoint_path(run_dir, kind, "last")
     if not path.is_file():
         return  # nothing to compare with; `fit` says what it does about that
+    checkpoint = load_checkpoint(path, kind=kind)
     # Rebuilt through RunConfig so fields added since the run was saved compare at their defaults.
-    saved = RunConfig.from_dict(load_checkpoint(path, kind=kind)["config"]).to_dict()
+    saved = RunConfig.from_dict(checkpoint["config"]).to_dict()
     now = config.to_dict()
+    # Fewer epochs than trained would stop at once and leave config.json saying fewer than the
+    # weights had (an epoch begun counts: its steps are in the weights).
+    section = "train" if kind == "vqvae" else "prior_train"
+    loop = checkpoint.get("loop", {})
+    trained = int(loop.get("epoch", 0)) + (1 if loop.get("batch_in_epoch", 0) else 0)
+    if now[section]["epochs"] < trained:
+        raise ConfigError(f"{section}.epochs={now[section]['epochs']} on resume, but {run_dir} has trained "
+                          f"{trained} epoch(s) of its {kind}: resuming cannot take epochs back; leave "
+                          f"{section}.epochs out, or set it above {trained} to train on")
     # quantizer.search_precision only changes how the same codes are found: free to change.
     fields = [(s, k) for s in sections for k in now[s] if (s, k) != ("quantizer", "search_precision")]
     fields += [("data", k) for k in DATA_FIXED_ON_RESUME] + list(more)
@@ -704,6 +714,9 @@ def _resumed_settings(cfg: TrainConfig, saved: dict, state: LoopState, stage: St
                 else f"constant lr {cfg.lr:g}")
         notes.append(f"extending the finished {state.epoch}-epoch run to {cfg.epochs} epochs from step {state.step}: "
                      f"{plan}")
+    if not finished and cfg.epochs != saved["epochs"]:
+        notes.append(f"{section}.epochs changed on resume mid-run: {saved['epochs']} -> {cfg.epochs}; the learning-rate "
+                     f"schedule is re-planned over {cfg.epochs} epochs from step {state.step + 1}")
     if cfg.lr != saved["lr"]:
         for group in optimizer.param_groups:
             group["initial_lr"] = cfg.lr

@@ -254,6 +254,14 @@ def check_classes_trained(train_set: ImageSet, held_out: dict[str, ImageSet | No
                             f"untrained class: add training images of {it}, or remove {it} from the data")
 
 
+def check_one_index_per_position(quantizer_kind: str, indices_per_position: int) -> None:
+    """The priors model one code index per position; a residual quantizer gives several."""
+    if indices_per_position != 1:
+        raise ConfigError(f"the prior models one code index per position, but this VQ-VAE "
+                          f"(quantizer.kind={quantizer_kind}) gives {indices_per_position} per position; "
+                          f"train the VQ-VAE with quantizer.kind=vq, fsq or lfq to train a prior on its codes")
+
+
 @locks_run("train-prior", lambda a: a["run_dir"])
 def train_prior(config: RunConfig, run_dir: str | Path, resume: bool = False,
                 data: Splits | tuple[ImageSet, ImageSet] | None = None) -> TrainResult:
@@ -272,10 +280,16 @@ def train_prior(config: RunConfig, run_dir: str | Path, resume: bool = False,
     if resume:
         check_resume_config(run_dir, "prior", config, ("prior",))
     vqvae, vq_config = load_vqvae(run_dir, ctx.device)
-    if vqvae.indices_per_position != 1:
-        raise ConfigError(f"the prior models one code index per position, but this VQ-VAE "
-                          f"(quantizer.kind={vq_config.quantizer.kind}) gives {vqvae.indices_per_position} per position; "
-                          f"train the VQ-VAE with quantizer.kind=vq, fsq or lfq to train a prior on its codes")
+    check_one_index_per_position(vq_config.quantizer.kind, vqvae.indices_per_position)
+    last_prior = checkpoint_path(run_dir, "prior", "last")
+    if resume and last_prior.is_file():
+        # Codes of another VQ-VAE mean other things: continuing would compare validation losses
+        # across the two and keep the old codes' best checkpoint.
+        trained_on = load_checkpoint(last_prior, kind="prior").get("vqvae_fingerprint")
+        if trained_on and trained_on != codebook_fingerprint(vqvae):
+            raise ConfigError(f"cannot resume the prior in {run_dir}: it was trained on the codes of a different VQ-VAE "
+                              f"(the run's VQ-VAE was trained further or again since); train a new prior for it: "
+                              f"`vqvae train-prior {run_dir}` without --resume")
     config.model, config.quantizer = vq_config.model, vq_config.quantizer  # the VQ-VAE's own config is the truth
     check_model_fits(lambda: build_prior(config.prior, PriorSpec(vqvae.codebook_size, vqvae.latent_size, 0, ()),
                                          dropout=0.0), ctx.device, f"the {config.prior.kind} prior",
