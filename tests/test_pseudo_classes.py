@@ -123,3 +123,25 @@ def test_a_prior_on_pseudo_classes_resumes_through_the_api_and_reports_its_uncon
     report = (run / "report.md").read_text()
     assert "nats per masked code in its unconditional mode (a prior on pseudo-classes)" in report
     assert "given the class" not in report
+
+
+def test_a_prior_on_pseudo_classes_validated_the_old_way_is_not_resumed(tmp_path, bar_folder):
+    """Before validation used the unconditional mode, a prior on pseudo-classes kept a best figure
+    scored with each map's own cluster, lower than any new epoch's: resuming it is a one-line error."""
+    from vqvae.checkpoint import load_checkpoint, save_checkpoint
+    from vqvae.training.loop import checkpoint_path
+
+    settings = tiny_overrides(bar_folder) + ["prior.conditional=false", "prior.pseudo_classes=2",
+                                             "prior.label_dropout=0.1"]
+    run = tmp_path / "run"
+    api.train_vqvae(load_config("tiny", settings), run)
+    api.train_prior(load_config("tiny", settings), run)
+    path = checkpoint_path(run, "prior", "last")
+    saved = load_checkpoint(path)
+    assert saved["validation_labels"] == "null class"
+    old = {k: v for k, v in saved.items() if k not in ("format", "version", "kind", "config", "model_state",
+                                                       "validation_labels")}
+    save_checkpoint(path, "prior", saved["config"], saved["model_state"], **old)
+    with pytest.raises(ConfigError, match="validated with each map's own cluster") as caught:
+        api.train_prior(load_config("tiny", settings + ["prior_train.epochs=3"]), run, resume=True)
+    assert "\n" not in str(caught.value)

@@ -167,7 +167,10 @@ class PriorStage(Stage):
                 "prior_spec": {"codebook_size": spec.codebook_size, "latent_size": spec.latent_size,
                                "num_classes": spec.num_classes, "class_names": list(spec.class_names),
                                "class_weights": list(spec.class_weights)},
-                "vqvae_fingerprint": self.fingerprint}
+                "vqvae_fingerprint": self.fingerprint,
+                # A prior on pseudo-classes is validated in its unconditional mode; earlier ones gave each
+                # map its own cluster, a lower figure that no resumed epoch could beat.
+                **({"validation_labels": "null class"} if self.model.config.pseudo_classes else {})}
 
 
 def process_step_seed(seed: int, step: int, rank: int) -> int:
@@ -285,11 +288,17 @@ def train_prior(config: RunConfig, run_dir: str | Path, resume: bool = False,
     if resume and last_prior.is_file():
         # Codes of another VQ-VAE mean other things: continuing would compare validation losses
         # across the two and keep the old codes' best checkpoint.
-        trained_on = load_checkpoint(last_prior, kind="prior").get("vqvae_fingerprint")
+        last = load_checkpoint(last_prior, kind="prior")
+        trained_on = last.get("vqvae_fingerprint")
         if trained_on and trained_on != codebook_fingerprint(vqvae):
             raise ConfigError(f"cannot resume the prior in {run_dir}: it was trained on the codes of a different VQ-VAE "
                               f"(the run's VQ-VAE was trained further or again since); train a new prior for it: "
                               f"`vqvae train-prior {run_dir}` without --resume")
+        if config.prior.pseudo_classes and last.get("validation_labels") != "null class":
+            raise ConfigError(f"cannot resume the prior in {run_dir}: it is a prior on pseudo-classes validated with each "
+                              f"map's own cluster, as earlier versions did; its best validation figure is not comparable "
+                              f"with the unconditional one used now, so no resumed epoch would be kept; train a new "
+                              f"prior: `vqvae train-prior {run_dir}` without --resume")
     config.model, config.quantizer = vq_config.model, vq_config.quantizer  # the VQ-VAE's own config is the truth
     check_model_fits(lambda: build_prior(config.prior, PriorSpec(vqvae.codebook_size, vqvae.latent_size, 0, ()),
                                          dropout=0.0), ctx.device, f"the {config.prior.kind} prior",
