@@ -129,6 +129,10 @@ def test_rvq_of_one_level_is_refused(bar_folder, tmp_path, capsys):
     assert cli("train", "--preset", "tiny", "--out", tmp_path / "r", "--set", *tiny_overrides(bar_folder),
                "quantizer.kind=rvq", "quantizer.rvq_depth=1") == 2
     assert "quantizer.rvq_depth=1: must be >= 2" in capsys.readouterr().err
+    # A run trained at depth 1 before this check still loads: the refusal is at training only.
+    from vqvae.config import RunConfig, load_config
+    saved = load_config("tiny", ["quantizer.kind=rvq", "quantizer.rvq_depth=1"]).to_dict()
+    assert RunConfig.from_dict(saved).quantizer.rvq_depth == 1
 
 
 def test_prior_resume_after_the_vqvae_changed_is_refused(trained_run, tmp_path, capsys):

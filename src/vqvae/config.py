@@ -661,9 +661,7 @@ RULES: dict[str, Rule] = {
     "quantizer.entropy_diversity": at_least(0),
     "quantizer.entropy_temperature": above(0),
     "quantizer.lfq_commitment_weight": at_least(0),
-    # One level would be quantizer.kind=vq with code maps of another shape (N, 1, h, w), which
-    # decode and the priors take for a residual stack of one: say so instead.
-    "quantizer.rvq_depth": Rule(lambda v: v >= 2, ">= 2 (a residual quantizer of one level is quantizer.kind=vq)"),
+    "quantizer.rvq_depth": at_least(1),  # training needs 2 (train_vqvae); runs of depth 1 still load
     "quantizer.rvq_dropout": in_range(0, 1),
     "train.epochs": Rule(lambda v: v >= 1, ">= 1 (0 epochs would train nothing)"),
     "train.batch_size": at_least(1),

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from ..config import RunConfig
-from ..errors import OutputError
+from ..errors import ConfigError, OutputError
 from ..data import Batches, ImageSet, Splits, as_splits
 from ..data.cache import printable
 from ..figures import plot_history, save_reconstruction_grid, spread_indices
@@ -227,6 +227,11 @@ def train_vqvae(config: RunConfig, run_dir: str | Path, resume: bool = False,
     """
     run_dir = Path(run_dir)
     check_model_config(config.model)  # before any data is read or cached, or a folder made
+    if config.quantizer.kind == "rvq" and config.quantizer.rvq_depth < 2:
+        # One level is quantizer.kind=vq with code maps of another shape, (N, 1, h, w), that decode
+        # and the priors refuse. Checked here, not in the config rules, so runs of depth 1 still load.
+        raise ConfigError(f"quantizer.rvq_depth={config.quantizer.rvq_depth}: must be >= 2 to train (a residual "
+                          f"quantizer of one level is quantizer.kind=vq)")
     try:
         str(run_dir.absolute()).encode("utf-8")
     except UnicodeEncodeError:  # bytes kept as surrogates: tensorboard cannot write there
