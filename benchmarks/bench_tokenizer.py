@@ -85,21 +85,21 @@ def train_for_budget(name, preset, overrides, train_images, test_npy, budget_s, 
         if len(given_rates) != (2 if adversarial else 1):
             raise SystemExit(f"--throughput {name}: give {'GENERATOR,WITH_DISCRIMINATOR' if adversarial else 'ONE'} "
                              f"images per second")
-        f = disc_start_fraction
-        images_per_s = 1 / (f / given_rates[0] + (1 - f) / given_rates[1]) if adversarial else given_rates[0]
-        calibration = {"given_images_per_s": given_rates, "wall_s": 0.0}
+        rates, calibration = given_rates, {"given_images_per_s": given_rates, "wall_s": 0.0}
     elif adversarial:  # both phases: the generator alone until disc_start, then both networks
         before, wall_before = calibrate(f"{name}-generator", preset, [*overrides, "loss.adversarial=none"], common,
                                         train_images, work, seed)
         after, wall_after = calibrate(name, preset, [*overrides, "loss.disc_start=0"], common, train_images, work,
                                       seed)
-        f = disc_start_fraction
-        images_per_s = 1 / (f / before + (1 - f) / after)
+        rates = [before, after]
         calibration = {"images_per_s_generator_only": before, "images_per_s_with_discriminator": after,
                        "wall_s": round(wall_before + wall_after, 1)}
     else:
-        images_per_s, wall = calibrate(name, preset, overrides, common, train_images, work, seed)
-        calibration = {"wall_s": round(wall, 1)}
+        rate, wall = calibrate(name, preset, overrides, common, train_images, work, seed)
+        rates, calibration = [rate], {"wall_s": round(wall, 1)}
+    # An adversarial model's budget counts both phases at their own rates (harmonic mean).
+    f = disc_start_fraction
+    images_per_s = 1 / (f / rates[0] + (1 - f) / rates[1]) if adversarial else rates[0]
     budget_images = int(images_per_s * budget_s)
     epochs = max(1, math.ceil(budget_images / len(train_images)))
     per_epoch = max(1, budget_images // epochs)
@@ -167,6 +167,8 @@ def main() -> None:
             given[name] = [float(r) for r in rates.split(",")]
         except ValueError:
             raise SystemExit(f"--throughput {spec!r}: expected NAME=RATE[,RATE] in images per second") from None
+        if not all(math.isfinite(r) and r > 0 for r in given[name]):
+            raise SystemExit(f"--throughput {spec!r}: rates must be finite numbers of images per second > 0")
     unknown = set(given) - {name for name, _, _ in models}
     if unknown:
         raise SystemExit(f"--throughput names no --model: {', '.join(sorted(unknown))}")

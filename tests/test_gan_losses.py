@@ -85,7 +85,7 @@ def test_r1_penalty_of_a_linear_discriminator_is_its_squared_weight_norm():
     w = torch.randn(1, 3, 4, 4)
     real = torch.rand(5, 3, 4, 4, requires_grad=True)
     logits = ((2 * real - 1) * w).flatten(1).sum(1)
-    assert r1_penalty(logits, real).item() == pytest.approx(w.pow(2).sum().item(), rel=1e-5)
+    assert r1_penalty(logits, real, input_scale=2.0).item() == pytest.approx(w.pow(2).sum().item(), rel=1e-5)
 
 
 def test_l1_is_taken_on_the_minus_one_to_one_scale_of_taming():

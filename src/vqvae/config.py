@@ -112,6 +112,11 @@ class QuantizerConfig:
     rvq_depth: int = 4  # rvq: residual levels, each a codebook of codebook_size codes
     rvq_dropout: float = 0.0  # rvq: fraction of training images decoded from only a random first 1..depth levels
 
+    @property
+    def indices_per_position(self) -> int:
+        """Code indices per position of the map: rvq_depth for a residual quantizer, else 1."""
+        return self.rvq_depth if self.kind == "rvq" else 1
+
 
 class FloatList(list):
     """The type of a list field whose default holds floats (Adam's betas): --set parses "0.5,0.9"
@@ -172,7 +177,8 @@ class LossConfig:
     disc_layers: int = 3  # PatchGAN depth (taming's n_layers): patches of 70 pixels at 3
     disc_channels: int = 64  # width of its first layer (doubled per layer up to 8x)
     disc_lr: float = 0.0  # the discriminator's learning rate; 0 = train.lr (taming uses one rate)
-    r1_weight: float = 0.0  # R1 gradient penalty on real images (Mescheder et al., 2018); 0 = off
+    # R1 penalty on real images (Mescheder et al., 2018), on the [-1, 1] input the discriminator reads; 0 = off
+    r1_weight: float = 0.0
     # A collapse: the discriminator tells real from reconstructed in at least this fraction of
     # patches for collapse_steps steps in a row (then its gradient no longer guides the decoder).
     collapse_accuracy: float = 0.99

@@ -79,15 +79,18 @@ def _header(path: Path) -> tuple[str, str] | None:
 
 def _grey_palette(img: Image.Image) -> bool:
     """Whether a palette image's palette (read with its header: getpalette() would decode the
-    pixels) holds only greys; False when it cannot be told."""
+    pixels) holds only greys; False when it cannot be told. Only packed RGB palettes are read (PNG,
+    GIF); others, such as BMP's 4-byte BGRX entries, count as colour."""
     palette = img.palette
     raw = getattr(palette, "palette", None)
-    if getattr(palette, "mode", None) != "RGB" or not isinstance(raw, bytes) or not raw or len(raw) % 3:
+    if (getattr(palette, "mode", None) != "RGB" or getattr(palette, "rawmode", None) not in (None, "RGB")
+            or not isinstance(raw, bytes) or not raw or len(raw) % 3):
         return False
     return raw[0::3] == raw[1::3] == raw[2::3]
 
 
 SCAN_SHAPE = {"count": int, "unreadable": int, "sizes": dict, "modes": dict, "classes": int}
+SCAN_VERSION = 2  # part of a saved scan's key: raise it when what a scan records changes
 
 
 def _scan_folder(folder: Path, cfg: DataConfig) -> DataSummary:
@@ -96,8 +99,8 @@ def _scan_folder(folder: Path, cfg: DataConfig) -> DataSummary:
         raise no_images_error(listing, 0)
     root = cache_root(cfg, create=True)
     remove_dead_temporaries(root)
-    # modes=...: scans saved before grey palettes were told apart from colour ones are not reused.
-    path = root / f"{cache_stem(listing, 'scan-')}{listing.key(cfg.cache_check, what='scan', modes='grey-palettes')[:16]}.json"
+    key = listing.key(cfg.cache_check, what="scan", scan_version=SCAN_VERSION)[:16]
+    path = root / f"{cache_stem(listing, 'scan-')}{key}.json"
     scan = read_side_file(path, SCAN_SHAPE)
     if scan is not None and not (all(isinstance(n, int) for n in (*scan["sizes"].values(), *scan["modes"].values()))
                                  and all(re.fullmatch(r"\d+x\d+", wh) for wh in scan["sizes"])):

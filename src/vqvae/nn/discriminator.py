@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+INPUT_SCALE = 2.0  # images in [0, 1] reach the layers as INPUT_SCALE * x - 1, in [-1, 1]
+
 
 def group_count(channels: int, most: int = 32) -> int:
     """The largest divisor of `channels` up to `most`: GroupNorm's groups for any width."""
@@ -49,5 +51,5 @@ class PatchDiscriminator(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) in [0, 1] -> logits (B, 1, h, w), h = H / 2**layers - 2."""
-        return self.layers(2 * images - 1)  # taming's networks see images in [-1, 1]
+        return self.layers(INPUT_SCALE * images - 1)  # taming's networks see images in [-1, 1]
 

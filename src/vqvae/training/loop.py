@@ -186,8 +186,9 @@ DATA_FIXED_ON_RESUME = ("dataset", "test_dataset", "test_fraction", "val_fractio
 
 def check_resume_config(run_dir: Path, kind: str, config: RunConfig, sections: tuple[str, ...],
                         more: tuple[tuple[str, str], ...] = ()) -> None:
-    """A resumed run must build the same model it saved: compare the architecture sections, and
-    the (section, field) pairs in `more` (those that shape a second network)."""
+    """A resumed run must build the same model it saved (compare the architecture sections, and
+    the (section, field) pairs in `more`, those that shape a second network) and may not ask for
+    fewer epochs than it has trained."""
     path = checkpoint_path(run_dir, kind, "last")
     if not path.is_file():
         return  # nothing to compare with; `fit` says what it does about that
@@ -203,7 +204,7 @@ def check_resume_config(run_dir: Path, kind: str, config: RunConfig, sections: t
     if now[section]["epochs"] < trained:
         raise ConfigError(f"{section}.epochs={now[section]['epochs']} on resume, but {run_dir} has trained "
                           f"{trained} epoch(s) of its {kind}: resuming cannot take epochs back; leave "
-                          f"{section}.epochs out, or set it above {trained} to train on")
+                          f"{section}.epochs out, or set it to {trained} or more")
     # quantizer.search_precision only changes how the same codes are found: free to change.
     fields = [(s, k) for s in sections for k in now[s] if (s, k) != ("quantizer", "search_precision")]
     fields += [("data", k) for k in DATA_FIXED_ON_RESUME] + list(more)

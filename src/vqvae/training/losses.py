@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import LossConfig
+from ..nn.discriminator import INPUT_SCALE
 
 # Taming's clamp of the adaptive weight, and the epsilon under its denominator.
 MAX_ADAPTIVE_WEIGHT = 1e4
@@ -61,7 +62,7 @@ def discriminator_accuracy(logits_real: torch.Tensor, logits_fake: torch.Tensor)
     return 0.5 * ((logits_real > 0).float().mean() + (logits_fake < 0).float().mean())
 
 
-def r1_penalty(logits_real: torch.Tensor, real: torch.Tensor, input_scale: float = 2.0) -> torch.Tensor:
+def r1_penalty(logits_real: torch.Tensor, real: torch.Tensor, input_scale: float) -> torch.Tensor:
     """E ||grad D||^2 on real images (Mescheder et al., ICML 2018); `real` (in [0, 1]) requires grad.
     The gradient is taken with respect to what the discriminator reads, input_scale * real - 1
     ([-1, 1], as the literature's R1 weights assume): d/dreal divided by input_scale."""
@@ -168,7 +169,7 @@ class TokenizerObjective:
                  "logits_fake": logits_fake.detach().mean(),
                  "disc_accuracy": discriminator_accuracy(logits_real.detach(), logits_fake.detach())}
         if self.cfg.r1_weight > 0:
-            r1 = r1_penalty(logits_real, real)
+            r1 = r1_penalty(logits_real, real, INPUT_SCALE)
             loss = loss + 0.5 * self.cfg.r1_weight * r1
             terms["r1"] = r1.detach()
         return loss, terms
