@@ -22,4 +22,5 @@ if result.model.indices_per_position == 1:  # the prior models one index per pos
     saved.update(prior_state=prior.model.state_dict(), prior_history=[h["bits"] for h in prior.history])
 torch.save(saved, out / f"rank{rank}.pt")
 if dist.is_initialized():
+    dist.barrier()  # both ranks done with every collective before either tears the group down
     dist.destroy_process_group()

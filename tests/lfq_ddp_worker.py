@@ -14,4 +14,5 @@ part = z.chunk(world)[rank].clone().requires_grad_(True)
 per_sample, codebook = lfq_entropies(part, 0.5, chunk_elements=64 * 5)
 (per_sample - codebook).backward()
 torch.save({"z": z, "codebook": codebook.detach(), "grad": part.grad}, f"{sys.argv[1]}.{rank}")
+dist.barrier()  # both ranks done with every collective before either tears the group down
 dist.destroy_process_group()
