@@ -30,7 +30,7 @@ from .metrics.codebook import codebook_stats
 from .models import quantizer_info
 from .pipeline import run_pipeline
 from .report import write_report
-from .runs import IMAGE_SUFFIXES, check_output_path, codebook_fingerprint, load_prior, load_vqvae
+from .runs import OUTPUT_IMAGE_SUFFIXES, check_output_path, codebook_fingerprint, load_prior, load_vqvae
 from .sample_tuning import tune_sampling
 from .sampling import decode_and_save, sample
 from .training.distributed import resolve_device
@@ -56,7 +56,7 @@ def reconstruct(checkpoint: str | Path, out: str | Path, data: str | None = None
     """Side-by-side grid: rows of originals, each followed by its reconstructions. The images
     are a spread of the set (every class where there are labels, else evenly spaced)."""
     check_value("--num", num_images, at_least(1))
-    out = check_output_path(out, suffixes=IMAGE_SUFFIXES)
+    out = check_output_path(out, suffixes=OUTPUT_IMAGE_SUFFIXES)
     dev = resolve_device(device)
     model, config = load_vqvae(checkpoint, dev)
     images = _images(config, data)
@@ -131,7 +131,7 @@ def decode(checkpoint: str | Path, codes: str | Path, out: str | Path, device: s
     Codes must come from this VQ-VAE: the fingerprint `encode` records in codes.json is checked
     (codes of another model with the same codebook size would decode to garbage), and so is
     the code-map size."""
-    out = check_output_path(out, suffixes=IMAGE_SUFFIXES)
+    out = check_output_path(out, suffixes=OUTPUT_IMAGE_SUFFIXES)
     check_output_path(Path(out).with_suffix(".npy"))
     dev = resolve_device(device)
     model, _ = load_vqvae(checkpoint, dev)

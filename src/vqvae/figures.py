@@ -23,7 +23,7 @@ def spread_indices(n: int, count: int, labels: torch.Tensor | None = None) -> li
 
 
 def save_grid(images: torch.Tensor, path: Path, nrow: int = 8, padding: int = 2) -> Path:
-    """images: (N, C, H, W) float; clipped to [0, 1] and written as one PNG."""
+    """images: (N, C, H, W) float; clipped to [0, 1] and written as one PNG or JPEG (by the name)."""
     from torchvision.utils import save_image
 
     path = Path(path)

@@ -62,8 +62,7 @@ from .errors import ConfigError, DataError
 from .figures import save_grid
 from .files import atomic_save_npy, atomic_write_bytes, atomic_write_text
 from .models import VQVAE
-from .runs import IMAGE_SUFFIXES as OUTPUT_SUFFIXES
-from .runs import check_output_path, check_prior_matches, load_prior, load_vqvae
+from .runs import OUTPUT_IMAGE_SUFFIXES, check_output_path, check_prior_matches, load_prior, load_vqvae
 from .sampling import check_class_word, check_guidance, class_labels, effective_guidance
 from .training.distributed import resolve_device
 
@@ -81,7 +80,7 @@ LIKELIHOOD_SEED = 0
 # keep its largest float tensor under this many elements (8 MiB): on a CPU larger passes were slower
 # per map (docs/benchmarks-maskgit.md); an accelerator also takes at least the caller's batch per pass.
 LIKELIHOOD_BATCH_ELEMENTS = 2 ** 21
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+INPUT_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")  # image modes with an alpha channel
 
 
@@ -192,7 +191,7 @@ def read_images(spec: str | Path, config) -> tuple[torch.Tensor, tuple[str, ...]
     file (relative to the folder), or () for an array file."""
     path = Path(spec)
     size, channels = config.model.image_size, config.model.in_channels
-    if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+    if path.is_file() and path.suffix.lower() in INPUT_IMAGE_SUFFIXES:
         try:
             with Image.open(path) as img:
                 if img.size != (size, size):
@@ -437,7 +436,7 @@ def inpaint(run_dir: str | Path, image: str | Path | torch.Tensor, mask: str | t
     options come from the run's sample config."""
     # The grid's format follows OUT's extension; OUT.npy and OUT.json are written beside it, so OUT
     # itself must not end in .npy or .json (one file would overwrite the other).
-    out = check_output_path(out, suffixes=OUTPUT_SUFFIXES)
+    out = check_output_path(out, suffixes=OUTPUT_IMAGE_SUFFIXES)
     for path in (out.with_suffix(".npy"), out.with_suffix(".json")):
         check_output_path(path)
     margin = parse_margin(margin)
@@ -515,13 +514,13 @@ def inpaint(run_dir: str | Path, image: str | Path | torch.Tensor, mask: str | t
     if names:  # which file each result comes from (a folder's unreadable files are skipped)
         settings["inputs"] = list(names)
     if infer:
-        names = prior.spec.class_names
+        class_names = prior.spec.class_names
         classes = result.classes.tolist()
         settings.update(class_choice=class_choice,
                         class_prior="the prior's recorded class frequencies" if prior.spec.class_weights
                         else "uniform",
                         inferred_class=classes,
-                        inferred_class_name=[names[c] for c in classes] if names else None,
+                        inferred_class_name=[class_names[c] for c in classes] if class_names else None,
                         inferred_class_posterior=[round(p, 6) for p in result.class_probability.tolist()])
     atomic_write_text(out.with_suffix(".json"), json.dumps(settings, indent=2) + "\n")
     return {**settings, "out": str(grid)}

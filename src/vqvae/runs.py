@@ -46,7 +46,7 @@ def read_run_config(run_dir: Path) -> RunConfig:
         raise ConfigError(f"{path} cannot be used: {e}") from None
 
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")  # what an image --out may be written as
+OUTPUT_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")  # what an image --out may be written as
 
 
 def check_output_path(path: str | Path, option: str = "--out", folder: bool = False,
