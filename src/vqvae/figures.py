@@ -22,15 +22,19 @@ def spread_indices(n: int, count: int, labels: torch.Tensor | None = None) -> li
     return picked
 
 
+def image_format(path: Path) -> str:
+    """The format an image file is written in, by its name's extension: JPEG or PNG (callers check
+    the extension against runs.OUTPUT_IMAGE_SUFFIXES before any work)."""
+    return "JPEG" if Path(path).suffix.lower() in (".jpg", ".jpeg") else "PNG"
+
+
 def save_grid(images: torch.Tensor, path: Path, nrow: int = 8, padding: int = 2) -> Path:
     """images: (N, C, H, W) float; clipped to [0, 1] and written as one PNG or JPEG (by the name)."""
     from torchvision.utils import save_image
 
     path = Path(path)
-    # The format follows the name's extension (PNG or JPEG; callers check it before any work).
-    image_format = "JPEG" if path.suffix.lower() in (".jpg", ".jpeg") else "PNG"
     atomic_save_figure(path, lambda f: save_image(images.detach().float().clamp(0, 1).cpu(), f, nrow=nrow,
-                                                  padding=padding, pad_value=1.0, format=image_format))
+                                                  padding=padding, pad_value=1.0, format=image_format(path)))
     return path
 
 

@@ -59,7 +59,7 @@ from .config import apply_overrides
 from .data import load_dataset
 from .data.cache import WIDE_MODES, fit_image
 from .errors import ConfigError, DataError
-from .figures import save_grid
+from .figures import image_format, save_grid
 from .files import atomic_save_npy, atomic_write_bytes, atomic_write_text
 from .models import VQVAE
 from .runs import OUTPUT_IMAGE_SUFFIXES, check_output_path, check_prior_matches, load_prior, load_vqvae
@@ -500,7 +500,7 @@ def inpaint(run_dir: str | Path, image: str | Path | torch.Tensor, mask: str | t
         buffer = io.BytesIO()
         array = result.images[0].permute(1, 2, 0).numpy()
         Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array).save(
-            buffer, format="JPEG" if out.suffix.lower() in (".jpg", ".jpeg") else "PNG")
+            buffer, format=image_format(out))
         atomic_write_bytes(out, buffer.getvalue())
         grid = out
     else:
