@@ -24,7 +24,7 @@ def run_pipeline(config: RunConfig, run_dir: str | Path, progress: bool = True) 
     run_dir = Path(run_dir)
     check_model_config(config.model)  # before any data is read or cached, or a folder made
     # The prior's turn comes after the VQ-VAE has trained: a VQ-VAE it cannot model is said now.
-    check_one_index_per_position(config.quantizer.kind, config.quantizer.indices_per_position)
+    check_one_index_per_position(config.quantizer)
     # Said before the VQ-VAE trains, not after; the data is described only when it matters (a
     # .npy file is read whole to describe it).
     needs_labels = config.prior.conditional and not config.prior.pseudo_classes  # pseudo-classes read no labels

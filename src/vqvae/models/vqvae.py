@@ -156,7 +156,7 @@ class VQVAE(nn.Module):
     @property
     def indices_per_position(self) -> int:
         """1, or the depth of a residual quantizer: the prior models one index per position."""
-        return getattr(self.quantizer, "depth", 1)
+        return self.quantizer_config.indices_per_position
 
     @property
     def loss_names(self) -> tuple:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..config import RunConfig
+from ..config import QuantizerConfig, RunConfig
 from ..checkpoint import load_checkpoint
 from ..data import Batches, ImageSet, Splits, TensorBatches, as_splits, data_identity, relabel
 from ..errors import ConfigError, DataError
@@ -257,11 +257,11 @@ def check_classes_trained(train_set: ImageSet, held_out: dict[str, ImageSet | No
                             f"untrained class: add training images of {it}, or remove {it} from the data")
 
 
-def check_one_index_per_position(quantizer_kind: str, indices_per_position: int) -> None:
+def check_one_index_per_position(quantizer: QuantizerConfig) -> None:
     """The priors model one code index per position; a residual quantizer gives several."""
-    if indices_per_position != 1:
+    if quantizer.indices_per_position != 1:
         raise ConfigError(f"the prior models one code index per position, but this VQ-VAE "
-                          f"(quantizer.kind={quantizer_kind}) gives {indices_per_position} per position; "
+                          f"(quantizer.kind={quantizer.kind}) gives {quantizer.indices_per_position} per position; "
                           f"train the VQ-VAE with quantizer.kind=vq, fsq or lfq to train a prior on its codes")
 
 
@@ -283,12 +283,12 @@ def train_prior(config: RunConfig, run_dir: str | Path, resume: bool = False,
     if resume:
         check_resume_config(run_dir, "prior", config, ("prior",))
     vqvae, vq_config = load_vqvae(run_dir, ctx.device)
-    check_one_index_per_position(vq_config.quantizer.kind, vqvae.indices_per_position)
+    check_one_index_per_position(vq_config.quantizer)
     last_prior = checkpoint_path(run_dir, "prior", "last")
-    if resume and last_prior.is_file():
+    last = load_checkpoint(last_prior, kind="prior") if resume and last_prior.is_file() else None
+    if last is not None:
         # Codes of another VQ-VAE mean other things: continuing would compare validation losses
         # across the two and keep the old codes' best checkpoint.
-        last = load_checkpoint(last_prior, kind="prior")
         trained_on = last.get("vqvae_fingerprint")
         if trained_on and trained_on != codebook_fingerprint(vqvae):
             raise ConfigError(f"cannot resume the prior in {run_dir}: it was trained on the codes of a different VQ-VAE "
@@ -312,10 +312,10 @@ def train_prior(config: RunConfig, run_dir: str | Path, resume: bool = False,
                         f"a folder with one subfolder per class")
     if config.prior.conditional and not pseudo and test_set.labels is None:
         raise DataError(f"--conditional needs labels on the test split too; {test_set.name} has none")
-    if config.prior.conditional and not pseudo and resume and checkpoint_path(run_dir, "prior", "last").is_file():
+    if config.prior.conditional and not pseudo and last is not None:
         # The resumed prior's own classes, matched by name (a prior from before labels were mapped
         # to the classes present has classes 0..max label, and keeps them).
-        names = load_checkpoint(checkpoint_path(run_dir, "prior", "last"), kind="prior")["prior_spec"]["class_names"]
+        names = last["prior_spec"]["class_names"]
         train_set, test_set = relabel(train_set, names), relabel(test_set, names)
         val_set = relabel(val_set, names) if val_set is not None else None
     if config.prior.conditional and not pseudo:
