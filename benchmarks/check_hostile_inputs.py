@@ -668,6 +668,18 @@ torch.save({"Conv2d_1a_3x3.conv.weight": torch.zeros(3)}, "inception-shapes.pth"
 expect("`evaluate --inception-weights` an Inception state dict of other shapes", 2, "does not hold torch-fidelity's Inception-v3", "evaluate", "crun",
        "--no-samples", "--inception-weights", "inception-shapes.pth")
 # --- end probe3
+# --- bench_tokenizer --throughput (a benchmark script's flag: checked before any data is read; exit 1 is
+# its SystemExit with the message)
+BENCH_TOKENIZER = Path(__file__).resolve().parent / "bench_tokenizer.py"
+for value, text in [("a=0", "must be finite numbers"), ("a=-1", "must be finite numbers"), ("a=nan", "must be finite numbers"),
+                    ("a=inf", "must be finite numbers"), ("a=fast", "expected NAME=RATE"), ("b=3", "names no --model: b")]:
+    bench = subprocess.run([sys.executable, str(BENCH_TOKENIZER), "--train", "none", "--test", "none", "--image-size", "16",
+                            "--work", "bt", "--out", "bt/out.json", "--model", "a=tiny", "--throughput", value],
+                           env=ENV, capture_output=True, text=True)
+    last = bench.stderr.strip().splitlines()[-1] if bench.stderr.strip() else ""
+    code = "TRACEBACK" if "Traceback" in bench.stderr else bench.returncode
+    rows.append((f"`bench_tokenizer.py --throughput {value}` (expect exit 1: {text})", code,
+                 last[:230] + ("" if code == 1 and text in last else " [UNEXPECTED]")))
 print("| input | exit | outcome (first error line, or last line of output) |\n|---|---|---|")
 for label, code, line in rows:
     print(f"| {label} | {code} | {line.replace('|', '/')} |")
