@@ -16,7 +16,7 @@ from vqvae.errors import ConfigError, TrainingError
 from vqvae.models import VQVAE
 from vqvae.nn.discriminator import PatchDiscriminator
 from vqvae.nn.perceptual import LPIPS
-from vqvae.training.losses import (MAX_ADAPTIVE_WEIGHT, TokenizerObjective, adaptive_weight, decoder_last_layer,
+from vqvae.training.losses import (MAX_ADAPTIVE_WEIGHT, DiscriminatorWatch, TokenizerObjective, adaptive_weight, decoder_last_layer,
                                    discriminator_loss, r1_penalty, reconstruction_loss)
 from vqvae.training.vqvae_stage import VQVAEStage
 
@@ -183,7 +183,8 @@ def test_a_collapsed_discriminator_stops_the_run_with_the_step_and_what_to_chang
     # A discriminator 50x faster than a barely moving model wins at once.
     cfg = apply_overrides(tiny_config, GAN + ["loss.disc_start=0", "loss.disc_lr=0.01", "train.lr=1e-6",
                                               "loss.collapse_accuracy=0.9", "loss.collapse_steps=2",
-                                              "loss.collapse_action=stop", "train.epochs=3"])
+                                              "loss.collapse_action=stop", "train.epochs=3",
+                                              "loss.stall_accuracy=0"])  # its first steps are at chance
     with pytest.raises(TrainingError) as caught:
         api.train_vqvae(cfg, tmp_path / "run", data=memory_data())
     message = str(caught.value)
@@ -319,3 +320,72 @@ def test_the_non_finite_guard_covers_the_discriminator(tiny_config, tmp_path, mo
     result = api.train_vqvae(apply_overrides(cfg, ["train.on_nonfinite=skip"]), tmp_path / "skip", data=memory_data())
     assert result.history[1]["skipped_batches"] == 1
     assert all(torch.isfinite(v).all() for v in checkpoint(tmp_path / "skip")["critic_state"].values())
+
+
+def test_a_stalled_discriminator_stops_the_run_with_the_step_and_what_to_change(tiny_config, tmp_path, capsys):
+    # A discriminator that barely moves (lr 1e-12) outputs what its initialisation does for real and
+    # reconstructed images alike: accuracy 0.5, hinge loss about 1, the complaint of taming's issues.
+    cfg = apply_overrides(tiny_config, GAN + ["loss.disc_start=2", "loss.disc_lr=1e-12", "loss.collapse_steps=3",
+                                              "loss.collapse_action=stop", "train.epochs=3"])
+    with pytest.raises(TrainingError) as caught:
+        api.train_vqvae(cfg, tmp_path / "run", data=memory_data())
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "discriminator stall at step" in message and "loss.disc_warmup_steps" in message
+    step = int(message.split("at step ")[1].split(":")[0])
+    assert step == 2 + 3  # the term is on from step 3 (the loop counts steps from 1): three steps at chance
+    # "warn" trains on, saying it once per stall.
+    warned = api.train_vqvae(apply_overrides(cfg, ["loss.collapse_action=warn", "train.epochs=2"]), tmp_path / "warn",
+                             data=memory_data())
+    assert len(warned.history) == 2
+    assert sum("discriminator stall" in line for line in capsys.readouterr().err.splitlines()) == 1
+
+
+def test_the_stall_watch_averages_accuracy_and_resumes_from_its_state():
+    cfg = LossConfig(adversarial="hinge", collapse_steps=4, stall_accuracy=0.55)
+    watch = DiscriminatorWatch(cfg)
+    said = [watch.update(a, True, s, (0.0, 0.0), 1.0) for s, a in enumerate([0.5, 0.5, 0.5], 1)]
+    assert said == [None] * 3  # fewer than collapse_steps steps on
+    resumed = DiscriminatorWatch(cfg)
+    resumed.load(watch.state())
+    for w in (watch, resumed):
+        message, stop = w.update(0.5, True, 4, (0.0, 0.0), 1.0)
+        assert "stall at step 4" in message and not stop
+        assert w.update(0.5, True, 5, (0.0, 0.0), 1.0) is None  # said once per stall
+    # A discriminator that learns lifts the mean above the threshold; a later stall is said again.
+    for s in range(6, 10):
+        assert watch.update(0.9, True, s, (1.0, -1.0), 0.1) is None
+    assert watch.mean_accuracy > 0.55
+    said = [watch.update(0.0, True, s, (0.0, 0.0), 1.0) for s in range(10, 20)]
+    assert sum(m is not None for m in said) == 1
+    # A mean well above chance is no stall, and switching the term off starts the count afresh.
+    fresh = DiscriminatorWatch(cfg)
+    assert all(fresh.update(0.8, True, s, (0.5, -0.5), 0.7) is None for s in range(1, 10))
+    fresh.update(0.5, False, 10, (0.0, 0.0), 1.0)
+    assert fresh.active_steps == 0
+
+
+def test_the_discriminator_warms_up_before_its_term_enters_the_models_loss():
+    objective = TokenizerObjective(LossConfig(adversarial="hinge", disc_start=5, disc_warmup_steps=2,
+                                              reconstruction="l1"), None)
+    torch.manual_seed(0)
+    decoder = nn.Conv2d(4, 1, 3, padding=1)
+    critic = PatchDiscriminator(1, 8, 2)
+    x, z = torch.rand(4, 1, 16, 16), torch.randn(4, 4, 16, 16)
+    assert objective.critic(critic, x, decoder(z).detach(), step=2)[0] is None
+    for step in (3, 4):  # it trains, and the model's loss is still the reconstruction's alone
+        assert objective.critic(critic, x, decoder(z).detach(), step=step)[0] is not None
+        g = objective.generator(x, decoder(z), critic, decoder.weight, step=step)
+        assert g.terms["adversarial"] == 0 and torch.equal(g.total, g.terms["recon"])
+    assert objective.generator(x, decoder(z), critic, decoder.weight, step=5).terms["adversarial"] != 0
+
+
+@pytest.mark.parametrize("overrides, named", [
+    (["loss.disc_start=10", "loss.disc_warmup_steps=11"], "loss.disc_warmup_steps=11"),
+    (["loss.stall_accuracy=0.995"], "loss.stall_accuracy=0.995"),
+    (["loss.stall_accuracy=1"], "loss.stall_accuracy"),
+])
+def test_bad_warmup_and_stall_settings_are_one_line_errors(tiny_config, overrides, named):
+    with pytest.raises(ConfigError) as caught:
+        apply_overrides(tiny_config, GAN + overrides)
+    assert named in str(caught.value) and "\n" not in str(caught.value)

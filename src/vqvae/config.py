@@ -172,7 +172,11 @@ class LossConfig:
     # taming's adaptive weight: |grad of reconstruction+perceptual| / |grad of adversarial| at the
     # decoder's last layer, so the adversarial term can never dominate the reconstruction's gradient.
     adaptive_weight: bool = True
-    disc_start: int = 0  # optimiser steps before the discriminator trains and its term is added
+    disc_start: int = 0  # optimiser steps before the discriminator's term is added to the model's loss
+    # The discriminator trains alone for this many steps before disc_start (at most disc_start), so
+    # the decoder's first adversarial gradients come from one that already tells reconstructions from
+    # real images, not from a random network; 0 = it starts with its term, as taming's does.
+    disc_warmup_steps: int = 0
     disc_ramp_steps: int = 0  # then its weight rises linearly from 0 over this many steps; 0 = at once
     disc_layers: int = 3  # PatchGAN depth (taming's n_layers): patches of 70 pixels at 3
     disc_channels: int = 64  # width of its first layer (doubled per layer up to 8x)
@@ -183,7 +187,11 @@ class LossConfig:
     # patches for collapse_steps steps in a row (then its gradient no longer guides the decoder).
     collapse_accuracy: float = 0.99
     collapse_steps: int = 200
-    collapse_action: str = "warn"  # "warn" (once per collapse), "stop" the run, or "off"
+    # A stall: once its term is on, the discriminator's accuracy, averaged over about the last
+    # collapse_steps steps, is at most this (a hinge loss stuck near 1.0): it tells reconstructions
+    # from real images no better than chance, so its gradient carries little signal for the decoder.
+    stall_accuracy: float = 0.55
+    collapse_action: str = "warn"  # on a collapse or a stall: "warn" (once each), "stop" the run, or "off"
 
 
 @dataclass
@@ -343,6 +351,13 @@ def _check_loss(loss: LossConfig, image_size: int) -> None:
     """Checks across loss fields: the patch discriminator must leave at least one patch."""
     if loss.adversarial == "none":
         return
+    if loss.disc_warmup_steps > loss.disc_start:
+        raise ConfigError(f"loss.disc_warmup_steps={loss.disc_warmup_steps}: the discriminator's warm-up runs before "
+                          f"loss.disc_start={loss.disc_start}, so it can be at most {loss.disc_start}; raise "
+                          f"loss.disc_start or lower the warm-up")
+    if loss.stall_accuracy >= loss.collapse_accuracy:
+        raise ConfigError(f"loss.stall_accuracy={loss.stall_accuracy:g} must be below "
+                          f"loss.collapse_accuracy={loss.collapse_accuracy:g} (a stall is at chance, a collapse near 1)")
     # Each of disc_layers stride-2 4x4 convs halves the side, the two 4x4 stride-1 convs after
     # them take one pixel each (taming's NLayerDiscriminator).
     patches = image_size // 2 ** loss.disc_layers - 2
@@ -693,12 +708,14 @@ RULES: dict[str, Rule] = {
     "loss.adversarial": one_of("none", "hinge", "non_saturating"),
     "loss.disc_weight": at_least(0),
     "loss.disc_start": at_least(0),
+    "loss.disc_warmup_steps": at_least(0),
     "loss.disc_ramp_steps": at_least(0),
     "loss.disc_layers": in_range(1, 6),
     "loss.disc_channels": at_least(1),
     "loss.disc_lr": at_least(0),
     "loss.r1_weight": at_least(0),
     "loss.collapse_accuracy": in_range(0.5, 1),
+    "loss.stall_accuracy": in_range(0, 1, high_open=True),
     "loss.collapse_steps": at_least(1),
     "loss.collapse_action": one_of("warn", "stop", "off"),
     "prior.num_layers": at_least(1),

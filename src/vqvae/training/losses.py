@@ -6,7 +6,8 @@ where lambda is taming-transformers' adaptive weight: the ratio of the gradient 
 reconstruction(+perceptual) term and of the adversarial term at the decoder's last layer,
 clamped to [0, 1e4], times `loss.disc_weight`. The patch discriminator (the loop's "critic")
 minimises the hinge or non-saturating loss on real images and the model's detached
-reconstructions, plus an optional R1 penalty. Both switch on at `loss.disc_start` steps.
+reconstructions, plus an optional R1 penalty. The adversarial term switches on at
+`loss.disc_start` steps; the discriminator trains from `loss.disc_warmup_steps` before that.
 
 Under DDP each process holds its share of the batch: the gradients that define lambda are
 averaged over processes before their norms are taken, so lambda is the one process would
@@ -129,6 +130,10 @@ class TokenizerObjective:
             return 1.0
         return min(1.0, (step - self.cfg.disc_start + 1) / self.cfg.disc_ramp_steps)
 
+    def critic_trains(self, step: int) -> bool:
+        """Whether the discriminator takes a step at `step`: from loss.disc_warmup_steps before disc_start."""
+        return self.adversarial and step >= self.cfg.disc_start - self.cfg.disc_warmup_steps
+
     def generator(self, x: torch.Tensor, x_hat: torch.Tensor, critic: nn.Module | None,
                   last_layer: torch.Tensor, step: int) -> GeneratorLoss:
         """The model's loss on images `x` and their reconstructions `x_hat` at step `step`. `critic`
@@ -156,8 +161,8 @@ class TokenizerObjective:
     def critic(self, critic: nn.Module, x: torch.Tensor, fake: torch.Tensor,
                step: int) -> tuple[torch.Tensor | None, dict]:
         """The discriminator's loss on real `x` and detached reconstructions `fake`, and its
-        statistics; (None, zeros) before loss.disc_start (it does not train yet)."""
-        if self.adversarial_factor(step) == 0.0:
+        statistics; (None, zeros) on a step where it does not train yet (critic_trains)."""
+        if not self.critic_trains(step):
             zero = fake.new_zeros((), dtype=torch.float32)
             return None, {name: zero for name in self.critic_terms}
         real = x.detach().requires_grad_(self.cfg.r1_weight > 0)
@@ -175,22 +180,38 @@ class TokenizerObjective:
         return loss, terms
 
 
-class CollapseWatch:
-    """Counts consecutive steps on which the discriminator wins almost every patch
-    (disc_accuracy >= loss.collapse_accuracy); at loss.collapse_steps it is a collapse: the
-    reconstructions are told apart so easily that the adversarial gradient stops guiding the
-    decoder (and the adaptive weight often runs to its clamp)."""
+class DiscriminatorWatch:
+    """Watches the discriminator, once its term is on, for the two ways it stops guiding the decoder:
+    - a collapse: it wins almost every patch (disc_accuracy >= loss.collapse_accuracy) for
+      loss.collapse_steps steps in a row; the reconstructions are told apart so easily that its
+      gradient no longer points anywhere useful (and the adaptive weight often runs to its clamp);
+    - a stall: its accuracy, averaged over about the last collapse_steps steps (an exponential mean),
+      is at most loss.stall_accuracy: it tells reconstructions from real images no better than chance
+      (hinge loss near 1.0, logits near 0), so its gradient is close to noise.
+    Each is said once per episode (warn) or stops the run (stop)."""
 
     def __init__(self, cfg: LossConfig):
         self.cfg = cfg
         self.run = 0  # consecutive collapsed steps so far
         self.warned = False  # warned during the current run of collapsed steps
+        self.active_steps = 0  # steps with the adversarial term on, since it last switched on
+        self.mean_accuracy = 0.0  # exponential mean of disc_accuracy over those steps
+        self.stall_warned = False
 
-    def update(self, accuracy: float, active: bool, step: int, logits: tuple[float, float]) -> tuple[str, bool] | None:
-        """After a step: (message, stop?) when the collapse condition is met, else None."""
+    def update(self, accuracy: float, active: bool, step: int, logits: tuple[float, float],
+               disc_loss: float) -> tuple[str, bool] | None:
+        """After a step: (message, stop?) when a collapse or a stall is found, else None."""
         if self.cfg.collapse_action == "off":
             return None
-        if not active or accuracy < self.cfg.collapse_accuracy:
+        if not active:
+            self.run, self.warned, self.active_steps, self.stall_warned = 0, False, 0, False
+            return None
+        collapse = self._collapse(accuracy, step, logits)
+        stall = self._stall(accuracy, step, logits, disc_loss)  # its mean is kept up on every active step
+        return collapse or stall
+
+    def _collapse(self, accuracy, step, logits):
+        if accuracy < self.cfg.collapse_accuracy:
             self.run, self.warned = 0, False
             return None
         self.run += 1
@@ -205,8 +226,34 @@ class CollapseWatch:
                    + ("loss.collapse_action=warn to train on" if stop else "loss.collapse_action=stop to stop here"))
         return message, stop
 
+    def _stall(self, accuracy, step, logits, disc_loss):
+        self.active_steps += 1
+        if self.active_steps == 1:
+            self.mean_accuracy = accuracy
+        else:
+            self.mean_accuracy += (accuracy - self.mean_accuracy) / self.cfg.collapse_steps
+        if self.mean_accuracy > self.cfg.stall_accuracy:
+            self.stall_warned = False
+            return None
+        if self.active_steps < self.cfg.collapse_steps or (self.stall_warned and self.cfg.collapse_action == "warn"):
+            return None
+        self.stall_warned = True
+        stop = self.cfg.collapse_action == "stop"
+        message = (f"vqvae: discriminator stall at step {step}: its accuracy averaged {self.mean_accuracy:.3f} over "
+                   f"about the last {self.cfg.collapse_steps} steps, no better than chance (loss "
+                   f"{disc_loss:.3g}; mean logits real {logits[0]:.3g}, fake {logits[1]:.3g}), so its gradient "
+                   f"carries little signal for the decoder; let it learn before its term starts with "
+                   f"loss.disc_warmup_steps (now {self.cfg.disc_warmup_steps}) or give it a higher loss.disc_lr, or set "
+                   + ("loss.collapse_action=warn to train on" if stop else "loss.collapse_action=stop to stop here"))
+        return message, stop
+
     def state(self) -> dict:
-        return {"collapse_run": self.run, "collapse_warned": self.warned}
+        return {"collapse_run": self.run, "collapse_warned": self.warned, "stall_active_steps": self.active_steps,
+                "stall_mean_accuracy": self.mean_accuracy, "stall_warned": self.stall_warned}
 
     def load(self, state: dict) -> None:
+        """From a checkpoint's training state; runs saved before the stall watch start it afresh."""
         self.run, self.warned = int(state.get("collapse_run", 0)), bool(state.get("collapse_warned", False))
+        self.active_steps = int(state.get("stall_active_steps", 0))
+        self.mean_accuracy = float(state.get("stall_mean_accuracy", 0.0))
+        self.stall_warned = bool(state.get("stall_warned", False))

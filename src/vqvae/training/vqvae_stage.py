@@ -26,7 +26,7 @@ from ..nn.discriminator import PatchDiscriminator
 from ..nn.perceptual import LPIPS, missing_weights_advice, vgg16_weights_path
 from ..runs import update_metrics
 from .distributed import DistContext, all_reduce_sum, barrier, setup
-from .losses import CollapseWatch, TokenizerObjective, decoder_last_layer, uses_objective
+from .losses import DiscriminatorWatch, TokenizerObjective, decoder_last_layer, uses_objective
 from .loop import Stage, TrainResult, check_resume_config, fit, require_finite, use_best_weights
 
 TERMS = ("loss", "recon")  # then the quantizer's own named terms (vq: codebook, commitment)
@@ -62,7 +62,7 @@ class VQVAEStage(Stage):
             self.terms += self.objective.critic_terms
         if self.objective is not None:
             self.summary_keys = self.summary_keys + tuple(k for k in GAN_SUMMARY if k in self.terms)
-        self.collapse = CollapseWatch(config.loss)
+        self.watch = DiscriminatorWatch(config.loss)
         self.step = 0
         self.train_cfg = config.train
         self.config_dict = config.to_dict()
@@ -111,14 +111,14 @@ class VQVAEStage(Stage):
         if self.critic is None:
             return None
         v = dict(zip(self.terms, self._last_values.tolist()))
-        return self.collapse.update(v["disc_accuracy"], self.objective.adversarial_factor(self.step) > 0, step,
-                                    (v["logits_real"], v["logits_fake"]))
+        return self.watch.update(v["disc_accuracy"], self.objective.adversarial_factor(self.step) > 0, step,
+                                 (v["logits_real"], v["logits_fake"]), v["disc_loss"])
 
     def training_state(self) -> dict:
-        return self.collapse.state() if self.critic is not None else {}
+        return self.watch.state() if self.critic is not None else {}
 
     def load_training_state(self, state: dict) -> None:
-        self.collapse.load(state)
+        self.watch.load(state)
 
     def compile(self, mode: str) -> None:
         # Encoder and decoder only: the quantizer's codebook updates are data-dependent.
