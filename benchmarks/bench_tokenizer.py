@@ -20,7 +20,8 @@ epochs when the budget exceeds the data), so every model trains for about the sa
 instead, e.g. another model's calibration when the machine's load changed). A model with an adversarial loss
 is calibrated twice, without and with the discriminator, and its discriminator starts after
 --disc-start-fraction of its steps (loss.disc_start), so its budget counts both phases at their
-cost. Then `vqvae.api.evaluate` (the function behind `vqvae evaluate`) scores the run on
+cost; with --disc-warmup-fraction W the discriminator trains alone for the last W of the steps
+before disc_start (loss.disc_warmup_steps), and the budget counts those steps at the cost of both. Then `vqvae.api.evaluate` (the function behind `vqvae evaluate`) scores the run on
 `--test-images` held-out images: both PSNRs, SSIM, the calibrated texture measure, codebook usage,
 and rFID / LPIPS when weight files are given. Writes the JSON to --out and a grid
 PNG beside it (first row held-out originals, then each model's reconstructions, in --model order).
@@ -76,7 +77,8 @@ def calibrate(name, preset, overrides, common, train_images, work: Path, seed: i
 
 
 def train_for_budget(name, preset, overrides, train_images, test_npy, budget_s, work: Path, seed: int,
-                     disc_start_fraction: float, given_rates: list[float] | None = None) -> dict:
+                     disc_start_fraction: float, given_rates: list[float] | None = None,
+                     disc_warmup_fraction: float = 0.0) -> dict:
     common = [f"data.test_dataset={test_npy}", "data.num_workers=0", "train.device=cpu", "train.progress=false",
               "train.checkpoint_every_steps=0"]
     probe = load_config(preset, [*common, *overrides])
@@ -97,8 +99,9 @@ def train_for_budget(name, preset, overrides, train_images, test_npy, budget_s, 
     else:
         rate, wall = calibrate(name, preset, overrides, common, train_images, work, seed)
         rates, calibration = [rate], {"wall_s": round(wall, 1)}
-    # An adversarial model's budget counts both phases at their own rates (harmonic mean).
-    f = disc_start_fraction
+    # An adversarial model's budget counts both phases at their own rates (harmonic mean); the
+    # discriminator's warm-up steps cost what steps with both networks do.
+    f = disc_start_fraction * (1 - disc_warmup_fraction)
     images_per_s = 1 / (f / rates[0] + (1 - f) / rates[1]) if adversarial else rates[0]
     budget_images = int(images_per_s * budget_s)
     epochs = max(1, math.ceil(budget_images / len(train_images)))
@@ -107,7 +110,8 @@ def train_for_budget(name, preset, overrides, train_images, test_npy, budget_s, 
     extra = []
     if adversarial:
         steps = epochs * math.ceil(per_epoch * (1 - VAL_FRACTION) / probe.train.batch_size)
-        extra = [f"loss.disc_start={int(disc_start_fraction * steps)}"]
+        disc_start = int(disc_start_fraction * steps)
+        extra = [f"loss.disc_start={disc_start}", f"loss.disc_warmup_steps={int(disc_warmup_fraction * disc_start)}"]
     cfg = load_config(preset, [f"data.dataset={data}", f"data.val_fraction={VAL_FRACTION}", f"train.epochs={epochs}",
                                "train.eval_batches=2", *common, *overrides, *extra])
     t0 = time.perf_counter()
@@ -119,6 +123,7 @@ def train_for_budget(name, preset, overrides, train_images, test_npy, budget_s, 
             "calibration_images_per_s": round(images_per_s, 1), "calibration": calibration,
             "train_images_per_epoch": per_epoch, "epochs": epochs, "steps": m["steps"],
             "disc_start": cfg.loss.disc_start if adversarial else None,
+            "disc_warmup_steps": cfg.loss.disc_warmup_steps if adversarial else None,
             "train_seconds": m["train_seconds"], "train_call_wall_s": round(wall, 1), "run": str(work / name),
             "last_epoch": result.history[-1]}
 
@@ -150,12 +155,19 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: leave the other core to others)")
     p.add_argument("--disc-start-fraction", type=float, default=0.5,
                    help="models with an adversarial loss: the discriminator starts after this fraction of their steps")
+    p.add_argument("--disc-warmup-fraction", type=float, default=0.0,
+                   help="models with an adversarial loss: the discriminator trains alone for this fraction of the "
+                        "steps before its term starts (loss.disc_warmup_steps)")
     p.add_argument("--throughput", action="append", default=[],
                    help="NAME=RATE or NAME=GENERATOR,WITH_DISCRIMINATOR: that model's training images per second, "
                         "instead of calibrating it (when the machine's load changed between models)")
     p.add_argument("--machine", default="a shared 2-core CPU", help="what ran it, for the results file")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
+    for flag, value in (("--disc-start-fraction", args.disc_start_fraction),
+                        ("--disc-warmup-fraction", args.disc_warmup_fraction)):
+        if not 0 <= value <= 1:
+            raise SystemExit(f"{flag} {value}: must be a fraction in [0, 1]")
     torch.set_num_threads(args.threads)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -193,7 +205,7 @@ def main() -> None:
         overrides = [f"data.image_size={args.image_size}", f"model.image_size={args.image_size}", *overrides]
         print(f"{name}: {preset} {' '.join(overrides)}", flush=True)
         entry = train_for_budget(name, preset, overrides, train_images, test_npy, args.budget, work, args.seed,
-                                 args.disc_start_fraction, given.get(name))
+                                 args.disc_start_fraction, given.get(name), args.disc_warmup_fraction)
         t0 = time.perf_counter()
         evaluation = api.evaluate(work / name, samples=False, device="cpu", inception_weights=args.inception_weights,
                                   lpips_vgg_weights=args.lpips_vgg_weights)
