@@ -570,7 +570,9 @@ for s in ["model.arch=unet", "model.channel_mult=1,2", "model.arch=vqgan", "mode
           "loss.collapse_steps=0", "loss.disc_lr=-0.1", "loss.perceptual=lpips loss.lpips_vgg_weights=/no/such/vgg16.pth",
           "train.adam_betas=1,2", "train.adam_betas=0.5", "train.adam_betas=a,b", "train.ema_decay=1", "train.ema_decay=-0.5",
           "prior.kind=maskgit prior.hidden_channels=64 prior.num_heads=3", "sample.steps=0", "sample.steps=1000",
-          "sample.choice_temperature=-1", "prior.pseudo_classes=1", "prior.pseudo_classes=5000", "data.cache_check=sometimes"]:
+          "sample.choice_temperature=-1", "prior.pseudo_classes=1", "prior.pseudo_classes=5000", "data.cache_check=sometimes",
+          "loss.disc_warmup_steps=-1", "loss.adversarial=hinge loss.disc_layers=2 loss.disc_start=3 loss.disc_warmup_steps=4",
+          "loss.stall_accuracy=1", "loss.stall_accuracy=-0.1", "loss.adversarial=hinge loss.disc_layers=2 loss.stall_accuracy=0.995"]:
     run(f"`--set {s}` (expect 2)", "train", "--preset", "tiny", "--out", "x", "--set", *s.split())
 run("`tune-sampling RUN --recall-margin -1` (expect 2)", "tune-sampling", R, "--recall-margin", "-1")
 run("`tune-sampling RUN --num-images 0` (expect 2)", "tune-sampling", R, "--num-images", "0")
@@ -680,6 +682,15 @@ for value, text in [("a=0", "must be finite numbers"), ("a=-1", "must be finite 
     code = "TRACEBACK" if "Traceback" in bench.stderr else bench.returncode
     rows.append((f"`bench_tokenizer.py --throughput {value}` (expect exit 1: {text})", code,
                  last[:230] + ("" if code == 1 and text in last else " [UNEXPECTED]")))
+for flag, value in [("--disc-warmup-fraction", "1.5"), ("--disc-warmup-fraction", "-0.1"), ("--disc-warmup-fraction", "nan"),
+                    ("--disc-start-fraction", "2")]:
+    bench = subprocess.run([sys.executable, str(BENCH_TOKENIZER), "--train", "none", "--test", "none", "--image-size", "16",
+                            "--work", "bt", "--out", "bt/out.json", "--model", "a=tiny", flag, value],
+                           env=ENV, capture_output=True, text=True)
+    last = bench.stderr.strip().splitlines()[-1] if bench.stderr.strip() else ""
+    code = "TRACEBACK" if "Traceback" in bench.stderr else bench.returncode
+    rows.append((f"`bench_tokenizer.py {flag} {value}` (expect exit 1: a fraction in [0, 1])", code,
+                 last[:230] + ("" if code == 1 and "a fraction in [0, 1]" in last else " [UNEXPECTED]")))
 print("| input | exit | outcome (first error line, or last line of output) |\n|---|---|---|")
 for label, code, line in rows:
     print(f"| {label} | {code} | {line.replace('|', '/')} |")

@@ -198,6 +198,7 @@ def objective_summary(config: RunConfig, perceptual: bool, note: str) -> dict:
         out["perceptual_weight"] = loss.perceptual_weight
     if loss.adversarial != "none":
         out.update(disc_weight=loss.disc_weight, adaptive_weight=loss.adaptive_weight, disc_start=loss.disc_start,
+                   disc_warmup_steps=loss.disc_warmup_steps,
                    disc_ramp_steps=loss.disc_ramp_steps, r1_weight=loss.r1_weight,
                    adam_betas=list(config.train.adam_betas))
     if config.train.ema_decay:
