@@ -278,6 +278,10 @@ def test_two_gloo_processes_train_the_gan_as_one_process(tiny_config, tmp_path, 
             assert a[key] == pytest.approx(b[key], rel=2e-5, abs=2e-6), (key, a[key], b[key])
     for key, value in ddp["critic_state"].items():
         assert torch.allclose(value, single["critic_state"][key], rtol=1e-4, atol=1e-5), key
+    # The collapse and stall watch reads the global batch's accuracy, not rank 0's half of it.
+    assert ddp["stage_state"]["stall_active_steps"] == single["stage_state"]["stall_active_steps"] > 0
+    assert ddp["stage_state"]["stall_mean_accuracy"] == pytest.approx(single["stage_state"]["stall_mean_accuracy"],
+                                                                      abs=1e-6)
     for key, value in ddp["model_state"].items():
         if value.is_floating_point():  # the k-means-seeded EMA codebook drifts most, by ~2e-4
             assert torch.allclose(value, single["model_state"][key], rtol=1e-3, atol=1e-3), key

@@ -37,6 +37,7 @@ GAN_PANELS = [("adversarial terms", ["adversarial", "disc_loss", "r1"]),
               ("discriminator logits (mean)", ["logits_real", "logits_fake"]),
               ("discriminator accuracy", ["disc_accuracy"])]
 GAN_SUMMARY = ("perceptual", "adversarial", "adaptive_weight", "disc_loss", "disc_accuracy")
+WATCHED = ("disc_accuracy", "logits_real", "logits_fake", "disc_loss")  # what the DiscriminatorWatch reads
 CRITIC_FIXED_ON_RESUME = (("loss", "adversarial"), ("loss", "disc_layers"), ("loss", "disc_channels"))
 
 
@@ -108,11 +109,16 @@ class VQVAEStage(Stage):
         self._last_values = values
 
     def step_problem(self, step: int):
-        if self.critic is None:
+        if self.critic is None or self.watch.cfg.collapse_action == "off":
             return None
-        v = dict(zip(self.terms, self._last_values.tolist()))
-        return self.watch.update(v["disc_accuracy"], self.objective.adversarial_factor(self.step) > 0, step,
-                                 (v["logits_real"], v["logits_fake"]), v["disc_loss"])
+        # The watch reads the global batch's figures (the mean of the processes' equal shares): every
+        # process then keeps the same watch and stops at the same step, and DDP sees what one process would.
+        watched = self._last_values[[self.terms.index(k) for k in WATCHED]]
+        if self.ctx.distributed:
+            watched = all_reduce_sum(watched.clone()) / self.ctx.world
+        accuracy, real, fake, disc_loss = watched.tolist()
+        return self.watch.update(accuracy, self.objective.adversarial_factor(self.step) > 0, step, (real, fake),
+                                 disc_loss)
 
     def training_state(self) -> dict:
         return self.watch.state() if self.critic is not None else {}
