@@ -21,7 +21,9 @@ instead, e.g. another model's calibration when the machine's load changed). A mo
 is calibrated twice, without and with the discriminator, and its discriminator starts after
 --disc-start-fraction of its steps (loss.disc_start), so its budget counts both phases at their
 cost; with --disc-warmup-fraction W the discriminator trains alone for the last W of the steps
-before disc_start (loss.disc_warmup_steps), and the budget counts those steps at the cost of both. Then `vqvae.api.evaluate` (the function behind `vqvae evaluate`) scores the run on
+before disc_start (loss.disc_warmup_steps), and the budget counts those steps at the cost of both
+(an overestimate: a warm-up step has neither the model's adversarial pass through the discriminator
+nor the adaptive weight's gradients, so a warm model gets a little less than its budget buys). Then `vqvae.api.evaluate` (the function behind `vqvae evaluate`) scores the run on
 `--test-images` held-out images: both PSNRs, SSIM, the calibrated texture measure, codebook usage,
 and rFID / LPIPS when weight files are given. Writes the JSON to --out and a grid
 PNG beside it (first row held-out originals, then each model's reconstructions, in --model order).

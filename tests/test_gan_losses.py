@@ -330,43 +330,79 @@ def test_a_stalled_discriminator_stops_the_run_with_the_step_and_what_to_change(
     # A discriminator that barely moves (lr 1e-12) outputs what its initialisation does for real and
     # reconstructed images alike: accuracy 0.5, hinge loss about 1, the complaint of taming's issues.
     cfg = apply_overrides(tiny_config, GAN + ["loss.disc_start=2", "loss.disc_lr=1e-12", "loss.collapse_steps=3",
-                                              "loss.collapse_action=stop", "train.epochs=3"])
+                                              "loss.collapse_action=stop", "train.epochs=4"])
     with pytest.raises(TrainingError) as caught:
         api.train_vqvae(cfg, tmp_path / "run", data=memory_data())
     message = str(caught.value)
     assert "\n" not in message
-    assert "discriminator stall at step" in message and "loss.disc_warmup_steps" in message
+    assert "discriminator stall at step" in message and "loss.disc_warmup_steps (now 0, at most loss.disc_start, now 2)" in message
+    assert "loss.disc_lr (now 1e-12 in effect)" in message
     step = int(message.split("at step ")[1].split(":")[0])
-    assert step == 2 + 3  # the term is on from step 3 (the loop counts steps from 1): three steps at chance
+    assert step == 2 + 2 * 3  # the term is on from step 3 (the loop counts from 1): judged after 2 x 3 steps
     # "warn" trains on, saying it once per stall.
-    warned = api.train_vqvae(apply_overrides(cfg, ["loss.collapse_action=warn", "train.epochs=2"]), tmp_path / "warn",
+    warned = api.train_vqvae(apply_overrides(cfg, ["loss.collapse_action=warn", "train.epochs=3"]), tmp_path / "warn",
                              data=memory_data())
-    assert len(warned.history) == 2
+    assert len(warned.history) == 3
     assert sum("discriminator stall" in line for line in capsys.readouterr().err.splitlines()) == 1
 
 
 def test_the_stall_watch_averages_accuracy_and_resumes_from_its_state():
-    cfg = LossConfig(adversarial="hinge", collapse_steps=4, stall_accuracy=0.55)
-    watch = DiscriminatorWatch(cfg)
-    said = [watch.update(a, True, s, (0.0, 0.0), 1.0) for s, a in enumerate([0.5, 0.5, 0.5], 1)]
-    assert said == [None] * 3  # fewer than collapse_steps steps on
-    resumed = DiscriminatorWatch(cfg)
+    cfg = LossConfig(adversarial="hinge", collapse_steps=2, stall_accuracy=0.55)
+    watch = DiscriminatorWatch(cfg, 1e-4)
+    said = [watch.update(a, True, s, (0.0, 0.0), 1.0) for s, a in enumerate([0.4, 0.6, 0.5], 1)]
+    assert said == [None] * 3  # fewer than 2 x collapse_steps steps on
+    assert watch.mean_accuracy == pytest.approx(0.5)  # the plain mean of the first 2, then (0.5 + 0.5) / 2
+    resumed = DiscriminatorWatch(cfg, 1e-4)
     resumed.load(watch.state())
     for w in (watch, resumed):
         message, stop = w.update(0.5, True, 4, (0.0, 0.0), 1.0)
         assert "stall at step 4" in message and not stop
         assert w.update(0.5, True, 5, (0.0, 0.0), 1.0) is None  # said once per stall
-    # A discriminator that learns lifts the mean above the threshold; a later stall is said again.
-    for s in range(6, 10):
-        assert watch.update(0.9, True, s, (1.0, -1.0), 0.1) is None
-    assert watch.mean_accuracy > 0.55
-    said = [watch.update(0.0, True, s, (0.0, 0.0), 1.0) for s in range(10, 20)]
+    assert resumed.state() == watch.state()
+    # A discriminator that learns lifts the mean to the threshold; a later stall is said again.
+    assert watch.update(0.9, True, 6, (1.0, -1.0), 0.1) is None and watch.mean_accuracy >= 0.55
+    said = [watch.update(0.0, True, s, (0.0, 0.0), 1.0) for s in range(7, 12)]
     assert sum(m is not None for m in said) == 1
-    # A mean well above chance is no stall, and switching the term off starts the count afresh.
-    fresh = DiscriminatorWatch(cfg)
-    assert all(fresh.update(0.8, True, s, (0.5, -0.5), 0.7) is None for s in range(1, 10))
+    # A mean at or above the threshold is no stall; switching the term off starts the count afresh.
+    fresh = DiscriminatorWatch(cfg, 1e-4)
+    assert all(fresh.update(0.55, True, s, (0.5, -0.5), 0.7) is None for s in range(1, 10))
     fresh.update(0.5, False, 10, (0.0, 0.0), 1.0)
     assert fresh.active_steps == 0
+    # stall_accuracy=0: never a stall, even at accuracy 0.
+    off = DiscriminatorWatch(LossConfig(adversarial="hinge", collapse_steps=2, stall_accuracy=0.0), 1e-4)
+    assert all(off.update(0.0, True, s, (0.0, 0.0), 1.0) is None for s in range(1, 10))
+    # A checkpoint written before the stall watch existed starts it afresh, keeping the collapse count.
+    old = DiscriminatorWatch(cfg, 1e-4)
+    old.load({"collapse_run": 3, "collapse_warned": True})
+    assert (old.run, old.warned, old.active_steps, old.mean_accuracy, old.stall_warned) == (3, True, 0, 0.0, False)
+
+
+def test_the_collapse_message_names_the_warmup_when_there_is_one():
+    cfg = LossConfig(adversarial="hinge", collapse_steps=1, disc_start=10, disc_warmup_steps=10)
+    message, _ = DiscriminatorWatch(cfg, 1e-4).update(1.0, True, 11, (3.0, -3.0), 0.0)
+    assert "collapse at step 11" in message and "loss.disc_warmup_steps (now 10)" in message
+    message, _ = DiscriminatorWatch(LossConfig(adversarial="hinge", collapse_steps=1), 1e-4).update(
+        1.0, True, 1, (3.0, -3.0), 0.0)
+    assert "disc_warmup_steps" not in message
+
+
+def test_the_warmup_trains_the_discriminator_and_leaves_the_model_bitwise_alone(tiny_config, tmp_path):
+    # The term never starts within this run: with or without the warm-up, the model's steps are the
+    # same to the bit (nothing of the discriminator's training reaches it, nor its random numbers).
+    cfg = apply_overrides(tiny_config, GAN + ["loss.disc_start=1000", "train.epochs=1"])
+    api.train_vqvae(cfg, tmp_path / "cold", data=memory_data())
+    api.train_vqvae(apply_overrides(cfg, ["loss.disc_warmup_steps=1000"]), tmp_path / "warm", data=memory_data())
+    cold, warm = checkpoint(tmp_path / "cold"), checkpoint(tmp_path / "warm")
+    for key, value in cold["model_state"].items():
+        assert torch.equal(value, warm["model_state"][key]), key
+    assert any(not torch.equal(v, warm["critic_state"][k]) for k, v in cold["critic_state"].items())
+    assert cold["loop"]["history"][0]["disc_loss"] == 0 and warm["loop"]["history"][0]["disc_loss"] > 0
+    # Changing when the discriminator starts on resume is allowed, with a note saying from when it acts.
+    more = apply_overrides(cfg, ["train.epochs=2", "loss.disc_start=1002", "loss.disc_warmup_steps=1001"])
+    result = api.train_vqvae(more, tmp_path / "warm", resume=True, data=memory_data())
+    notes = [n for n in result.metrics["resume_notes"] if "loss.disc_start" in n]
+    assert len(notes) == 1 and "loss.disc_start 1000 -> 1002, loss.disc_warmup_steps 1000 -> 1001" in notes[0]
+    assert "the discriminator trains from step 2 and its term enters the model's loss from step 1003" in notes[0]
 
 
 def test_the_discriminator_warms_up_before_its_term_enters_the_models_loss():

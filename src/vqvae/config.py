@@ -173,9 +173,10 @@ class LossConfig:
     # decoder's last layer, so the adversarial term can never dominate the reconstruction's gradient.
     adaptive_weight: bool = True
     disc_start: int = 0  # optimiser steps before the discriminator's term is added to the model's loss
-    # The discriminator trains alone for this many steps before disc_start (at most disc_start), so
-    # the decoder's first adversarial gradients come from one that already tells reconstructions from
-    # real images, not from a random network; 0 = it starts with its term, as taming's does.
+    # The discriminator trains alone for this many steps before disc_start (so at most disc_start:
+    # raise that too; the vqgan presets start at 1), so the decoder's first adversarial gradients come
+    # from one that already tells reconstructions from real images, not from a random network; 0 = it
+    # starts with its term, as taming's does. (Not train.warmup_steps, the learning rate's warm-up.)
     disc_warmup_steps: int = 0
     disc_ramp_steps: int = 0  # then its weight rises linearly from 0 over this many steps; 0 = at once
     disc_layers: int = 3  # PatchGAN depth (taming's n_layers): patches of 70 pixels at 3
@@ -187,9 +188,10 @@ class LossConfig:
     # patches for collapse_steps steps in a row (then its gradient no longer guides the decoder).
     collapse_accuracy: float = 0.99
     collapse_steps: int = 200
-    # A stall: once its term is on, the discriminator's accuracy, averaged over about the last
-    # collapse_steps steps, is at most this (a hinge loss stuck near 1.0): it tells reconstructions
-    # from real images no better than chance, so its gradient carries little signal for the decoder.
+    # A stall: the discriminator's accuracy, averaged over about the last collapse_steps steps, is
+    # below this after its term has been on for 2 x collapse_steps steps (a loss stuck near its
+    # chance value, 1.0 for hinge, ln 2 for non_saturating): it tells reconstructions from real
+    # images no better than chance, so its gradient carries little signal. 0 = never a stall.
     stall_accuracy: float = 0.55
     collapse_action: str = "warn"  # on a collapse or a stall: "warn" (once each), "stop" the run, or "off"
 

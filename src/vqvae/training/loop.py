@@ -140,6 +140,11 @@ class Stage(ABC):
     def load_training_state(self, state: dict) -> None:
         """... and put back on resume ({} from a checkpoint written before the stage had any)."""
 
+    def resume_notes(self, saved_config: dict, step: int) -> list[str]:
+        """On resume at `step`: notes on settings of the stage's own (beyond its optimiser's) that
+        this call changes, saying from when they act. `saved_config`: the checkpoint's config."""
+        return []
+
     def epoch_summary(self) -> dict:
         """The epoch's training statistics for its history record. Called on every process (it
         may all-reduce)."""
@@ -574,6 +579,7 @@ def restore(stage: Stage, path: Path, nets: list[Optimised], ema: WeightAverage 
     _set_rng_state(ckpt["rng"], ctx.device)
     notes += _resumed_settings(stage.train_cfg, ckpt["config"][stage.config_section], state, stage,
                                main.optimizer, main.scheduler)
+    notes += stage.resume_notes(ckpt["config"], state.step)
     if len(nets) > 1:  # the critic's rate and optimiser settings are this call's too
         _apply_optimizer_settings(nets[1].optimizer, nets[1].scheduler, nets[1].cfg.lr)
     for note in notes:

@@ -185,17 +185,20 @@ class DiscriminatorWatch:
     - a collapse: it wins almost every patch (disc_accuracy >= loss.collapse_accuracy) for
       loss.collapse_steps steps in a row; the reconstructions are told apart so easily that its
       gradient no longer points anywhere useful (and the adaptive weight often runs to its clamp);
-    - a stall: its accuracy, averaged over about the last collapse_steps steps (an exponential mean),
-      is at most loss.stall_accuracy: it tells reconstructions from real images no better than chance
-      (hinge loss near 1.0, logits near 0), so its gradient is close to noise.
-    Each is said once per episode (warn) or stops the run (stop)."""
+    - a stall: its accuracy, averaged over about the last collapse_steps steps, is below
+      loss.stall_accuracy although its term has been on for 2 x collapse_steps steps (time for a
+      fresh discriminator to learn): it tells reconstructions from real images no better than chance
+      (hinge loss near 1.0, non-saturating near ln 2, logits near 0), so its gradient is close to noise.
+    Each is said once per episode (warn) or stops the run (stop). `disc_lr`: the discriminator's
+    learning rate in effect, for the advice."""
 
-    def __init__(self, cfg: LossConfig):
+    def __init__(self, cfg: LossConfig, disc_lr: float):
         self.cfg = cfg
+        self.disc_lr = disc_lr
         self.run = 0  # consecutive collapsed steps so far
         self.warned = False  # warned during the current run of collapsed steps
         self.active_steps = 0  # steps with the adversarial term on, since it last switched on
-        self.mean_accuracy = 0.0  # exponential mean of disc_accuracy over those steps
+        self.mean_accuracy = 0.0  # mean of disc_accuracy over those steps, the last collapse_steps of them mostly
         self.stall_warned = False
 
     def update(self, accuracy: float, active: bool, step: int, logits: tuple[float, float],
@@ -222,28 +225,32 @@ class DiscriminatorWatch:
         message = (f"vqvae: discriminator collapse at step {step}: it told reconstructions from real images with "
                    f"accuracy >= {self.cfg.collapse_accuracy:g} for {self.run} steps in a row (mean logits real "
                    f"{logits[0]:.3g}, fake {logits[1]:.3g}); lower loss.disc_weight (now {self.cfg.disc_weight:g}) or "
-                   f"raise loss.disc_start (now {self.cfg.disc_start}) so the decoder is better first, or set "
-                   + ("loss.collapse_action=warn to train on" if stop else "loss.collapse_action=stop to stop here"))
+                   f"raise loss.disc_start (now {self.cfg.disc_start}) so the decoder is better first"
+                   + (f", or shorten the discriminator's head start, loss.disc_warmup_steps (now "
+                      f"{self.cfg.disc_warmup_steps})" if self.cfg.disc_warmup_steps else "")
+                   + ", or set " + ("loss.collapse_action=warn to train on" if stop
+                                    else "loss.collapse_action=stop to stop here"))
         return message, stop
 
     def _stall(self, accuracy, step, logits, disc_loss):
         self.active_steps += 1
-        if self.active_steps == 1:
-            self.mean_accuracy = accuracy
-        else:
-            self.mean_accuracy += (accuracy - self.mean_accuracy) / self.cfg.collapse_steps
-        if self.mean_accuracy > self.cfg.stall_accuracy:
+        # The plain mean over the first collapse_steps steps, then an exponential mean of that span.
+        self.mean_accuracy += (accuracy - self.mean_accuracy) / min(self.active_steps, self.cfg.collapse_steps)
+        if self.mean_accuracy >= self.cfg.stall_accuracy:
             self.stall_warned = False
             return None
-        if self.active_steps < self.cfg.collapse_steps or (self.stall_warned and self.cfg.collapse_action == "warn"):
+        if self.active_steps < 2 * self.cfg.collapse_steps or (self.stall_warned and self.cfg.collapse_action == "warn"):
             return None
         self.stall_warned = True
         stop = self.cfg.collapse_action == "stop"
+        c = self.cfg
         message = (f"vqvae: discriminator stall at step {step}: its accuracy averaged {self.mean_accuracy:.3f} over "
-                   f"about the last {self.cfg.collapse_steps} steps, no better than chance (loss "
-                   f"{disc_loss:.3g}; mean logits real {logits[0]:.3g}, fake {logits[1]:.3g}), so its gradient "
-                   f"carries little signal for the decoder; let it learn before its term starts with "
-                   f"loss.disc_warmup_steps (now {self.cfg.disc_warmup_steps}) or give it a higher loss.disc_lr, or set "
+                   f"about the last {c.collapse_steps} steps, no better than chance (loss {disc_loss:.3g}; mean logits "
+                   f"real {logits[0]:.3g}, fake {logits[1]:.3g}), so its gradient carries little signal for the "
+                   f"decoder; give it a higher learning rate, loss.disc_lr (now {self.disc_lr:g} in effect)"
+                   + (f", or a lower loss.r1_weight (now {c.r1_weight:g})" if c.r1_weight > 0 else "")
+                   + f"; in a new run, let it learn alone before its term starts with loss.disc_warmup_steps (now "
+                     f"{c.disc_warmup_steps}, at most loss.disc_start, now {c.disc_start}); or set "
                    + ("loss.collapse_action=warn to train on" if stop else "loss.collapse_action=stop to stop here"))
         return message, stop
 

@@ -37,6 +37,8 @@ GAN_PANELS = [("adversarial terms", ["adversarial", "disc_loss", "r1"]),
               ("discriminator logits (mean)", ["logits_real", "logits_fake"]),
               ("discriminator accuracy", ["disc_accuracy"])]
 GAN_SUMMARY = ("perceptual", "adversarial", "adaptive_weight", "disc_loss", "disc_accuracy")
+# When the discriminator trains and its term acts: a resume may change them, with a note.
+SCHEDULE_ON_RESUME = ("disc_start", "disc_warmup_steps", "disc_ramp_steps")
 WATCHED = ("disc_accuracy", "logits_real", "logits_fake", "disc_loss")  # what the DiscriminatorWatch reads
 CRITIC_FIXED_ON_RESUME = (("loss", "adversarial"), ("loss", "disc_layers"), ("loss", "disc_channels"))
 
@@ -63,7 +65,7 @@ class VQVAEStage(Stage):
             self.terms += self.objective.critic_terms
         if self.objective is not None:
             self.summary_keys = self.summary_keys + tuple(k for k in GAN_SUMMARY if k in self.terms)
-        self.watch = DiscriminatorWatch(config.loss)
+        self.watch = DiscriminatorWatch(config.loss, config.loss.disc_lr or config.train.lr)
         self.step = 0
         self.train_cfg = config.train
         self.config_dict = config.to_dict()
@@ -111,20 +113,35 @@ class VQVAEStage(Stage):
     def step_problem(self, step: int):
         if self.critic is None or self.watch.cfg.collapse_action == "off":
             return None
+        if self.objective.adversarial_factor(self.step) == 0:  # the term is off (alike on every process)
+            return self.watch.update(0.0, False, step, (0.0, 0.0), 0.0)
         # The watch reads the global batch's figures (the mean of the processes' equal shares): every
         # process then keeps the same watch and stops at the same step, and DDP sees what one process would.
         watched = self._last_values[[self.terms.index(k) for k in WATCHED]]
         if self.ctx.distributed:
             watched = all_reduce_sum(watched.clone()) / self.ctx.world
         accuracy, real, fake, disc_loss = watched.tolist()
-        return self.watch.update(accuracy, self.objective.adversarial_factor(self.step) > 0, step, (real, fake),
-                                 disc_loss)
+        return self.watch.update(accuracy, True, step, (real, fake), disc_loss)
 
     def training_state(self) -> dict:
         return self.watch.state() if self.critic is not None else {}
 
     def load_training_state(self, state: dict) -> None:
         self.watch.load(state)
+
+    def resume_notes(self, saved_config: dict, step: int) -> list[str]:
+        if self.critic is None:
+            return []
+        saved, loss = saved_config.get("loss", {}), self.objective.cfg
+        changed = [f"loss.{k} {saved.get(k, 0)} -> {getattr(loss, k)}" for k in SCHEDULE_ON_RESUME
+                   if saved.get(k, 0) != getattr(loss, k)]
+        if not changed:
+            return []
+        # Steps counted from 1, as in the loop's messages: step i + 1 runs with self.step = i.
+        return [f"{', '.join(changed)} on resume at step {step}: the discriminator trains from step "
+                f"{loss.disc_start - loss.disc_warmup_steps + 1} and its term enters the model's loss from step "
+                f"{loss.disc_start + 1}" + (f" (ramping over {loss.disc_ramp_steps} steps)" if loss.disc_ramp_steps else "")
+                + ("; both are past, so this changes nothing" if step >= loss.disc_start + loss.disc_ramp_steps else "")]
 
     def compile(self, mode: str) -> None:
         # Encoder and decoder only: the quantizer's codebook updates are data-dependent.
