@@ -334,7 +334,7 @@ def train_prior(config: RunConfig, run_dir: str | Path, resume: bool = False,
     test_labels = test_set.labels
     if pseudo:
         # Clusters of the unshifted training maps; each shifted copy keeps its image's cluster.
-        _, image_labels = find_pseudo_classes(vqvae, train_codes[:len(train_set)], pseudo, seed=config.prior_train.seed)
+        image_labels = find_pseudo_classes(vqvae, train_codes[:len(train_set)], pseudo, seed=config.prior_train.seed)
         train_labels = image_labels.repeat(len(shift_offsets(shifts)))
         spec = PriorSpec(vqvae.codebook_size, vqvae.latent_size, pseudo, tuple(f"cluster {c}" for c in range(pseudo)),
                          tuple(class_frequencies(image_labels, pseudo)))
