@@ -251,19 +251,20 @@ def likelihood_rows_per_pass(prior, batch: int, positions: int, device) -> int:
 @torch.no_grad()
 def kept_log_likelihood(prior, codes: torch.Tensor, masked: torch.Tensor, labels: torch.Tensor | None,
                         groups: int = LIKELIHOOD_GROUPS, orders: int = LIKELIHOOD_ORDERS,
-                        rows_per_pass: int | None = None) -> torch.Tensor:
+                        rows_per_pass: int | None = None, kept: torch.Tensor | None = None) -> torch.Tensor:
     """log p(kept codes | labels) in nats: exact for the autoregressive priors; for MaskGIT the
     chain rule over `groups` groups of the kept codes, averaged over `orders` random orders (see
     the module docstring). `labels` (B,) gives (B,); `labels` (R, B) gives (R, B), map b scored
     under labels[r, b] for every r (`class_posterior` asks for every class at once). The R x B
     (map, label) rows run through the prior in batches of `rows_per_pass` maps (default
-    `likelihood_rows_per_pass`), whatever their label, so all classes share each forward pass."""
+    `likelihood_rows_per_pass`), whatever their label, so all classes share each forward pass.
+    `kept`: `kept_positions(prior, masked)` when the caller has it already."""
     B, H, W = codes.shape
     single = labels is None or labels.dim() == 1
     label_rows = (labels if labels is not None else torch.zeros(B, dtype=torch.long, device=codes.device))
     label_rows = label_rows.reshape(-1, B)  # (R, B)
     flat_labels = label_rows.reshape(-1) if labels is not None else None  # (R * B,): row r * B + b is map b
-    kept = kept_positions(prior, masked)
+    kept = kept_positions(prior, masked) if kept is None else kept
     rows = rows_per_pass or likelihood_rows_per_pass(prior, B, H * W + 1, codes.device)
     total = torch.zeros(label_rows.numel(), device=codes.device)  # float32: MPS has no float64
 
@@ -329,7 +330,8 @@ def class_posterior(prior, codes: torch.Tensor, masked: torch.Tensor) -> torch.T
     if not prior.conditional:
         raise ConfigError("inferring the class needs a class-conditional prior; this prior is unconditional")
     B = len(codes)
-    empty = ~kept_positions(prior, masked).flatten(1).any(1)
+    kept = kept_positions(prior, masked)
+    empty = ~kept.flatten(1).any(1)
     if empty.any():
         raise ConfigError(f"inferring the class needs codes the prior keeps, and with this mask the {prior.config.kind} "
                           f"prior keeps none of {int(empty.sum())} image(s)"
@@ -337,7 +339,7 @@ def class_posterior(prior, codes: torch.Tensor, masked: torch.Tensor) -> torch.T
                              "order)" if prior.config.kind != "maskgit" else "")
                           + ": pass --class to name the class, or --class none for the unconditional mode")
     every_class = torch.arange(prior.spec.num_classes, device=codes.device)[:, None].expand(-1, B)  # (C, B)
-    log_likelihood = kept_log_likelihood(prior, codes, masked, every_class).T  # (B, C)
+    log_likelihood = kept_log_likelihood(prior, codes, masked, every_class, kept=kept).T  # (B, C)
     return torch.softmax(log_likelihood + class_log_prior(prior).to(codes.device), 1)
 
 
