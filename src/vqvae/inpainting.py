@@ -221,6 +221,8 @@ class InpaintResult:
 
 
 def check_class_choice(choice: str) -> str:
+    """A user's --class-choice / class_choice: `inpaint_images` checks it, once for every inpainting
+    job (CLI, API and benchmarks all pass it there), before any image is encoded."""
     if choice not in CLASS_CHOICES:
         raise ConfigError(f"--class-choice {choice!r}: one of {', '.join(CLASS_CHOICES)} (how the class inferred "
                           f"from the kept region is taken from its posterior)")
@@ -348,12 +350,13 @@ def infer_classes(prior, codes: torch.Tensor, masked: torch.Tensor, class_choice
                   generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(B,) classes for re-drawing the `masked` codes of `codes`, taken from p(c | kept codes) by
     `class_choice` ("argmax" or "sample"), and (B,) the posterior probability of each."""
-    check_class_choice(class_choice)
     posterior = class_posterior(prior, codes, masked)
     if class_choice == "argmax":
         classes = posterior.argmax(1)
-    else:
+    elif class_choice == "sample":
         classes = torch.multinomial(posterior.float(), 1, generator=generator)[:, 0]
+    else:  # a user's choice was checked by inpaint_images; this is a direct caller's slip
+        raise ValueError(f"class_choice {class_choice!r}: one of {', '.join(CLASS_CHOICES)}")
     return classes, posterior.gather(1, classes[:, None])[:, 0].float()
 
 
@@ -458,8 +461,7 @@ def inpaint(run_dir: str | Path, image: str | Path | torch.Tensor, mask: str | t
     images, names = (image, ()) if isinstance(image, torch.Tensor) else read_images(image, vq_config)
     class_ = None if class_ is None or class_ == "" else str(class_)
     infer = class_ is None and prior.conditional
-    if class_choice is not None:
-        check_class_choice(class_choice)
+    if class_choice is not None:  # inpaint_images checks its value
         if not infer:
             raise ConfigError(f"--class-choice {class_choice} chooses the class inferred from the kept region: it "
                               f"needs a class-conditional prior and no --class (here: "
@@ -484,7 +486,7 @@ def inpaint(run_dir: str | Path, image: str | Path | torch.Tensor, mask: str | t
             guidance = effective_guidance(prior, s.guidance)
     elif infer:
         labels = None
-        class_choice = class_choice or DEFAULT_CLASS_CHOICE
+        class_choice = DEFAULT_CLASS_CHOICE if class_choice is None else class_choice  # '' is refused, not defaulted
         if guidance is None:
             guidance = effective_guidance(prior, s.guidance)
     else:
