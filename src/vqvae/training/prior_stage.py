@@ -96,7 +96,6 @@ def cached_codes(model: VQVAE, data: ImageSet, split: str, run_dir: Path, device
 
 class PriorStage(Stage):
     kind = "prior"
-    config_section = "prior_train"
     summary_keys = ("bits", "val_bits", "images_per_s")
     epoch_statistics = ("nats_sum", "num_batches")  # set by begin_epoch
 
