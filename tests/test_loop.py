@@ -21,7 +21,7 @@ class LineStage(Stage):
     """Least squares on a line, y = 3x - 1: only the members the contract names."""
 
     kind = "line"
-    config_section = "train"
+    config_section = "train"  # a kind CONFIG_SECTIONS does not know names its section itself
     summary_keys = ("mse", "val_mse")
     epoch_statistics = ("mse_sum", "num_batches")
 
@@ -108,3 +108,15 @@ def test_resuming_mid_epoch_restores_the_epoch_statistics_bitwise(tmp_path):
     expected = load_checkpoint(checkpoint_path(tmp_path / "straight", "line", "last"))["loop"]["history"]
     assert [{k: v for k, v in h.items() if k not in drop} for h in state.history] == \
            [{k: v for k, v in h.items() if k not in drop} for h in expected]
+
+
+def test_each_stage_reads_its_config_section_from_the_one_mapping():
+    """check_resume_config runs before a stage exists and reads CONFIG_SECTIONS; the stages' own
+    config_section (messages, resume notes) must name the same section."""
+    from vqvae.training.loop import CONFIG_SECTIONS
+    from vqvae.training.prior_stage import PriorStage
+    from vqvae.training.vqvae_stage import VQVAEStage
+
+    for cls in (VQVAEStage, PriorStage):
+        assert cls.__new__(cls).config_section == CONFIG_SECTIONS[cls.kind]
+    assert set(CONFIG_SECTIONS.values()) == {"train", "prior_train"}

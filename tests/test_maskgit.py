@@ -597,6 +597,7 @@ def test_inpaint_command_infers_the_class_and_keeps_the_unconditional_mode(maskg
 
 @pytest.mark.parametrize("extra, message", [
     (["--class-choice", "maybe"], "--class-choice 'maybe': one of argmax, sample"),
+    (["--class-choice", ""], "--class-choice '': one of argmax, sample"),  # refused, not taken as the default
     (["--class-choice", "sample", "--class", "1"], "needs a class-conditional prior and no --class"),
     (["--class", "none", "--guidance", "2"], "--guidance needs a class"),
     (["--class", "all"], "--class all is for sampling"),

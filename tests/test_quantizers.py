@@ -15,6 +15,7 @@ from vqvae.errors import ConfigError
 from vqvae.models import (VQVAE, FiniteScalarQuantizer, LookupFreeQuantizer, ResidualVectorQuantizer, VectorQuantizer,
                           rotation_trick, straight_through)
 from vqvae.models.lfq import lfq_entropies
+from vqvae.models.rvq import dropout_depths
 from vqvae.runs import load_vqvae
 from vqvae.checkpoint import save_checkpoint
 from vqvae.training.loop import checkpoint_path
@@ -203,6 +204,24 @@ def test_rvq_dropout_decodes_fewer_levels_for_some_images():
     assert 0 < sum(d < 1e-6 for d in per_image) < 64  # some images use every level, some fewer
 
 
+def test_rvq_dropout_shards_draw_what_one_process_draws_at_the_global_batch():
+    torch.manual_seed(5)
+    whole = dropout_depths([32], 0, 4, 0.5)
+    after_one = torch.rand(1)
+    torch.manual_seed(5)  # one process draws as it did before shards were considered: old seeds reproduce
+    assert torch.equal(whole, torch.where(torch.rand(32) < 0.5, torch.randint(1, 5, (32,)), 4))
+    assert whole.min() >= 1 and whole.max() == 4 and (whole < 4).any()
+    for sizes in ([16, 16], [17, 15]):  # even shards, and tensor_split's uneven ones
+        shards, after = [], []
+        for rank in range(2):  # each process starts from the same random state
+            torch.manual_seed(5)
+            shards.append(dropout_depths(sizes, rank, 4, 0.5))
+            after.append(torch.rand(1))
+        assert [len(s) for s in shards] == sizes
+        assert torch.equal(torch.cat(shards), whole)  # not one shard's pattern repeated
+        assert torch.equal(after[0], after[1]) and torch.equal(after[0], after_one)  # streams stay in step
+
+
 # --------------------------------------------------------------------------- rotation trick
 
 def rotation_matrix(e: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -383,7 +402,9 @@ def test_fsq_run_trains_a_prior_over_its_implicit_codebook(tiny_config, tmp_path
 @pytest.mark.parametrize("kind", ["rvq", "fsq"])
 def test_replicas_stay_identical_under_two_gloo_processes(kind, tiny_config, tmp_path):
     """rvq: every level's EMA statistics are all-reduced and its init/restarts broadcast, level by
-    level; fsq: project_in's data-dependent init is taken over the global batch and broadcast."""
+    level, and quantizer dropout draws the global batch's depths, so the two processes also train
+    as one process does; fsq: project_in's data-dependent init is taken over the global batch and
+    broadcast."""
     from test_distributed import launch
 
     restarts = ["quantizer.restart_after_steps=2"] if kind == "rvq" else []  # fsq has no codes to restart
@@ -398,6 +419,14 @@ def test_replicas_stay_identical_under_two_gloo_processes(kind, tiny_config, tmp
         assert rank0["state"]["quantizer.initialised"]
     for key, value in rank0["state"].items():
         assert torch.equal(value, rank1["state"][key]), f"replicas differ in {key}"
+    if kind == "rvq":  # same global batch, same depths: the same training up to float reordering
+        launch(cfg, tmp_path / "single", 1)
+        single = torch.load(tmp_path / "single" / "rank0.pt", weights_only=True)
+        for a, b in zip(rank0["history"], single["history"], strict=True):
+            assert abs(a - b) <= 1e-3 * max(abs(b), 1e-3) + 1e-5, (rank0["history"], single["history"])
+        for key, value in single["state"].items():  # shards drawing one pattern each move codebooks far more
+            gap = (rank0["state"][key].double() - value.double()).abs().max() / value.double().abs().max().clamp_min(1)
+            assert gap < 1e-2, f"{key}: one process and two differ by {gap:.3g} of its size"
 
 
 def test_runs_saved_before_the_quantizer_family_still_resume(tiny_config, tmp_path):

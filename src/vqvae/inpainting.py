@@ -221,6 +221,8 @@ class InpaintResult:
 
 
 def check_class_choice(choice: str) -> str:
+    """A user's --class-choice / class_choice: `inpaint_images` checks it, once for every inpainting
+    job (CLI, API and benchmarks all pass it there), before any image is encoded."""
     if choice not in CLASS_CHOICES:
         raise ConfigError(f"--class-choice {choice!r}: one of {', '.join(CLASS_CHOICES)} (how the class inferred "
                           f"from the kept region is taken from its posterior)")
@@ -251,19 +253,20 @@ def likelihood_rows_per_pass(prior, batch: int, positions: int, device) -> int:
 @torch.no_grad()
 def kept_log_likelihood(prior, codes: torch.Tensor, masked: torch.Tensor, labels: torch.Tensor | None,
                         groups: int = LIKELIHOOD_GROUPS, orders: int = LIKELIHOOD_ORDERS,
-                        rows_per_pass: int | None = None) -> torch.Tensor:
+                        rows_per_pass: int | None = None, kept: torch.Tensor | None = None) -> torch.Tensor:
     """log p(kept codes | labels) in nats: exact for the autoregressive priors; for MaskGIT the
     chain rule over `groups` groups of the kept codes, averaged over `orders` random orders (see
     the module docstring). `labels` (B,) gives (B,); `labels` (R, B) gives (R, B), map b scored
     under labels[r, b] for every r (`class_posterior` asks for every class at once). The R x B
     (map, label) rows run through the prior in batches of `rows_per_pass` maps (default
-    `likelihood_rows_per_pass`), whatever their label, so all classes share each forward pass."""
+    `likelihood_rows_per_pass`), whatever their label, so all classes share each forward pass.
+    `kept`: `kept_positions(prior, masked)` when the caller has it already."""
     B, H, W = codes.shape
     single = labels is None or labels.dim() == 1
     label_rows = (labels if labels is not None else torch.zeros(B, dtype=torch.long, device=codes.device))
     label_rows = label_rows.reshape(-1, B)  # (R, B)
     flat_labels = label_rows.reshape(-1) if labels is not None else None  # (R * B,): row r * B + b is map b
-    kept = kept_positions(prior, masked)
+    kept = kept_positions(prior, masked) if kept is None else kept
     rows = rows_per_pass or likelihood_rows_per_pass(prior, B, H * W + 1, codes.device)
     total = torch.zeros(label_rows.numel(), device=codes.device)  # float32: MPS has no float64
 
@@ -329,7 +332,8 @@ def class_posterior(prior, codes: torch.Tensor, masked: torch.Tensor) -> torch.T
     if not prior.conditional:
         raise ConfigError("inferring the class needs a class-conditional prior; this prior is unconditional")
     B = len(codes)
-    empty = ~kept_positions(prior, masked).flatten(1).any(1)
+    kept = kept_positions(prior, masked)
+    empty = ~kept.flatten(1).any(1)
     if empty.any():
         raise ConfigError(f"inferring the class needs codes the prior keeps, and with this mask the {prior.config.kind} "
                           f"prior keeps none of {int(empty.sum())} image(s)"
@@ -337,7 +341,7 @@ def class_posterior(prior, codes: torch.Tensor, masked: torch.Tensor) -> torch.T
                              "order)" if prior.config.kind != "maskgit" else "")
                           + ": pass --class to name the class, or --class none for the unconditional mode")
     every_class = torch.arange(prior.spec.num_classes, device=codes.device)[:, None].expand(-1, B)  # (C, B)
-    log_likelihood = kept_log_likelihood(prior, codes, masked, every_class).T  # (B, C)
+    log_likelihood = kept_log_likelihood(prior, codes, masked, every_class, kept=kept).T  # (B, C)
     return torch.softmax(log_likelihood + class_log_prior(prior).to(codes.device), 1)
 
 
@@ -346,12 +350,13 @@ def infer_classes(prior, codes: torch.Tensor, masked: torch.Tensor, class_choice
                   generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(B,) classes for re-drawing the `masked` codes of `codes`, taken from p(c | kept codes) by
     `class_choice` ("argmax" or "sample"), and (B,) the posterior probability of each."""
-    check_class_choice(class_choice)
     posterior = class_posterior(prior, codes, masked)
     if class_choice == "argmax":
         classes = posterior.argmax(1)
-    else:
+    elif class_choice == "sample":
         classes = torch.multinomial(posterior.float(), 1, generator=generator)[:, 0]
+    else:  # a user's choice was checked by inpaint_images; this is a direct caller's slip
+        raise ValueError(f"class_choice {class_choice!r}: one of {', '.join(CLASS_CHOICES)}")
     return classes, posterior.gather(1, classes[:, None])[:, 0].float()
 
 
@@ -456,8 +461,7 @@ def inpaint(run_dir: str | Path, image: str | Path | torch.Tensor, mask: str | t
     images, names = (image, ()) if isinstance(image, torch.Tensor) else read_images(image, vq_config)
     class_ = None if class_ is None or class_ == "" else str(class_)
     infer = class_ is None and prior.conditional
-    if class_choice is not None:
-        check_class_choice(class_choice)
+    if class_choice is not None:  # inpaint_images checks its value
         if not infer:
             raise ConfigError(f"--class-choice {class_choice} chooses the class inferred from the kept region: it "
                               f"needs a class-conditional prior and no --class (here: "
@@ -482,7 +486,7 @@ def inpaint(run_dir: str | Path, image: str | Path | torch.Tensor, mask: str | t
             guidance = effective_guidance(prior, s.guidance)
     elif infer:
         labels = None
-        class_choice = class_choice or DEFAULT_CLASS_CHOICE
+        class_choice = DEFAULT_CLASS_CHOICE if class_choice is None else class_choice  # '' is refused, not defaulted
         if guidance is None:
             guidance = effective_guidance(prior, s.guidance)
     else:

@@ -139,19 +139,27 @@ def code_dtype(codebook_size: int) -> torch.dtype:
     return torch.int16 if codebook_size <= 2 ** 15 else torch.int32
 
 
+def process_sizes(n: int, device) -> tuple[list[int], int]:
+    """(every process's `n`, in rank order; this process's rank): ([n], 0) in a single process.
+    Under torch.distributed a collective that every process must call."""
+    if not is_distributed():
+        return [n], 0
+    sizes = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, torch.tensor([n], device=device))
+    return [int(s.item()) for s in sizes], dist.get_rank()
+
+
 def _global_rows(flat: torch.Tensor) -> torch.Tensor:
     """Every process's rows, concatenated in rank order: the global batch a single process
     would see, so initialisation and restarts pick from the same vectors either way."""
     if not is_distributed():
         return flat
-    sizes = [torch.zeros(1, dtype=torch.long, device=flat.device) for _ in range(dist.get_world_size())]
-    dist.all_gather(sizes, torch.tensor([flat.shape[0]], device=flat.device))
-    longest = int(max(s.item() for s in sizes))
-    padded = torch.zeros(longest, flat.shape[1], dtype=flat.dtype, device=flat.device)
+    sizes, _ = process_sizes(flat.shape[0], flat.device)
+    padded = torch.zeros(max(sizes), flat.shape[1], dtype=flat.dtype, device=flat.device)
     padded[: flat.shape[0]] = flat
     gathered = [torch.empty_like(padded) for _ in sizes]
     dist.all_gather(gathered, padded)
-    return torch.cat([g[: int(s.item())] for g, s in zip(gathered, sizes)])
+    return torch.cat([g[:s] for g, s in zip(gathered, sizes)])
 
 
 class VectorQuantizer(nn.Module):

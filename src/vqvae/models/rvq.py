@@ -7,7 +7,10 @@ chosen codes, so a position carries D indices (codes (B, D, h, w)) and D * log2(
 
 Quantizer dropout (SoundStream): during training a fraction `rvq_dropout` of the images is
 decoded from only its first n ~ U{1..D} levels, so that decoding the first few levels of a code
-map gives a usable coarser image. Every level still sees and learns from every residual.
+map gives a usable coarser image. Every level still sees and learns from every residual. Under
+torchrun the VQ-VAE stage seeds every process alike, so each draws the depths of the whole global
+batch and keeps its own shard's: N processes train on the depths one process at the global batch
+would draw, not one shard's pattern repeated N times, and their random streams stay in step.
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ import torch
 from torch import nn
 
 from ..config import QuantizerConfig
-from .quantizer import QuantizerOutput, VectorQuantizer, apply_estimator, count_codes
+from .quantizer import QuantizerOutput, VectorQuantizer, apply_estimator, count_codes, process_sizes
 
 
 class ResidualVectorQuantizer(nn.Module):
@@ -73,6 +76,18 @@ class ResidualVectorQuantizer(nn.Module):
         """Quantizer dropout: which levels each image's decoder input uses (B, D), or None."""
         if not (self.training and self.config.rvq_dropout > 0):
             return None
-        dropped = torch.rand(batch, device=device) < self.config.rvq_dropout
-        depth = torch.where(dropped, torch.randint(1, self.depth + 1, (batch,), device=device), self.depth)
+        sizes, rank = process_sizes(batch, device)  # under torchrun: every shard's size (a collective)
+        depth = dropout_depths(sizes, rank, self.depth, self.config.rvq_dropout, device)
         return (torch.arange(self.depth, device=device)[None, :] < depth[:, None]).float()
+
+
+def dropout_depths(sizes: list[int], rank: int, depth: int, rate: float, device=None) -> torch.Tensor:
+    """Quantizer dropout's depth for each image of shard `rank` (sizes[rank],): depth, or with
+    probability `rate` a draw from U{1..depth}. The draw covers the global batch (sum(sizes)
+    images, shards in rank order) and this shard's part is returned, so every process consumes
+    the same random numbers and the shards' depths together are one process's at the global batch."""
+    total = sum(sizes)
+    dropped = torch.rand(total, device=device) < rate
+    depths = torch.where(dropped, torch.randint(1, depth + 1, (total,), device=device), depth)
+    start = sum(sizes[:rank])
+    return depths[start:start + sizes[rank]]

@@ -57,6 +57,11 @@ class LoopState:
         return cls(**{k: v for k, v in loop.items() if k in known})
 
 
+# Where a user changes each stage kind's training settings (a section of RunConfig): a Stage's
+# `config_section`, and what `check_resume_config` reads before any stage is built.
+CONFIG_SECTIONS = {"vqvae": "train", "prior": "prior_train"}
+
+
 class Stage(ABC):
     """The Stage contract: what a training stage (training/vqvae_stage.py, training/prior_stage.py)
     provides to `fit`. `fit` owns the optimiser, schedule, checkpoints and progress; a stage
@@ -65,7 +70,7 @@ class Stage(ABC):
     Set in __init__ (or as class attributes):
         kind: "vqvae" or "prior": names the checkpoints, progress bars and messages.
         config_section: "train" or "prior_train": where a user changes this stage's settings
-            (messages tell them which option to set).
+            (messages tell them which option to set); by default CONFIG_SECTIONS[kind].
         summary_keys: the history fields printed at each epoch end.
         epoch_statistics: names of the tensor attributes holding the epoch's running
             statistics (reset by `begin_epoch`): saved in mid-epoch checkpoints and put back on
@@ -87,7 +92,6 @@ class Stage(ABC):
     """
 
     kind: str
-    config_section: str
     summary_keys: tuple = ()
     epoch_statistics: tuple = ()
     model: nn.Module
@@ -96,6 +100,10 @@ class Stage(ABC):
     config_dict: dict
     critic: nn.Module | None = None
     critic_train_cfg: TrainConfig | None = None
+
+    @property
+    def config_section(self) -> str:
+        return CONFIG_SECTIONS[self.kind]
 
     @abstractmethod
     def loss(self, model: nn.Module, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -203,7 +211,7 @@ def check_resume_config(run_dir: Path, kind: str, config: RunConfig, sections: t
     now = config.to_dict()
     # Fewer epochs than trained would stop at once and leave config.json saying fewer than the
     # weights had (an epoch begun counts: its steps are in the weights).
-    section = "train" if kind == "vqvae" else "prior_train"
+    section = CONFIG_SECTIONS[kind]
     loop = checkpoint.get("loop", {})
     trained = int(loop.get("epoch", 0)) + (1 if loop.get("batch_in_epoch", 0) else 0)
     if now[section]["epochs"] < trained:

@@ -96,7 +96,6 @@ def cached_codes(model: VQVAE, data: ImageSet, split: str, run_dir: Path, device
 
 class PriorStage(Stage):
     kind = "prior"
-    config_section = "prior_train"
     summary_keys = ("bits", "val_bits", "images_per_s")
     epoch_statistics = ("nats_sum", "num_batches")  # set by begin_epoch
 
@@ -334,7 +333,7 @@ def train_prior(config: RunConfig, run_dir: str | Path, resume: bool = False,
     test_labels = test_set.labels
     if pseudo:
         # Clusters of the unshifted training maps; each shifted copy keeps its image's cluster.
-        _, image_labels = find_pseudo_classes(vqvae, train_codes[:len(train_set)], pseudo, seed=config.prior_train.seed)
+        image_labels = find_pseudo_classes(vqvae, train_codes[:len(train_set)], pseudo, seed=config.prior_train.seed)
         train_labels = image_labels.repeat(len(shift_offsets(shifts)))
         spec = PriorSpec(vqvae.codebook_size, vqvae.latent_size, pseudo, tuple(f"cluster {c}" for c in range(pseudo)),
                          tuple(class_frequencies(image_labels, pseudo)))

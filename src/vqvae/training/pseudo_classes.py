@@ -36,15 +36,15 @@ def code_map_features(vqvae: VQVAE, codes: torch.Tensor, batch: int = 1000) -> t
 
 
 def find_pseudo_classes(vqvae: VQVAE, codes: torch.Tensor, num_classes: int,
-                        seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """(centres (num_classes, F), labels (N,)) of k-means on the code maps' features."""
+                        seed: int = 0) -> torch.Tensor:
+    """(N,) int64 labels: each code map's cluster of k-means on the code maps' features."""
     if len(codes) < num_classes:
         raise ValueError(f"{num_classes} pseudo-classes need at least as many training images, got {len(codes)}")
     features = code_map_features(vqvae, codes)
     generator = torch.Generator().manual_seed(seed)
     fit = features[torch.randperm(len(features), generator=generator)[:FIT_IMAGES]]
     centres = kmeans(fit, num_classes, KMEANS_ITERS, generator)
-    return centres, assign_pseudo_classes(features, centres)
+    return assign_pseudo_classes(features, centres)
 
 
 def assign_pseudo_classes(features: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
