@@ -45,7 +45,6 @@ CRITIC_FIXED_ON_RESUME = (("loss", "adversarial"), ("loss", "disc_layers"), ("lo
 
 class VQVAEStage(Stage):
     kind = "vqvae"
-    config_section = "train"
     summary_keys = ("loss", "recon", "codes_used", "perplexity", "val_mse", "val_codes_used", "images_per_s")
     epoch_statistics = ("counts", "term_sums", "num_batches")  # set by begin_epoch
 
