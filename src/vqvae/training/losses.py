@@ -189,7 +189,8 @@ class DiscriminatorWatch:
       loss.stall_accuracy although its term has been on for 2 x collapse_steps steps (time for a
       fresh discriminator to learn): it tells reconstructions from real images no better than chance
       (hinge loss near 1.0, non-saturating near ln 2, logits near 0), so its gradient is close to noise.
-    Each is said once per episode (warn) or stops the run (stop). `disc_lr`: the discriminator's
+    Each is said once per episode (warn) or stops the run (stop); a stall's episode ends when the mean
+    recovers half-way to collapse_accuracy. `disc_lr`: the discriminator's
     learning rate in effect, for the advice."""
 
     def __init__(self, cfg: LossConfig, disc_lr: float):
@@ -237,7 +238,8 @@ class DiscriminatorWatch:
         # The plain mean over the first collapse_steps steps, then an exponential mean of that span.
         self.mean_accuracy += (accuracy - self.mean_accuracy) / min(self.active_steps, self.cfg.collapse_steps)
         if self.mean_accuracy >= self.cfg.stall_accuracy:
-            self.stall_warned = False
+            if self.mean_accuracy >= (self.cfg.stall_accuracy + self.cfg.collapse_accuracy) / 2:
+                self.stall_warned = False  # a clear recovery: a later stall is a new one (no repeats on a mean near the line)
             return None
         if self.active_steps < 2 * self.cfg.collapse_steps or (self.stall_warned and self.cfg.collapse_action == "warn"):
             return None
