@@ -691,6 +691,15 @@ for flag, value in [("--disc-warmup-fraction", "1.5"), ("--disc-warmup-fraction"
     code = "TRACEBACK" if "Traceback" in bench.stderr else bench.returncode
     rows.append((f"`bench_tokenizer.py {flag} {value}` (expect exit 1: a fraction in [0, 1])", code,
                  last[:230] + ("" if code == 1 and "a fraction in [0, 1]" in last else " [UNEXPECTED]")))
+PROBE_DISCRIMINATOR = Path(__file__).resolve().parent / "probe_discriminator.py"
+for args, text in [(["--run", "norun"], "expected NAME=RUN"), (["--run", "a=x", "--steps", "0"], "--steps 0: must be at least 1"),
+                   (["--run", "a=no/such/run"], "")]:
+    bench = subprocess.run([sys.executable, str(PROBE_DISCRIMINATOR), "--train", "none", "--test", "none", *args],
+                           env=ENV, capture_output=True, text=True)
+    last = bench.stderr.strip().splitlines()[-1] if bench.stderr.strip() else ""
+    code = "TRACEBACK" if "Traceback" in bench.stderr else bench.returncode
+    rows.append((f"`probe_discriminator.py {' '.join(args)}` (expect a one-line stop{': ' + text if text else ''})", code,
+                 last[:230] + ("" if code in (1, 2) and text in last else " [UNEXPECTED]")))
 print("| input | exit | outcome (first error line, or last line of output) |\n|---|---|---|")
 for label, code, line in rows:
     print(f"| {label} | {code} | {line.replace('|', '/')} |")

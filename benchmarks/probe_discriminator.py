@@ -27,6 +27,7 @@ import torch
 from result_file import print_and_write
 from vqvae.checkpoint import load_checkpoint
 from vqvae.data import load_dataset
+from vqvae.errors import VQVAEError
 from vqvae.nn.discriminator import PatchDiscriminator
 from vqvae.runs import find_checkpoint, load_vqvae
 from vqvae.training.losses import discriminator_accuracy, discriminator_loss
@@ -127,4 +128,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except VQVAEError as e:  # a missing run, a damaged checkpoint, unreadable images: one line, as the CLI says it
+        raise SystemExit(f"error: {e}") from None

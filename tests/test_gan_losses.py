@@ -335,8 +335,9 @@ def test_a_stalled_discriminator_stops_the_run_with_the_step_and_what_to_change(
         api.train_vqvae(cfg, tmp_path / "run", data=memory_data())
     message = str(caught.value)
     assert "\n" not in message
-    assert "discriminator stall at step" in message and "loss.disc_warmup_steps (now 0, at most loss.disc_start, now 2)" in message
-    assert "loss.disc_lr (now 1e-12 in effect)" in message
+    assert "discriminator stall at step" in message and "loss.disc_warmup_steps, now 0, at most loss.disc_start, now 2" in message
+    assert "loss.disc_lr, now 1e-12 in effect" in message and "loss.perceptual=lpips" in message
+    assert "r1_weight" not in message
     step = int(message.split("at step ")[1].split(":")[0])
     assert step == 2 + 2 * 3  # the term is on from step 3 (the loop counts from 1): judged after 2 x 3 steps
     # "warn" trains on, saying it once per stall.
@@ -359,6 +360,10 @@ def test_the_stall_watch_averages_accuracy_and_resumes_from_its_state():
         assert "stall at step 4" in message and not stop
         assert w.update(0.5, True, 5, (0.0, 0.0), 1.0) is None  # said once per stall
     assert resumed.state() == watch.state()
+    r1 = DiscriminatorWatch(LossConfig(adversarial="hinge", collapse_steps=1, r1_weight=2.0), 1e-4, "lpips")
+    r1.update(0.5, True, 1, (0.0, 0.0), 1.0)
+    message, _ = r1.update(0.5, True, 2, (0.0, 0.0), 1.0)
+    assert "lower loss.r1_weight (now 2)" in message and "loss.perceptual=lpips" not in message
     # A mean that wavers about the threshold is the same stall, not a new one each time it dips.
     assert all(watch.update(a, True, s, (0.0, 0.0), 1.0) is None for s, a in zip(range(6, 12), [0.7, 0.4] * 3))
     # A discriminator that clearly recovers (half-way to collapse_accuracy, 0.77) ends the episode;

@@ -190,12 +190,13 @@ class DiscriminatorWatch:
       fresh discriminator to learn): it tells reconstructions from real images no better than chance
       (hinge loss near 1.0, non-saturating near ln 2, logits near 0), so its gradient is close to noise.
     Each is said once per episode (warn) or stops the run (stop); a stall's episode ends when the mean
-    recovers half-way to collapse_accuracy. `disc_lr`: the discriminator's
-    learning rate in effect, for the advice."""
+    recovers half-way to collapse_accuracy. `disc_lr` (the discriminator's learning rate in effect)
+    and `perceptual` (the perceptual term trained with) are for the advice."""
 
-    def __init__(self, cfg: LossConfig, disc_lr: float):
+    def __init__(self, cfg: LossConfig, disc_lr: float, perceptual: str = "none"):
         self.cfg = cfg
         self.disc_lr = disc_lr
+        self.perceptual = perceptual  # what the run trains with ("none" when "auto" found no weights)
         self.run = 0  # consecutive collapsed steps so far
         self.warned = False  # warned during the current run of collapsed steps
         self.active_steps = 0  # steps with the adversarial term on, since it last switched on
@@ -248,11 +249,15 @@ class DiscriminatorWatch:
         c = self.cfg
         message = (f"vqvae: discriminator stall at step {step}: its accuracy averaged {self.mean_accuracy:.3f} over "
                    f"about the last {c.collapse_steps} steps, no better than chance (loss {disc_loss:.3g}; mean logits "
-                   f"real {logits[0]:.3g}, fake {logits[1]:.3g}), so its gradient carries little signal for the "
-                   f"decoder; give it a higher learning rate, loss.disc_lr (now {self.disc_lr:g} in effect)"
-                   + (f", or a lower loss.r1_weight (now {c.r1_weight:g})" if c.r1_weight > 0 else "")
-                   + f"; in a new run, let it learn alone before its term starts with loss.disc_warmup_steps (now "
-                     f"{c.disc_warmup_steps}, at most loss.disc_start, now {c.disc_start}); or set "
+                   f"real {logits[0]:.3g}, fake {logits[1]:.3g}): the model keeps making what it calls real, so "
+                   f"its gradient carries little signal for the decoder. "
+                   + (f"An R1 penalty this strong can flatten it: lower loss.r1_weight (now {c.r1_weight:g}). "
+                      if c.r1_weight > 0 else "")
+                   + ("Knobs: LPIPS (loss.perceptual=lpips, the published recipe), " if self.perceptual == "none"
+                      else "Knobs: ")
+                   + f"a faster discriminator (loss.disc_lr, now {self.disc_lr:g} in effect), a head start in a new "
+                     f"run (loss.disc_warmup_steps, now {c.disc_warmup_steps}, at most loss.disc_start, now "
+                     f"{c.disc_start}); or set "
                    + ("loss.collapse_action=warn to train on" if stop else "loss.collapse_action=stop to stop here"))
         return message, stop
 

@@ -64,7 +64,8 @@ class VQVAEStage(Stage):
             self.terms += self.objective.critic_terms
         if self.objective is not None:
             self.summary_keys = self.summary_keys + tuple(k for k in GAN_SUMMARY if k in self.terms)
-        self.watch = DiscriminatorWatch(config.loss, config.loss.disc_lr or config.train.lr)
+        self.watch = DiscriminatorWatch(config.loss, config.loss.disc_lr or config.train.lr,
+                                        "lpips" if perceptual is not None else "none")
         self.step = 0
         self.train_cfg = config.train
         self.config_dict = config.to_dict()
