@@ -249,9 +249,9 @@ class DiscriminatorWatch:
         c = self.cfg
         message = (f"vqvae: discriminator stall at step {step}: its accuracy averaged {self.mean_accuracy:.3f} over "
                    f"about the last {c.collapse_steps} steps, no better than chance (loss {disc_loss:.3g}; mean logits "
-                   f"real {logits[0]:.3g}, fake {logits[1]:.3g}): the model keeps making what it calls real, so "
-                   f"its gradient carries little signal for the decoder. "
-                   + (f"An R1 penalty this strong can flatten it: lower loss.r1_weight (now {c.r1_weight:g}). "
+                   f"real {logits[0]:.3g}, fake {logits[1]:.3g}), so its gradient "
+                   f"carries little signal for the decoder. "
+                   + (f"An R1 penalty can flatten it: lower loss.r1_weight (now {c.r1_weight:g}). "
                       if c.r1_weight > 0 else "")
                    + ("Knobs: LPIPS (loss.perceptual=lpips, the published recipe), " if self.perceptual == "none"
                       else "Knobs: ")
