@@ -670,36 +670,35 @@ torch.save({"Conv2d_1a_3x3.conv.weight": torch.zeros(3)}, "inception-shapes.pth"
 expect("`evaluate --inception-weights` an Inception state dict of other shapes", 2, "does not hold torch-fidelity's Inception-v3", "evaluate", "crun",
        "--no-samples", "--inception-weights", "inception-shapes.pth")
 # --- end probe3
-# --- bench_tokenizer --throughput (a benchmark script's flag: checked before any data is read; exit 1 is
+# --- benchmark scripts' flags (bench_tokenizer, probe_discriminator: checked before any data is read; exit 1 is
 # its SystemExit with the message)
-BENCH_TOKENIZER = Path(__file__).resolve().parent / "bench_tokenizer.py"
+BENCHMARKS = Path(__file__).resolve().parent
+
+
+def script_row(script: str, args: list[str], label: str, text: str, codes: tuple[int, ...] = (1,)) -> None:
+    """A row for a benchmark script run with bad arguments: expect an exit in `codes` whose last
+    stderr line contains `text` (its SystemExit message), never a traceback."""
+    bench = subprocess.run([sys.executable, str(BENCHMARKS / script), *args], env=ENV, capture_output=True, text=True)
+    last = bench.stderr.strip().splitlines()[-1] if bench.stderr.strip() else ""
+    code = "TRACEBACK" if "Traceback" in bench.stderr else bench.returncode
+    rows.append((label, code, last[:230] + ("" if code in codes and text in last else " [UNEXPECTED]")))
+
+
+TOKENIZER_ARGS = ["--train", "none", "--test", "none", "--image-size", "16", "--work", "bt", "--out", "bt/out.json",
+                  "--model", "a=tiny"]
 for value, text in [("a=0", "must be finite numbers"), ("a=-1", "must be finite numbers"), ("a=nan", "must be finite numbers"),
                     ("a=inf", "must be finite numbers"), ("a=fast", "expected NAME=RATE"), ("b=3", "names no --model: b")]:
-    bench = subprocess.run([sys.executable, str(BENCH_TOKENIZER), "--train", "none", "--test", "none", "--image-size", "16",
-                            "--work", "bt", "--out", "bt/out.json", "--model", "a=tiny", "--throughput", value],
-                           env=ENV, capture_output=True, text=True)
-    last = bench.stderr.strip().splitlines()[-1] if bench.stderr.strip() else ""
-    code = "TRACEBACK" if "Traceback" in bench.stderr else bench.returncode
-    rows.append((f"`bench_tokenizer.py --throughput {value}` (expect exit 1: {text})", code,
-                 last[:230] + ("" if code == 1 and text in last else " [UNEXPECTED]")))
+    script_row("bench_tokenizer.py", [*TOKENIZER_ARGS, "--throughput", value],
+               f"`bench_tokenizer.py --throughput {value}` (expect exit 1: {text})", text)
 for flag, value in [("--disc-warmup-fraction", "1.5"), ("--disc-warmup-fraction", "-0.1"), ("--disc-warmup-fraction", "nan"),
                     ("--disc-start-fraction", "2")]:
-    bench = subprocess.run([sys.executable, str(BENCH_TOKENIZER), "--train", "none", "--test", "none", "--image-size", "16",
-                            "--work", "bt", "--out", "bt/out.json", "--model", "a=tiny", flag, value],
-                           env=ENV, capture_output=True, text=True)
-    last = bench.stderr.strip().splitlines()[-1] if bench.stderr.strip() else ""
-    code = "TRACEBACK" if "Traceback" in bench.stderr else bench.returncode
-    rows.append((f"`bench_tokenizer.py {flag} {value}` (expect exit 1: a fraction in [0, 1])", code,
-                 last[:230] + ("" if code == 1 and "a fraction in [0, 1]" in last else " [UNEXPECTED]")))
-PROBE_DISCRIMINATOR = Path(__file__).resolve().parent / "probe_discriminator.py"
+    script_row("bench_tokenizer.py", [*TOKENIZER_ARGS, flag, value],
+               f"`bench_tokenizer.py {flag} {value}` (expect exit 1: a fraction in [0, 1])", "a fraction in [0, 1]")
 for args, text in [(["--run", "norun"], "expected NAME=RUN"), (["--run", "a=x", "--steps", "0"], "--steps 0: must be at least 1"),
                    (["--run", "a=no/such/run"], "")]:
-    bench = subprocess.run([sys.executable, str(PROBE_DISCRIMINATOR), "--train", "none", "--test", "none", *args],
-                           env=ENV, capture_output=True, text=True)
-    last = bench.stderr.strip().splitlines()[-1] if bench.stderr.strip() else ""
-    code = "TRACEBACK" if "Traceback" in bench.stderr else bench.returncode
-    rows.append((f"`probe_discriminator.py {' '.join(args)}` (expect a one-line stop{': ' + text if text else ''})", code,
-                 last[:230] + ("" if code in (1, 2) and text in last else " [UNEXPECTED]")))
+    script_row("probe_discriminator.py", ["--train", "none", "--test", "none", *args],
+               f"`probe_discriminator.py {' '.join(args)}` (expect a one-line stop{': ' + text if text else ''})", text,
+               codes=(1, 2))
 print("| input | exit | outcome (first error line, or last line of output) |\n|---|---|---|")
 for label, code, line in rows:
     print(f"| {label} | {code} | {line.replace('|', '/')} |")

@@ -25,11 +25,10 @@ import time
 import torch
 
 from result_file import print_and_write
-from vqvae.checkpoint import load_checkpoint
 from vqvae.data import load_dataset
 from vqvae.errors import VQVAEError
 from vqvae.nn.discriminator import PatchDiscriminator
-from vqvae.runs import find_checkpoint, load_vqvae
+from vqvae.runs import find_checkpoint, read_model, vqvae_from_checkpoint
 from vqvae.training.losses import discriminator_accuracy, discriminator_loss
 
 SCORED_AT = (25, 50, 100, 200, 300, 400, 600, 800, 1000)
@@ -59,13 +58,22 @@ def score(critic: PatchDiscriminator, real: torch.Tensor, fake: torch.Tensor) ->
             "mean_logit_real": round(float(logits_real.mean()), 3), "mean_logit_fake": round(float(logits_fake.mean()), 3)}
 
 
-def probe(run: str, train: torch.Tensor, test: torch.Tensor, steps: int, seed: int) -> dict:
-    model, cfg = load_vqvae(run)
+def load_run(run: str) -> dict:
+    """A run's tokenizer (eval mode), its config, its checkpoint file and its discriminator's
+    weights (None when it trained without one), from one read of the checkpoint."""
+    source = find_checkpoint(run, "vqvae")
+    ckpt = read_model(source, "vqvae")
+    model, cfg = vqvae_from_checkpoint(ckpt, source)
+    return {"model": model.eval(), "config": cfg, "checkpoint": source, "critic_state": ckpt.get("critic_state")}
+
+
+def probe(run: dict, train: torch.Tensor, test: torch.Tensor, steps: int, seed: int) -> dict:
+    model, cfg = run["model"], run["config"]
     t0 = time.perf_counter()
     train_fake, test_fake = reconstruct(model, train), reconstruct(model, test)
-    out = {"checkpoint": str(find_checkpoint(run, "vqvae")), "reconstruct_s": round(time.perf_counter() - t0, 1)}
+    out = {"checkpoint": str(run["checkpoint"]), "reconstruct_s": round(time.perf_counter() - t0, 1)}
     channels, layers = cfg.loss.disc_channels, cfg.loss.disc_layers
-    saved = load_checkpoint(find_checkpoint(run, "vqvae")).get("critic_state")
+    saved = run["critic_state"]
     if saved is not None:
         own = PatchDiscriminator(cfg.model.in_channels, channels, layers)
         own.load_state_dict(saved)
@@ -113,15 +121,16 @@ def main() -> None:
         if value < 1:
             raise SystemExit(f"{flag} {value}: must be at least 1")
     torch.set_num_threads(args.threads)
-    _, first_cfg = load_vqvae(runs[0][1])
-    train = pick(load_dataset(args.train, first_cfg.data).tensor(), args.train_images, args.seed)
-    test = pick(load_dataset(args.test, first_cfg.data).tensor(), args.test_images, args.seed + 1)
+    loaded = {name: load_run(path) for name, path in runs}
+    first_data = loaded[runs[0][0]]["config"].data
+    train = pick(load_dataset(args.train, first_data).tensor(), args.train_images, args.seed)
+    test = pick(load_dataset(args.test, first_data).tensor(), args.test_images, args.seed + 1)
     result = {"what": "a fresh PatchGAN trained alone against each frozen tokenizer's reconstructions; accuracy on "
                       "held-out real/reconstructed pairs (0.5 = chance)",
               "train": args.train, "test": args.test, "train_images": len(train), "test_images": len(test),
               "steps": args.steps, "machine": f"{args.machine}; torch threads {args.threads}", "runs": {}}
-    for name, path in runs:
-        result["runs"][name] = probe(path, train, test, args.steps, args.seed)
+    for name, run in loaded.items():
+        result["runs"][name] = probe(run, train, test, args.steps, args.seed)
         print(name, result["runs"][name].get("own_discriminator"), result["runs"][name]["fresh_discriminator"]["held_out"][-1],
               flush=True)
     print_and_write(result, args.json)
